@@ -1,0 +1,194 @@
+//! Local users: SASL PLAIN/LOGIN decoding and argon2id password checks.
+//!
+//! Password verification is deliberately slow (argon2), so it runs on the blocking pool
+//! where it cannot stall other sessions. Unknown users are checked against a fixed dummy
+//! hash, so the time a failure takes does not reveal which user names exist.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::SaltString;
+use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+
+use crate::config::User;
+use crate::secret::Secret;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SaslError {
+    #[error("the client cancelled the exchange")]
+    Cancelled,
+    #[error("the response is not valid base64 or not in the mechanism's format")]
+    Malformed,
+}
+
+/// Credentials as a client presented them.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Secret,
+}
+
+/// Decodes one client line of a SASL exchange (RFC 4954: "*" cancels, "=" is empty).
+pub fn decode_response(line: &str) -> Result<Vec<u8>, SaslError> {
+    let line = line.trim();
+    match line {
+        "*" => Err(SaslError::Cancelled),
+        "=" | "" => Ok(Vec::new()),
+        _ => STANDARD.decode(line).map_err(|_| SaslError::Malformed),
+    }
+}
+
+/// PLAIN (RFC 4616): `authzid NUL authcid NUL password`. An authorization identity other
+/// than the user itself is refused: nobody may act on behalf of another user here.
+pub fn decode_plain(decoded: &[u8]) -> Result<Credentials, SaslError> {
+    let mut parts = decoded.split(|&b| b == 0);
+    let (Some(authzid), Some(authcid), Some(password), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(SaslError::Malformed);
+    };
+    let authzid = std::str::from_utf8(authzid).map_err(|_| SaslError::Malformed)?;
+    let username = std::str::from_utf8(authcid).map_err(|_| SaslError::Malformed)?;
+    let password = std::str::from_utf8(password).map_err(|_| SaslError::Malformed)?;
+    if username.is_empty() || (!authzid.is_empty() && authzid != username) {
+        return Err(SaslError::Malformed);
+    }
+    Ok(Credentials {
+        username: username.to_string(),
+        password: Secret::new(password),
+    })
+}
+
+/// One LOGIN step's decoded text (user name or password).
+pub fn decode_login_text(decoded: Vec<u8>) -> Result<String, SaslError> {
+    String::from_utf8(decoded).map_err(|_| SaslError::Malformed)
+}
+
+/// The configured users, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Users {
+    by_name: HashMap<String, Arc<User>>,
+}
+
+impl Users {
+    pub fn new(by_name: HashMap<String, Arc<User>>) -> Self {
+        Users { by_name }
+    }
+
+    /// The user when the password matches; None otherwise (unknown user or wrong password,
+    /// indistinguishable from outside).
+    pub async fn verify(&self, credentials: Credentials) -> Option<Arc<User>> {
+        let user = self.by_name.get(&credentials.username).cloned();
+        let hash = match &user {
+            Some(user) => user.password_hash.clone(),
+            None => dummy_hash().to_string(),
+        };
+        let password = credentials.password;
+        let matches = tokio::task::spawn_blocking(move || password_matches(&hash, &password))
+            .await
+            .unwrap_or(false);
+        if matches {
+            user
+        } else {
+            None
+        }
+    }
+}
+
+fn password_matches(hash: &str, password: &Secret) -> bool {
+    match PasswordHash::new(hash) {
+        // argon2's verify compares in constant time.
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.expose().as_bytes(), &parsed)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A valid hash of a random password, made once, for timing-equal failures.
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default()
+            .hash_password(salt.as_str().as_bytes(), &salt)
+            .map(|hash| hash.to_string())
+            .unwrap_or_default()
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot hash the password: {0}")]
+pub struct HashError(String);
+
+/// An argon2id PHC string for `password` with a random salt and argon2's default
+/// parameters (OWASP's recommended minimum: 19 MiB, 2 passes).
+pub fn hash_password(password: &Secret) -> Result<String, HashError> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.expose().as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|err| HashError(err.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AssetAccess;
+
+    #[test]
+    fn plain_decoding_table() {
+        let ok = |bytes: &[u8]| decode_plain(bytes).map(|c| (c.username, c.password));
+        assert_eq!(
+            ok(b"\0scanner\0pw").unwrap(),
+            ("scanner".to_string(), Secret::new("pw"))
+        );
+        assert_eq!(
+            ok(b"scanner\0scanner\0pw").unwrap().0,
+            "scanner".to_string()
+        );
+        for bad in [
+            &b"other\0scanner\0pw"[..],
+            b"\0\0pw",
+            b"scanner\0pw",
+            b"\0a\0b\0c",
+            b"\0\xff\0pw",
+        ] {
+            assert_eq!(
+                decode_plain(bad).err(),
+                Some(SaslError::Malformed),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn response_lines() {
+        assert_eq!(decode_response("*"), Err(SaslError::Cancelled));
+        assert_eq!(decode_response("="), Ok(Vec::new()));
+        assert_eq!(decode_response("dXNlcg=="), Ok(b"user".to_vec()));
+        assert_eq!(decode_response("not base64!"), Err(SaslError::Malformed));
+    }
+
+    #[tokio::test]
+    async fn verify_accepts_right_password_only() {
+        let hash = hash_password(&Secret::new("right")).unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        let user = Arc::new(User {
+            name: "scanner".into(),
+            password_hash: hash,
+            assets: AssetAccess::All,
+        });
+        let users = Users::new(HashMap::from([("scanner".to_string(), user)]));
+        let attempt = |name: &str, password: &str| Credentials {
+            username: name.into(),
+            password: Secret::new(password),
+        };
+        assert!(users.verify(attempt("scanner", "right")).await.is_some());
+        assert!(users.verify(attempt("scanner", "wrong")).await.is_none());
+        assert!(users.verify(attempt("nobody", "right")).await.is_none());
+    }
+}

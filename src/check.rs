@@ -1,0 +1,69 @@
+//! `smtp-oauth-relay check`: prove each asset works without sending mail.
+
+use std::io::Write;
+
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::error::RelayError;
+use crate::token::TokenManager;
+use crate::upstream::{Upstream, UpstreamSettings};
+
+/// The outcome for one asset, printable as one line.
+pub struct AssetCheck {
+    pub asset: String,
+    pub result: Result<String, RelayError>,
+}
+
+/// Refreshes a token and opens an authenticated upstream session for every asset.
+pub async fn check_assets(config: &Config, tokens: &TokenManager) -> Vec<AssetCheck> {
+    let settings = UpstreamSettings {
+        ehlo_name: config.server.hostname.clone(),
+        connect_timeout: config.timeouts.upstream_connect,
+        command_timeout: config.timeouts.upstream_command,
+        final_reply_timeout: config.timeouts.upstream_final_reply,
+    };
+    let mut results = Vec::new();
+    for asset in &config.assets {
+        let result = async {
+            let token = tokens.access_token(&asset.name).await?;
+            let valid_secs = token
+                .expires_at
+                .saturating_duration_since(Instant::now())
+                .as_secs();
+            let mut upstream = Upstream::connect(&asset.upstream, &settings).await?;
+            upstream.authenticate(&asset.email, &token.token).await?;
+            upstream.quit().await;
+            Ok::<_, RelayError>(format!(
+                "token refreshed (valid {valid_secs} s), {} accepted XOAUTH2 for {}",
+                asset.upstream, asset.email
+            ))
+        }
+        .await;
+        results.push(AssetCheck {
+            asset: asset.name.clone(),
+            result,
+        });
+    }
+    results
+}
+
+/// Prints the results; true when every asset is fine.
+pub fn report(results: &[AssetCheck], out: &mut impl Write) -> bool {
+    let mut all_ok = true;
+    for check in results {
+        let _ = match &check.result {
+            Ok(summary) => writeln!(out, "asset {}: OK: {summary}", check.asset),
+            Err(err) => {
+                all_ok = false;
+                writeln!(
+                    out,
+                    "asset {}: FAILED: {err}\n    what to do: {}",
+                    check.asset,
+                    err.hint()
+                )
+            }
+        };
+    }
+    all_ok
+}

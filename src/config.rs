@@ -1,0 +1,1117 @@
+//! The configuration file: TOML in, a validated [`Config`] out.
+//!
+//! Loading happens in two steps. Serde reads the file into `Raw*` structs that mirror the
+//! TOML exactly (unknown keys are errors, so a typo never silently disables a setting);
+//! [`validate`] then checks everything that serde cannot (asset names, sender claims,
+//! URLs, files named by the config) and collects *every* problem, each with the file, the
+//! line and the field, before the relay binds a single socket. A `Config` therefore never
+//! holds a half-checked value.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::secret::Secret;
+use crate::senders::{SenderMap, SenderPattern};
+use crate::smtp::data::BareLineEndings;
+use crate::tls;
+
+/// Where the relay looks for its config when neither `--config` nor the environment says.
+pub const DEFAULT_CONFIG_PATH: &str = "config/relay.toml";
+
+// ---------------------------------------------------------------------------------------
+// Validated configuration
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerSettings,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub users: HashMap<String, Arc<User>>,
+    pub assets: Vec<Arc<Asset>>,
+    pub senders: SenderMap,
+}
+
+impl Config {
+    pub fn asset(&self, name: &str) -> Option<&Arc<Asset>> {
+        self.assets.iter().find(|asset| asset.name == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: Vec<SocketAddr>,
+    pub listen_tls: Vec<SocketAddr>,
+    /// Our name in the greeting, EHLO reply and Received header.
+    pub hostname: String,
+    /// Present when `tls_cert`/`tls_key` are set: enables STARTTLS and `listen_tls`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Whether credential trouble (revoked refresh token, token refused by the provider) is
+    /// answered with a temporary 454 (the client's queue keeps the mail until an operator
+    /// re-authorizes) or a permanent 535.
+    pub credential_failure: CredentialFailure,
+    pub bare_line_endings: BareLineEndings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialFailure {
+    Temporary,
+    Permanent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    pub max_command_line: usize,
+    pub max_data_line: usize,
+    pub max_auth_line: usize,
+    pub max_errors: usize,
+    pub max_transactions: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    pub command: Duration,
+    pub data_block: Duration,
+    pub upstream_connect: Duration,
+    pub upstream_command: Duration,
+    pub upstream_final_reply: Duration,
+    pub token_request: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    /// An argon2 PHC string, checked to parse at load time.
+    pub password_hash: String,
+    pub assets: AssetAccess,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssetAccess {
+    All,
+    Only(HashSet<String>),
+}
+
+impl AssetAccess {
+    pub fn allows(&self, asset: &str) -> bool {
+        match self {
+            AssetAccess::All => true,
+            AssetAccess::Only(names) => names.contains(asset),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Google,
+    Microsoft,
+    Custom,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamTls {
+    /// Plain connect, then STARTTLS (port 587).
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Implicit,
+}
+
+#[derive(Debug, Clone)]
+pub enum RefreshTokenSource {
+    Inline(Secret),
+    /// Re-read at every refresh, so a rotated file (a Kubernetes Secret) needs no restart.
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct Asset {
+    pub name: String,
+    /// The mailbox: the XOAUTH2 `user=`.
+    pub email: String,
+    pub provider: Provider,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub refresh_token: RefreshTokenSource,
+    pub auth_url: String,
+    pub token_url: String,
+    pub scopes: Vec<String>,
+    pub redirect_uri: Option<String>,
+    pub upstream: UpstreamTarget,
+}
+
+#[derive(Clone)]
+pub struct UpstreamTarget {
+    pub host: String,
+    pub port: u16,
+    pub tls: UpstreamTls,
+    /// Web PKI roots plus `upstream_ca`; hostname verification is always on.
+    pub client_config: Arc<rustls::ClientConfig>,
+}
+
+impl fmt::Debug for UpstreamTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamTarget")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for UpstreamTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mode = match self.tls {
+            UpstreamTls::Starttls => "STARTTLS",
+            UpstreamTls::Implicit => "implicit TLS",
+        };
+        write!(f, "{}:{} ({mode})", self.host, self.port)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------
+
+/// One thing wrong with the config, located as precisely as the TOML allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: Option<usize>,
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", render_problems(path, problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+fn render_problems(path: &Path, problems: &[Problem]) -> String {
+    let mut text = format!(
+        "{} problem(s) in config file {}:",
+        problems.len(),
+        path.display()
+    );
+    for problem in problems {
+        let location = match problem.line {
+            Some(line) => format!("{}:{line}", path.display()),
+            None => path.display().to_string(),
+        };
+        let field = if problem.field.is_empty() {
+            String::new()
+        } else {
+            format!(" {}:", problem.field)
+        };
+        text.push_str(&format!("\n  {location}:{field} {}", problem.message));
+    }
+    text
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw (serde) shapes
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: Option<RawServer>,
+    limits: Option<RawLimits>,
+    timeouts: Option<RawTimeouts>,
+    #[serde(default, rename = "user")]
+    users: Vec<Spanned<RawUser>>,
+    #[serde(default, rename = "asset")]
+    assets: Vec<Spanned<RawAsset>>,
+}
+
+/// `listen = "addr"` or `listen = ["addr", ...]`. (Spans do not survive serde's untagged
+/// enums, so problems here are reported by field name only.)
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(one) => vec![one],
+            OneOrMany::Many(many) => many,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<OneOrMany>,
+    listen_tls: Option<OneOrMany>,
+    hostname: Option<String>,
+    tls_cert: Option<Spanned<PathBuf>>,
+    tls_key: Option<Spanned<PathBuf>>,
+    credential_failure: Option<CredentialFailure>,
+    bare_line_endings: Option<RawBareLineEndings>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawBareLineEndings {
+    Normalize,
+    Reject,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<usize>,
+    max_message_size: Option<u64>,
+    max_recipients: Option<usize>,
+    max_command_line: Option<usize>,
+    max_data_line: Option<usize>,
+    max_auth_line: Option<usize>,
+    max_errors: Option<usize>,
+    max_transactions: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    command_secs: Option<u64>,
+    data_block_secs: Option<u64>,
+    upstream_connect_secs: Option<u64>,
+    upstream_command_secs: Option<u64>,
+    upstream_final_reply_secs: Option<u64>,
+    token_request_secs: Option<u64>,
+    shutdown_grace_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: Spanned<String>,
+    password_hash: Spanned<String>,
+    #[serde(default)]
+    assets: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAsset {
+    name: Spanned<String>,
+    email: Spanned<String>,
+    provider: Option<Provider>,
+    tenant: Option<String>,
+    client_id: Option<Spanned<String>>,
+    client_secret: Option<Spanned<String>>,
+    client_secret_file: Option<Spanned<PathBuf>>,
+    refresh_token: Option<Spanned<String>>,
+    refresh_token_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    senders: Vec<Spanned<String>>,
+    upstream: Option<Spanned<String>>,
+    upstream_tls: Option<UpstreamTls>,
+    upstream_ca: Option<Spanned<PathBuf>>,
+    auth_url: Option<Spanned<String>>,
+    token_url: Option<Spanned<String>>,
+    scope: Option<String>,
+    redirect_uri: Option<Spanned<String>>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Defaults, each with the reason it has this value
+// ---------------------------------------------------------------------------------------
+
+/// Loopback only: the relay holds mailbox credentials, so exposing it is a decision the
+/// operator makes explicitly.
+const DEFAULT_LISTEN: &str = "127.0.0.1:2525";
+/// Gmail's own advertised SIZE; anything larger would be refused upstream anyway.
+const DEFAULT_MAX_MESSAGE_SIZE: u64 = 35_882_577;
+/// Gmail's per-message recipient limit; RFC 5321 §4.5.3.1.8 requires at least 100.
+const DEFAULT_MAX_RECIPIENTS: usize = 100;
+/// RFC 5321 says 512 octets, plus room for ESMTP parameters; Postfix allows 2048 as well.
+const DEFAULT_MAX_COMMAND_LINE: usize = 2048;
+/// RFC 5321 §4.5.3.1.6: 1000 octets including CRLF.
+const DEFAULT_MAX_DATA_LINE: usize = 1000;
+/// RFC 4954 §4: AUTH lines up to 12288 octets.
+const DEFAULT_MAX_AUTH_LINE: usize = 12288;
+/// A sidecar serves a handful of local programs; this caps memory and file descriptors.
+const DEFAULT_MAX_CONNECTIONS: usize = 100;
+/// Postfix's smtpd_hard_error_limit default is 20.
+const DEFAULT_MAX_ERRORS: usize = 20;
+const DEFAULT_MAX_TRANSACTIONS: usize = 100;
+/// RFC 5321 §4.5.3.2.7: a server should wait at least 5 minutes for a command.
+const DEFAULT_COMMAND_TIMEOUT: u64 = 300;
+/// RFC 5321 §4.5.3.2.6: 3 minutes per data block.
+const DEFAULT_DATA_BLOCK_TIMEOUT: u64 = 180;
+const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: u64 = 30;
+/// Gmail answers commands in well under a second; a minute means it is not going to.
+const DEFAULT_UPSTREAM_COMMAND_TIMEOUT: u64 = 60;
+/// Postfix's before-queue proxy waits 100 s for the next hop, so its own client (with the
+/// RFC's 10 minute minimum) never gives up before we do.
+const DEFAULT_UPSTREAM_FINAL_REPLY_TIMEOUT: u64 = 100;
+/// Seconds, not minutes: a session waits on it during MAIL FROM.
+const DEFAULT_TOKEN_REQUEST_TIMEOUT: u64 = 15;
+const DEFAULT_SHUTDOWN_GRACE: u64 = 30;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_recipients: DEFAULT_MAX_RECIPIENTS,
+            max_command_line: DEFAULT_MAX_COMMAND_LINE,
+            max_data_line: DEFAULT_MAX_DATA_LINE,
+            max_auth_line: DEFAULT_MAX_AUTH_LINE,
+            max_errors: DEFAULT_MAX_ERRORS,
+            max_transactions: DEFAULT_MAX_TRANSACTIONS,
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            command: Duration::from_secs(DEFAULT_COMMAND_TIMEOUT),
+            data_block: Duration::from_secs(DEFAULT_DATA_BLOCK_TIMEOUT),
+            upstream_connect: Duration::from_secs(DEFAULT_UPSTREAM_CONNECT_TIMEOUT),
+            upstream_command: Duration::from_secs(DEFAULT_UPSTREAM_COMMAND_TIMEOUT),
+            upstream_final_reply: Duration::from_secs(DEFAULT_UPSTREAM_FINAL_REPLY_TIMEOUT),
+            token_request: Duration::from_secs(DEFAULT_TOKEN_REQUEST_TIMEOUT),
+            shutdown_grace: Duration::from_secs(DEFAULT_SHUTDOWN_GRACE),
+        }
+    }
+}
+
+struct ProviderPreset {
+    host: &'static str,
+    port: u16,
+    auth_url: String,
+    token_url: String,
+    scope: &'static str,
+}
+
+fn preset(provider: Provider, tenant: Option<&str>) -> Option<ProviderPreset> {
+    match provider {
+        Provider::Google => Some(ProviderPreset {
+            host: "smtp.gmail.com",
+            port: 587,
+            auth_url: "https://accounts.google.com/o/oauth2/auth".into(),
+            token_url: "https://oauth2.googleapis.com/token".into(),
+            // The only Google scope that allows SMTP.
+            scope: "https://mail.google.com/",
+        }),
+        Provider::Microsoft => {
+            // "common" works for multi-tenant apps; single-tenant apps must name their tenant.
+            let tenant = tenant.unwrap_or("common");
+            Some(ProviderPreset {
+                host: "smtp.office365.com",
+                port: 587,
+                auth_url: format!(
+                    "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/authorize"
+                ),
+                token_url: format!("https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token"),
+                scope: "https://outlook.office.com/SMTP.Send offline_access",
+            })
+        }
+        Provider::Custom => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------------------
+
+/// Reads and validates the config at `path`. Relative paths inside it (certificates,
+/// secret files) are resolved against the directory the relay runs in, as the README's
+/// examples assume.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Parses config text; `path` is only used to name the file in errors.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let lines = LineIndex::new(text);
+    let raw: RawConfig = toml::from_str(text).map_err(|err| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        problems: vec![Problem {
+            line: err.span().map(|span| lines.line_of(span.start)),
+            field: String::new(),
+            message: err.message().trim().to_string(),
+        }],
+    })?;
+    let mut check = Checker {
+        lines,
+        problems: Vec::new(),
+    };
+    let config = validate(raw, &mut check);
+    if check.problems.is_empty() {
+        if let Some(config) = config {
+            return Ok(config);
+        }
+    }
+    Err(ConfigError::Invalid {
+        path: path.to_path_buf(),
+        problems: check.problems,
+    })
+}
+
+/// Maps byte offsets (TOML spans) to 1-based line numbers.
+struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        LineIndex { starts }
+    }
+
+    fn line_of(&self, offset: usize) -> usize {
+        match self.starts.binary_search(&offset) {
+            Ok(i) => i + 1,
+            Err(i) => i,
+        }
+    }
+}
+
+struct Checker {
+    lines: LineIndex,
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn at<T>(
+        &mut self,
+        spanned: &Spanned<T>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        let line = self.lines.line_of(spanned.span().start);
+        self.problems.push(Problem {
+            line: Some(line),
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn general(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            line: None,
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}
+
+fn validate(raw: RawConfig, check: &mut Checker) -> Option<Config> {
+    let server = validate_server(raw.server.unwrap_or_default(), check);
+    let limits = validate_limits(raw.limits.unwrap_or_default(), check);
+    let timeouts = validate_timeouts(raw.timeouts.unwrap_or_default(), check);
+
+    let mut assets = Vec::new();
+    let mut asset_names = HashSet::new();
+    for (index, raw_asset) in raw.assets.iter().enumerate() {
+        let name = raw_asset.get_ref().name.get_ref().clone();
+        if !asset_names.insert(name.clone()) {
+            check.at(
+                &raw_asset.get_ref().name,
+                format!("asset[{index}].name"),
+                format!("asset name \"{name}\" is used twice"),
+            );
+        }
+        if let Some(asset) = validate_asset(raw_asset.get_ref(), index, check) {
+            assets.push(Arc::new(asset));
+        }
+    }
+    if raw.assets.is_empty() {
+        check.general(
+            "asset",
+            "no [[asset]] is configured: the relay would have nowhere to send mail",
+        );
+    }
+
+    let senders = build_sender_map(&raw.assets, check);
+
+    let mut users = HashMap::new();
+    for (index, raw_user) in raw.users.iter().enumerate() {
+        if let Some(user) = validate_user(raw_user.get_ref(), index, &asset_names, check) {
+            if users.contains_key(&user.name) {
+                check.at(
+                    &raw_user.get_ref().name,
+                    format!("user[{index}].name"),
+                    format!("user name \"{}\" is used twice", user.name),
+                );
+            }
+            users.insert(user.name.clone(), Arc::new(user));
+        }
+    }
+    if raw.users.is_empty() {
+        check.general(
+            "user",
+            "no [[user]] is configured: no client could authenticate",
+        );
+    }
+
+    Some(Config {
+        server: server?,
+        limits,
+        timeouts,
+        users,
+        assets,
+        senders,
+    })
+}
+
+fn parse_listen(
+    value: Option<OneOrMany>,
+    default: Option<&str>,
+    field: &str,
+    check: &mut Checker,
+) -> Vec<SocketAddr> {
+    let Some(value) = value else {
+        return default
+            .and_then(|addr| addr.parse().ok())
+            .into_iter()
+            .collect();
+    };
+    let mut addrs = Vec::new();
+    for entry in value.into_vec() {
+        match entry.parse::<SocketAddr>() {
+            Ok(addr) => addrs.push(addr),
+            Err(_) => check.general(
+                field,
+                format!(
+                    "\"{entry}\" is not an IP address and port such as \"127.0.0.1:2525\" or \"[::1]:2525\""
+                ),
+            ),
+        }
+    }
+    addrs
+}
+
+fn validate_server(raw: RawServer, check: &mut Checker) -> Option<ServerSettings> {
+    let listen = parse_listen(raw.listen, Some(DEFAULT_LISTEN), "server.listen", check);
+    let listen_tls = parse_listen(raw.listen_tls, None, "server.listen_tls", check);
+    let tls = match (&raw.tls_cert, &raw.tls_key) {
+        (Some(cert), Some(key)) => match tls::server_config(cert.get_ref(), key.get_ref()) {
+            Ok(config) => Some(config),
+            Err(err) => {
+                check.at(cert, "server.tls_cert", err.to_string());
+                None
+            }
+        },
+        (Some(cert), None) => {
+            check.at(
+                cert,
+                "server.tls_key",
+                "tls_cert is set but tls_key is missing",
+            );
+            None
+        }
+        (None, Some(key)) => {
+            check.at(
+                key,
+                "server.tls_cert",
+                "tls_key is set but tls_cert is missing",
+            );
+            None
+        }
+        (None, None) => None,
+    };
+    if !listen_tls.is_empty() && tls.is_none() && raw.tls_cert.is_none() {
+        check.general(
+            "server.listen_tls",
+            "an implicit-TLS listener needs tls_cert and tls_key",
+        );
+    }
+    if listen.is_empty() && listen_tls.is_empty() {
+        check.general("server.listen", "no listen address is configured");
+    }
+    let hostname = raw.hostname.unwrap_or_else(default_hostname);
+    if hostname.is_empty()
+        || hostname
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        check.general(
+            "server.hostname",
+            format!("\"{hostname}\" is not a usable host name"),
+        );
+    }
+    Some(ServerSettings {
+        listen,
+        listen_tls,
+        hostname,
+        tls,
+        credential_failure: raw
+            .credential_failure
+            .unwrap_or(CredentialFailure::Temporary),
+        bare_line_endings: match raw.bare_line_endings {
+            None | Some(RawBareLineEndings::Normalize) => BareLineEndings::Normalize,
+            Some(RawBareLineEndings::Reject) => BareLineEndings::Reject,
+        },
+    })
+}
+
+/// The machine's name when it has one we can read without a dependency, else "localhost".
+fn default_hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty() && !name.contains(char::is_whitespace))
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+fn validate_limits(raw: RawLimits, check: &mut Checker) -> Limits {
+    let defaults = Limits::default();
+    let limits = Limits {
+        max_connections: raw.max_connections.unwrap_or(defaults.max_connections),
+        max_message_size: raw.max_message_size.unwrap_or(defaults.max_message_size),
+        max_recipients: raw.max_recipients.unwrap_or(defaults.max_recipients),
+        max_command_line: raw.max_command_line.unwrap_or(defaults.max_command_line),
+        max_data_line: raw.max_data_line.unwrap_or(defaults.max_data_line),
+        max_auth_line: raw.max_auth_line.unwrap_or(defaults.max_auth_line),
+        max_errors: raw.max_errors.unwrap_or(defaults.max_errors),
+        max_transactions: raw.max_transactions.unwrap_or(defaults.max_transactions),
+    };
+    let minimums: [(&str, u64, u64); 8] = [
+        ("limits.max_connections", limits.max_connections as u64, 1),
+        ("limits.max_message_size", limits.max_message_size, 1024),
+        ("limits.max_recipients", limits.max_recipients as u64, 1),
+        // RFC 5321 minimums: clients may rely on them.
+        (
+            "limits.max_command_line",
+            limits.max_command_line as u64,
+            512,
+        ),
+        ("limits.max_data_line", limits.max_data_line as u64, 1000),
+        ("limits.max_auth_line", limits.max_auth_line as u64, 512),
+        ("limits.max_errors", limits.max_errors as u64, 1),
+        ("limits.max_transactions", limits.max_transactions as u64, 1),
+    ];
+    for (field, value, minimum) in minimums {
+        if value < minimum {
+            check.general(field, format!("{value} is below the minimum of {minimum}"));
+        }
+    }
+    limits
+}
+
+fn validate_timeouts(raw: RawTimeouts, check: &mut Checker) -> Timeouts {
+    let defaults = Timeouts::default();
+    let mut pick = |field: &str, value: Option<u64>, default: Duration| match value {
+        Some(0) => {
+            check.general(field, "a timeout of 0 seconds would fail every operation");
+            default
+        }
+        Some(secs) => Duration::from_secs(secs),
+        None => default,
+    };
+    Timeouts {
+        command: pick("timeouts.command_secs", raw.command_secs, defaults.command),
+        data_block: pick(
+            "timeouts.data_block_secs",
+            raw.data_block_secs,
+            defaults.data_block,
+        ),
+        upstream_connect: pick(
+            "timeouts.upstream_connect_secs",
+            raw.upstream_connect_secs,
+            defaults.upstream_connect,
+        ),
+        upstream_command: pick(
+            "timeouts.upstream_command_secs",
+            raw.upstream_command_secs,
+            defaults.upstream_command,
+        ),
+        upstream_final_reply: pick(
+            "timeouts.upstream_final_reply_secs",
+            raw.upstream_final_reply_secs,
+            defaults.upstream_final_reply,
+        ),
+        token_request: pick(
+            "timeouts.token_request_secs",
+            raw.token_request_secs,
+            defaults.token_request,
+        ),
+        shutdown_grace: pick(
+            "timeouts.shutdown_grace_secs",
+            raw.shutdown_grace_secs,
+            defaults.shutdown_grace,
+        ),
+    }
+}
+
+fn validate_user(
+    raw: &RawUser,
+    index: usize,
+    asset_names: &HashSet<String>,
+    check: &mut Checker,
+) -> Option<User> {
+    let name = raw.name.get_ref().clone();
+    if name.is_empty() {
+        check.at(
+            &raw.name,
+            format!("user[{index}].name"),
+            "a user name must not be empty",
+        );
+    }
+    let hash = raw.password_hash.get_ref().clone();
+    if let Err(err) = argon2::PasswordHash::new(&hash) {
+        check.at(
+            &raw.password_hash,
+            format!("user[{index}].password_hash"),
+            format!(
+                "not a valid argon2 hash ({err}); make one with `smtp-oauth-relay hash-password`"
+            ),
+        );
+    }
+    let mut allowed = HashSet::new();
+    let mut all = false;
+    for asset in &raw.assets {
+        let asset_name = asset.get_ref();
+        if asset_name == "*" {
+            all = true;
+        } else if asset_names.contains(asset_name) {
+            allowed.insert(asset_name.clone());
+        } else {
+            check.at(
+                asset,
+                format!("user[{index}].assets"),
+                format!("no asset is named \"{asset_name}\""),
+            );
+        }
+    }
+    if raw.assets.is_empty() {
+        check.at(
+            &raw.name,
+            format!("user[{index}].assets"),
+            format!("user \"{name}\" may use no asset; list asset names or \"*\""),
+        );
+    }
+    Some(User {
+        name,
+        password_hash: hash,
+        assets: if all {
+            AssetAccess::All
+        } else {
+            AssetAccess::Only(allowed)
+        },
+    })
+}
+
+fn build_sender_map(raw_assets: &[Spanned<RawAsset>], check: &mut Checker) -> SenderMap {
+    let mut map = SenderMap::default();
+    for (index, raw_asset) in raw_assets.iter().enumerate() {
+        let asset = raw_asset.get_ref();
+        let asset_name = asset.name.get_ref();
+        if asset.senders.is_empty() {
+            check.at(
+                &asset.name,
+                format!("asset[{index}].senders"),
+                format!(
+                    "asset \"{asset_name}\" serves no sender; list addresses, \"@domain\" or \"*\""
+                ),
+            );
+        }
+        for sender in &asset.senders {
+            let field = format!("asset[{index}].senders");
+            match SenderPattern::parse(sender.get_ref()) {
+                Ok(pattern) => {
+                    if let Err(previous) = map.insert(pattern, asset_name) {
+                        check.at(
+                            sender,
+                            field,
+                            format!(
+                                "sender \"{}\" is already served by asset \"{previous}\"",
+                                sender.get_ref()
+                            ),
+                        );
+                    }
+                }
+                Err(message) => check.at(sender, field, message),
+            }
+        }
+    }
+    map
+}
+
+fn read_secret_file(path: &Spanned<PathBuf>, field: String, check: &mut Checker) -> Option<Secret> {
+    match std::fs::read_to_string(path.get_ref()) {
+        Ok(text) => {
+            let value = text.trim();
+            if value.is_empty() {
+                check.at(
+                    path,
+                    field,
+                    format!("{} is empty", path.get_ref().display()),
+                );
+                None
+            } else {
+                Some(Secret::new(value))
+            }
+        }
+        Err(err) => {
+            check.at(
+                path,
+                field,
+                format!("cannot read {}: {err}", path.get_ref().display()),
+            );
+            None
+        }
+    }
+}
+
+fn validate_asset(raw: &RawAsset, index: usize, check: &mut Checker) -> Option<Asset> {
+    let field = |name: &str| format!("asset[{index}].{name}");
+    let name = raw.name.get_ref().clone();
+    if name.is_empty() || name == "*" {
+        check.at(
+            &raw.name,
+            field("name"),
+            "an asset needs a name (and \"*\" is reserved)",
+        );
+    }
+    let email = raw.email.get_ref().clone();
+    if !email.contains('@') {
+        check.at(
+            &raw.email,
+            field("email"),
+            format!("\"{email}\" is not an email address"),
+        );
+    }
+    let provider = raw.provider.unwrap_or(Provider::Google);
+    let preset = preset(provider, raw.tenant.as_deref());
+
+    let client_id = match &raw.client_id {
+        Some(id) if !id.get_ref().is_empty() => Some(id.get_ref().clone()),
+        _ => {
+            check.at(
+                &raw.name,
+                field("client_id"),
+                format!("asset \"{name}\" needs a client_id"),
+            );
+            None
+        }
+    };
+    let client_secret = match (&raw.client_secret, &raw.client_secret_file) {
+        (Some(secret), None) => Some(Secret::new(secret.get_ref().clone())),
+        (None, Some(path)) => read_secret_file(path, field("client_secret_file"), check),
+        (Some(secret), Some(_)) => {
+            check.at(
+                secret,
+                field("client_secret"),
+                "set client_secret or client_secret_file, not both",
+            );
+            None
+        }
+        (None, None) => {
+            check.at(
+                &raw.name,
+                field("client_secret"),
+                format!("asset \"{name}\" needs client_secret or client_secret_file"),
+            );
+            None
+        }
+    };
+    let refresh_token = match (&raw.refresh_token, &raw.refresh_token_file) {
+        (Some(token), None) => Some(RefreshTokenSource::Inline(Secret::new(
+            token.get_ref().clone(),
+        ))),
+        (None, Some(path)) => read_secret_file(path, field("refresh_token_file"), check)
+            .map(|_| RefreshTokenSource::File(path.get_ref().clone())),
+        (Some(token), Some(_)) => {
+            check.at(
+                token,
+                field("refresh_token"),
+                "set refresh_token or refresh_token_file, not both",
+            );
+            None
+        }
+        (None, None) => {
+            check.at(
+                &raw.name,
+                field("refresh_token_file"),
+                format!("asset \"{name}\" needs refresh_token_file (or refresh_token)"),
+            );
+            None
+        }
+    };
+
+    let token_url = pick_url(
+        &raw.token_url,
+        preset.as_ref().map(|p| p.token_url.as_str()),
+        &field("token_url"),
+        &raw.name,
+        check,
+    );
+    let auth_url = pick_url(
+        &raw.auth_url,
+        preset.as_ref().map(|p| p.auth_url.as_str()),
+        &field("auth_url"),
+        &raw.name,
+        check,
+    );
+    let scope = match (&raw.scope, &preset) {
+        (Some(scope), _) => Some(scope.clone()),
+        (None, Some(preset)) => Some(preset.scope.to_string()),
+        (None, None) => {
+            check.at(
+                &raw.name,
+                field("scope"),
+                "provider \"custom\" needs a scope",
+            );
+            None
+        }
+    };
+    let redirect_uri = raw.redirect_uri.as_ref().map(|uri| uri.get_ref().clone());
+
+    let (host, port) = match &raw.upstream {
+        Some(upstream) => match split_host_port(upstream.get_ref()) {
+            Some(host_port) => host_port,
+            None => {
+                check.at(
+                    upstream,
+                    field("upstream"),
+                    format!("\"{}\" is not host:port", upstream.get_ref()),
+                );
+                return None;
+            }
+        },
+        None => match &preset {
+            Some(preset) => (preset.host.to_string(), preset.port),
+            None => {
+                check.at(
+                    &raw.name,
+                    field("upstream"),
+                    "provider \"custom\" needs upstream = \"host:port\"",
+                );
+                return None;
+            }
+        },
+    };
+    let upstream_tls = raw.upstream_tls.unwrap_or(if port == 465 {
+        UpstreamTls::Implicit
+    } else {
+        UpstreamTls::Starttls
+    });
+    let client_config =
+        match tls::client_config(raw.upstream_ca.as_ref().map(|ca| ca.get_ref().as_path())) {
+            Ok(config) => config,
+            Err(err) => {
+                match &raw.upstream_ca {
+                    Some(ca) => check.at(ca, field("upstream_ca"), err.to_string()),
+                    None => check.general(field("upstream_ca"), err.to_string()),
+                }
+                return None;
+            }
+        };
+
+    Some(Asset {
+        name,
+        email,
+        provider,
+        client_id: client_id?,
+        client_secret: client_secret?,
+        refresh_token: refresh_token?,
+        auth_url: auth_url?,
+        token_url: token_url?,
+        scopes: scope?.split_whitespace().map(str::to_string).collect(),
+        redirect_uri,
+        upstream: UpstreamTarget {
+            host,
+            port,
+            tls: upstream_tls,
+            client_config,
+        },
+    })
+}
+
+/// An OAuth endpoint: https, or plain http only on a loopback address (tests, the sandbox).
+fn pick_url(
+    value: &Option<Spanned<String>>,
+    preset: Option<&str>,
+    field: &str,
+    asset_name: &Spanned<String>,
+    check: &mut Checker,
+) -> Option<String> {
+    let Some(value) = value else {
+        if preset.is_none() {
+            check.at(asset_name, field, "provider \"custom\" needs this URL");
+        }
+        return preset.map(str::to_string);
+    };
+    match check_endpoint_url(value.get_ref()) {
+        Ok(()) => Some(value.get_ref().clone()),
+        Err(message) => {
+            check.at(value, field, message);
+            None
+        }
+    }
+}
+
+pub fn check_endpoint_url(url: &str) -> Result<(), String> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|err| format!("\"{url}\" is not a URL: {err}"))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback_host(parsed.host_str()) => Ok(()),
+        "http" => Err(format!(
+            "\"{url}\": plain http is only allowed on loopback addresses; use https"
+        )),
+        other => Err(format!("\"{url}\": scheme \"{other}\" is not https")),
+    }
+}
+
+fn is_loopback_host(host: Option<&str>) -> bool {
+    let Some(host) = host else { return false };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => bare.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+fn split_host_port(value: &str) -> Option<(String, u16)> {
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Some((addr.ip().to_string(), addr.port()));
+    }
+    let (host, port) = value.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return None;
+    }
+    if host.parse::<IpAddr>().is_err() && host.contains(':') {
+        return None;
+    }
+    Some((host.to_string(), port))
+}

@@ -1,0 +1,94 @@
+//! `serve --sandbox`: the relay with no config and no Google account.
+//!
+//! Starts the embedded Gmail-like server and token issuer (see `sandbox`) and builds a
+//! config in memory whose only asset sends there, so a new user can point a mailer at
+//! 127.0.0.1:2525 and see the relayed message appear as an .eml file.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::auth::hash_password;
+use crate::config::{
+    Asset, AssetAccess, Config, CredentialFailure, Limits, Provider, RefreshTokenSource,
+    ServerSettings, Timeouts, UpstreamTarget, UpstreamTls, User,
+};
+use crate::sandbox::SandboxUpstream;
+use crate::secret::Secret;
+use crate::senders::{SenderMap, SenderPattern};
+use crate::smtp::data::BareLineEndings;
+use crate::tls;
+
+pub const DEMO_USER: &str = "demo";
+pub const DEMO_PASSWORD: &str = "demo";
+pub const DEMO_ASSET: &str = "sandbox";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("cannot start the sandbox upstream: {0}")]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    Hash(#[from] crate::auth::HashError),
+}
+
+/// A relay config whose one asset ("sandbox", serving every sender) delivers to `upstream`.
+pub fn sandbox_config(
+    upstream: &SandboxUpstream,
+    listen: Vec<SocketAddr>,
+) -> Result<Config, DemoError> {
+    let addr = upstream.gmail.addr();
+    let asset = Asset {
+        name: DEMO_ASSET.to_string(),
+        email: upstream.email.clone(),
+        provider: Provider::Custom,
+        client_id: upstream.client_id.clone(),
+        client_secret: Secret::new(upstream.client_secret.clone()),
+        refresh_token: RefreshTokenSource::Inline(Secret::new(upstream.refresh_token.clone())),
+        auth_url: format!(
+            "{}/auth",
+            upstream.issuer.token_url().trim_end_matches("/token")
+        ),
+        token_url: upstream.issuer.token_url(),
+        scopes: vec!["https://mail.google.com/".to_string()],
+        redirect_uri: None,
+        upstream: UpstreamTarget {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            tls: UpstreamTls::Starttls,
+            client_config: tls::client_config_from(upstream.pki.root_store())?,
+        },
+    };
+    let mut senders = SenderMap::default();
+    // Only one claim on an empty map: it cannot collide.
+    let _ = senders.insert(SenderPattern::Any, DEMO_ASSET);
+    let user = User {
+        name: DEMO_USER.to_string(),
+        password_hash: hash_password(&Secret::new(DEMO_PASSWORD))?,
+        assets: AssetAccess::Only(HashSet::from([DEMO_ASSET.to_string()])),
+    };
+    Ok(Config {
+        server: ServerSettings {
+            listen,
+            listen_tls: Vec::new(),
+            hostname: "localhost".to_string(),
+            // STARTTLS on the local side too, with the sandbox's own certificate, so
+            // clients can try it.
+            tls: Some(upstream.pki.server_config()?),
+            credential_failure: CredentialFailure::Temporary,
+            bare_line_endings: BareLineEndings::Normalize,
+        },
+        limits: Limits::default(),
+        timeouts: Timeouts::default(),
+        users: HashMap::from([(DEMO_USER.to_string(), Arc::new(user))]),
+        assets: vec![Arc::new(asset)],
+        senders,
+    })
+}
+
+/// Where the sandbox saves delivered mail by default.
+pub fn default_mail_dir() -> PathBuf {
+    PathBuf::from("sandbox-mail")
+}

@@ -1,0 +1,278 @@
+//! The `smtp-oauth-relay` command line: parse, set up logging, hand over to the library.
+
+use std::io::{BufRead, IsTerminal};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use smtp_oauth_relay::config::{self, Config, DEFAULT_CONFIG_PATH};
+use smtp_oauth_relay::relay::Relay;
+use smtp_oauth_relay::sandbox::SandboxUpstream;
+use smtp_oauth_relay::secret::Secret;
+use smtp_oauth_relay::server::{self, Listeners};
+use smtp_oauth_relay::token::TokenManager;
+use smtp_oauth_relay::{auth, check, demo, tls};
+
+/// sysexits.h: the config is wrong (EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(name = "smtp-oauth-relay", version, about)]
+struct Cli {
+    /// Config file.
+    #[arg(long, global = true, env = "SMTP_OAUTH_RELAY_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// Log format; the filter comes from RUST_LOG (default "info").
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "SMTP_OAUTH_RELAY_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay.
+    Serve {
+        /// Run with a built-in demo user and an embedded Gmail-like upstream; no config
+        /// file or Google account needed.
+        #[arg(long)]
+        sandbox: bool,
+        /// Listen here instead of the config's server.listen (repeatable).
+        #[arg(long, env = "SMTP_OAUTH_RELAY_LISTEN", value_delimiter = ',')]
+        listen: Vec<SocketAddr>,
+        /// Where --sandbox saves delivered messages.
+        #[arg(long, default_value = "sandbox-mail")]
+        sandbox_mail_dir: PathBuf,
+    },
+    /// Validate the config, then refresh a token and authenticate upstream for every asset.
+    Check,
+    /// Read a password (terminal or stdin) and print its argon2id hash for the config.
+    HashPassword,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    tls::install_default_provider();
+    match cli.command {
+        Command::HashPassword => hash_password(),
+        Command::Check => with_runtime(check_command(cli.config)),
+        Command::Serve {
+            sandbox: true,
+            listen,
+            sandbox_mail_dir,
+        } => with_runtime(serve_sandbox(listen, sandbox_mail_dir)),
+        Command::Serve { listen, .. } => with_runtime(serve(cli.config, listen)),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn with_runtime(future: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(future),
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
+    config::load(path).map_err(|err| {
+        eprintln!("error: {err}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+async fn serve(config_path: PathBuf, listen: Vec<SocketAddr>) -> ExitCode {
+    let mut config = match load_config(&config_path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    if !listen.is_empty() {
+        config.server.listen = listen;
+    }
+    tracing::info!(
+        config = %config_path.display(),
+        assets = config.assets.len(),
+        users = config.users.len(),
+        "config loaded"
+    );
+    run_relay(config, CancellationToken::new()).await
+}
+
+async fn serve_sandbox(listen: Vec<SocketAddr>, mail_dir: PathBuf) -> ExitCode {
+    let shutdown = CancellationToken::new();
+    let upstream = match SandboxUpstream::start(Some(mail_dir.clone()), shutdown.clone()).await {
+        Ok(upstream) => upstream,
+        Err(err) => {
+            eprintln!("error: cannot start the sandbox: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listen = if listen.is_empty() {
+        vec![SocketAddr::from(([127, 0, 0, 1], 2525))]
+    } else {
+        listen
+    };
+    let config = match demo::sandbox_config(&upstream, listen.clone()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let first = listen[0];
+    println!(
+        "smtp-oauth-relay sandbox\n\
+         \x20 relay:      {first} (STARTTLS available, self-signed)\n\
+         \x20 user:       {user}\n\
+         \x20 password:   {password}\n\
+         \x20 senders:    any address\n\
+         \x20 upstream:   embedded Gmail-like server on {upstream_addr} (TLS + XOAUTH2)\n\
+         \x20 mail saved: {dir}/\n\
+         try:\n\
+         \x20 swaks --server {first} --auth-user {user} --auth-password {password} \\\n\
+         \x20       --from you@example.com --to friend@example.net\n\
+         Press Ctrl-C to stop.",
+        user = demo::DEMO_USER,
+        password = demo::DEMO_PASSWORD,
+        upstream_addr = upstream.gmail.addr(),
+        dir = mail_dir.display(),
+    );
+    run_relay(config, shutdown).await
+}
+
+async fn run_relay(config: Config, shutdown: CancellationToken) -> ExitCode {
+    let listeners = match Listeners::bind(&config.server.listen, &config.server.listen_tls).await {
+        Ok(listeners) => listeners,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let relay = match Relay::new(config) {
+        Ok(relay) => Arc::new(relay),
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let signal_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        signal_shutdown.cancel();
+    });
+    server::run(listeners, relay, shutdown).await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn check_command(config_path: PathBuf) -> ExitCode {
+    let config = match load_config(&config_path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    println!("config {}: OK", config_path.display());
+    let tokens = match TokenManager::new(&config.assets, config.timeouts.token_request) {
+        Ok(tokens) => tokens,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let results = check::check_assets(&config, &tokens).await;
+    if check::report(&results, &mut std::io::stdout()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn hash_password() -> ExitCode {
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ");
+        let second = rpassword::prompt_password("Again: ");
+        match (first, second) {
+            (Ok(first), Ok(second)) if first == second => first,
+            (Ok(_), Ok(_)) => {
+                eprintln!("error: the passwords differ");
+                return ExitCode::FAILURE;
+            }
+            (Err(err), _) | (_, Err(err)) => {
+                eprintln!("error: cannot read the password: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        let mut line = String::new();
+        if let Err(err) = std::io::stdin().lock().read_line(&mut line) {
+            eprintln!("error: cannot read the password: {err}");
+            return ExitCode::FAILURE;
+        }
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    if password.is_empty() {
+        eprintln!("error: the password is empty");
+        return ExitCode::FAILURE;
+    }
+    match auth::hash_password(&Secret::new(password)) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! Every reply the relay itself writes to a client, in one table.
+//!
+//! Replies that come from the upstream (MAIL, RCPT and final DATA replies) are passed
+//! through instead; see `Session` for where. Keeping our own texts here makes them easy to
+//! review against RFC 5321 / RFC 3463 / RFC 4954 and keeps wording consistent.
+
+use crate::config::CredentialFailure;
+use crate::smtp::reply::{EnhancedCode, Reply};
+
+const fn code(class: u8, subject: u16, detail: u16) -> Option<EnhancedCode> {
+    Some(EnhancedCode::new(class, subject, detail))
+}
+
+/// A reply of ours; the variants carry what the text needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Say<'a> {
+    Greeting {
+        hostname: &'a str,
+    },
+    Helo {
+        hostname: &'a str,
+        client: &'a str,
+    },
+    Ehlo {
+        lines: Vec<String>,
+    },
+    Ok,
+    ResetOk,
+    Bye {
+        hostname: &'a str,
+    },
+    Help,
+    Vrfy,
+    ExpnDisabled,
+    StartTls,
+    TlsNotAvailable,
+    TlsAlreadyActive,
+    AuthSucceeded,
+    AuthChallenge {
+        challenge: &'a str,
+    },
+    AuthFailed,
+    AuthCancelled,
+    AuthBadBase64,
+    AuthUnknownMechanism,
+    AuthAlreadyDone,
+    AuthRequired,
+    AuthLineTooLong,
+    AuthInTransaction,
+    SendHeloFirst,
+    NestedMail,
+    NeedMail,
+    NeedRcpt,
+    UnknownCommand,
+    Syntax {
+        detail: &'a str,
+    },
+    BadSenderSyntax,
+    BadRecipientSyntax,
+    CommandLineTooLong,
+    UnsupportedParameter {
+        keyword: &'a str,
+    },
+    SenderNotServed {
+        sender: &'a str,
+    },
+    SenderNotOwned {
+        sender: &'a str,
+        user: &'a str,
+    },
+    NullSenderNoAsset,
+    MessageTooBigDeclared {
+        limit: u64,
+    },
+    MessageTooBig {
+        limit: u64,
+    },
+    DataLineTooLong {
+        limit: usize,
+    },
+    BareLineEnding,
+    TooManyRecipients,
+    TooManyTransactions,
+    Utf8NotSupportedUpstream,
+    StartData,
+    CredentialsNeedReauthorization {
+        asset: &'a str,
+        mode: CredentialFailure,
+    },
+    CredentialsUnavailable,
+    UpstreamUnavailable,
+    UpstreamLost,
+    UpstreamTlsFailed,
+    UpstreamNoTls,
+    PossibleDuplicate,
+    TooManyErrors,
+    CommandTimeout,
+    TooManyConnections,
+    ShuttingDown,
+    /// A reply already built (its text needed values this enum cannot borrow).
+    Prebuilt(Reply),
+}
+
+impl Say<'_> {
+    pub fn reply(&self) -> Reply {
+        match self {
+            Say::Greeting { hostname } => Reply::new(
+                220,
+                None,
+                format!("{hostname} ESMTP smtp-oauth-relay ready"),
+            ),
+            Say::Helo { hostname, client } => {
+                Reply::new(250, None, format!("{hostname} Hello {client}"))
+            }
+            Say::Ehlo { lines } => Reply::multi(250, None, lines.clone()),
+            Say::Ok => Reply::new(250, code(2, 0, 0), "OK"),
+            Say::ResetOk => Reply::new(250, code(2, 0, 0), "Reset OK"),
+            Say::Bye { hostname } => {
+                Reply::new(221, code(2, 0, 0), format!("{hostname} closing connection"))
+            }
+            Say::Help => Reply::new(
+                214,
+                code(2, 0, 0),
+                "Commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA RSET NOOP VRFY HELP QUIT",
+            ),
+            Say::Vrfy => Reply::new(
+                252,
+                code(2, 5, 0),
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            ),
+            Say::ExpnDisabled => Reply::new(502, code(5, 5, 1), "EXPN not available"),
+            Say::StartTls => Reply::new(220, code(2, 0, 0), "Ready to start TLS"),
+            Say::TlsNotAvailable => Reply::new(
+                502,
+                code(5, 5, 1),
+                "STARTTLS not available: no certificate is configured",
+            ),
+            Say::TlsAlreadyActive => Reply::new(503, code(5, 5, 1), "TLS already active"),
+            Say::AuthSucceeded => Reply::new(235, code(2, 7, 0), "Authentication successful"),
+            Say::AuthChallenge { challenge } => Reply::new(334, None, *challenge),
+            Say::AuthFailed => Reply::new(
+                535,
+                code(5, 7, 8),
+                "Authentication credentials invalid",
+            ),
+            Say::AuthCancelled => Reply::new(501, code(5, 0, 0), "Authentication cancelled"),
+            Say::AuthBadBase64 => Reply::new(
+                501,
+                code(5, 5, 2),
+                "Cannot decode response: invalid base64 or format",
+            ),
+            Say::AuthUnknownMechanism => Reply::new(
+                504,
+                code(5, 5, 4),
+                "Unrecognized authentication type; use PLAIN or LOGIN",
+            ),
+            Say::AuthAlreadyDone => Reply::new(503, code(5, 5, 1), "Already authenticated"),
+            Say::AuthRequired => Reply::new(530, code(5, 7, 0), "Authentication required"),
+            Say::AuthLineTooLong => Reply::new(500, code(5, 5, 6), "Authentication exchange line is too long"),
+            Say::AuthInTransaction => Reply::new(
+                503,
+                code(5, 5, 1),
+                "AUTH not allowed during a mail transaction",
+            ),
+            Say::SendHeloFirst => Reply::new(503, code(5, 5, 1), "Send EHLO or HELO first"),
+            Say::NestedMail => Reply::new(503, code(5, 5, 1), "Sender already specified"),
+            Say::NeedMail => Reply::new(503, code(5, 5, 1), "Need MAIL command first"),
+            Say::NeedRcpt => Reply::new(554, code(5, 5, 1), "No valid recipients"),
+            Say::UnknownCommand => Reply::new(500, code(5, 5, 1), "Command not recognized"),
+            Say::Syntax { detail } => {
+                Reply::new(501, code(5, 5, 4), format!("Syntax error: {detail}"))
+            }
+            Say::BadSenderSyntax => {
+                Reply::new(501, code(5, 1, 7), "Bad sender address syntax")
+            }
+            Say::BadRecipientSyntax => {
+                Reply::new(501, code(5, 1, 3), "Bad recipient address syntax")
+            }
+            Say::CommandLineTooLong => Reply::new(500, code(5, 5, 6), "Command line too long"),
+            Say::UnsupportedParameter { keyword } => Reply::new(
+                555,
+                code(5, 5, 4),
+                format!("Unsupported parameter {keyword}"),
+            ),
+            Say::SenderNotServed { sender } => Reply::new(
+                550,
+                code(5, 7, 1),
+                format!("<{sender}>: Sender address rejected: no account of this relay sends as this address"),
+            ),
+            Say::SenderNotOwned { sender, user } => Reply::new(
+                553,
+                code(5, 7, 1),
+                format!("<{sender}>: Sender address rejected: not owned by user {user}"),
+            ),
+            Say::NullSenderNoAsset => Reply::new(
+                550,
+                code(5, 7, 1),
+                "<>: Null sender needs a user with exactly one asset",
+            ),
+            Say::MessageTooBigDeclared { limit } => Reply::new(
+                552,
+                code(5, 3, 4),
+                format!("Message size exceeds fixed limit of {limit} bytes"),
+            ),
+            Say::MessageTooBig { limit } => Reply::new(
+                552,
+                code(5, 3, 4),
+                format!("Message size exceeds fixed limit of {limit} bytes; message not sent"),
+            ),
+            Say::DataLineTooLong { limit } => Reply::new(
+                500,
+                code(5, 5, 2),
+                format!("Message has a line longer than {limit} bytes (RFC 5321 4.5.3.1.6); message not sent"),
+            ),
+            Say::BareLineEnding => Reply::new(
+                550,
+                code(5, 6, 11),
+                "Message contains bare CR or LF line endings; use CRLF; message not sent",
+            ),
+            Say::TooManyRecipients => Reply::new(452, code(4, 5, 3), "Too many recipients"),
+            Say::TooManyTransactions => Reply::new(
+                421,
+                code(4, 7, 0),
+                "Too many messages in one session, reconnect to send more",
+            ),
+            Say::Utf8NotSupportedUpstream => Reply::new(
+                555,
+                code(5, 6, 7),
+                "SMTPUTF8 is not supported by the upstream server",
+            ),
+            Say::StartData => Reply::new(354, None, "End data with <CR><LF>.<CR><LF>"),
+            Say::CredentialsNeedReauthorization { asset, mode } => {
+                let text = format!(
+                    "Sending account \"{asset}\" needs re-authorization by the relay operator"
+                );
+                match mode {
+                    CredentialFailure::Temporary => Reply::new(454, code(4, 7, 0), text),
+                    CredentialFailure::Permanent => Reply::new(535, code(5, 7, 8), text),
+                }
+            }
+            Say::CredentialsUnavailable => Reply::new(
+                454,
+                code(4, 7, 0),
+                "Temporary authentication failure towards the mail provider, try again later",
+            ),
+            Say::UpstreamUnavailable => Reply::new(
+                451,
+                code(4, 4, 1),
+                "Upstream mail server unavailable, try again later",
+            ),
+            Say::UpstreamLost => Reply::new(
+                451,
+                code(4, 4, 2),
+                "Connection to the upstream mail server lost, try again later",
+            ),
+            Say::UpstreamTlsFailed => Reply::new(
+                454,
+                code(4, 7, 5),
+                "TLS towards the upstream mail server failed, try again later",
+            ),
+            Say::UpstreamNoTls => Reply::new(
+                454,
+                code(4, 7, 4),
+                "Upstream mail server did not offer STARTTLS; refusing to send credentials in the clear",
+            ),
+            Say::PossibleDuplicate => Reply::new(
+                451,
+                code(4, 4, 2),
+                "Upstream connection lost before it confirmed the message; try again (a duplicate is possible)",
+            ),
+            Say::TooManyErrors => Reply::new(421, code(4, 7, 0), "Too many errors, closing connection"),
+            Say::CommandTimeout => Reply::new(421, code(4, 4, 2), "Timeout exceeded, closing connection"),
+            Say::TooManyConnections => Reply::new(
+                421,
+                code(4, 7, 0),
+                "Too many connections, try again later",
+            ),
+            Say::Prebuilt(reply) => reply.clone(),
+            Say::ShuttingDown => Reply::new(
+                421,
+                code(4, 3, 2),
+                "Service shutting down, try again later",
+            ),
+        }
+    }
+}
+
+/// An upstream reply as our client should see it: passed through unchanged, except that an
+/// enhanced status code is supplied when the upstream sent none, because we advertise
+/// ENHANCEDSTATUSCODES and clients may rely on it.
+pub fn relayed(mut upstream: Reply) -> Reply {
+    if upstream.enhanced.is_none() {
+        let class = (upstream.code / 100) as u8;
+        if (2..=5).contains(&class) && upstream.code != 354 {
+            upstream.enhanced = Some(EnhancedCode::new(class, 0, 0));
+        }
+    }
+    upstream
+}

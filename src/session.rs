@@ -1,0 +1,1013 @@
+//! One client connection, from greeting to QUIT.
+//!
+//! The session is an explicit state machine. *What comes next* on the wire is decided by
+//! the loop in [`Session::run`] (a command line; inside AUTH, a SASL line; after DATA, the
+//! message); *where we are* is [`Phase`] (no transaction, or a transaction that owns an
+//! authenticated upstream connection). Parsing is done by the pure `smtp` module; this
+//! file only decides and does I/O.
+//!
+//! The rule everything here serves: a client hears 2xx for MAIL, RCPT and the message only
+//! when the upstream said 2xx for the same thing. Whenever the upstream cannot be reached
+//! or vanishes, the client hears 4xx and keeps the mail.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::auth::{self, Credentials, SaslError};
+use crate::config::{Asset, AssetAccess, User};
+use crate::error::RelayError;
+use crate::received::Trace;
+use crate::relay::Relay;
+use crate::replies::{relayed, Say};
+use crate::secret::Secret;
+use crate::smtp::command::{parse_command, Command, CommandError, Param};
+use crate::smtp::data::{DataLimits, DataProblem, DataScanner};
+use crate::smtp::reply::Reply;
+use crate::stream::MaybeTls;
+use crate::upstream::{Upstream, UpstreamError};
+
+/// How much we read from the client at once; also bounds the chunks sent upstream.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Whether the session goes on after a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// Where the session is in the SMTP dialogue.
+enum Phase {
+    /// No mail transaction (before or between messages).
+    Idle,
+    /// The upstream accepted MAIL FROM; RCPTs and DATA follow.
+    Transaction(Box<Transaction>),
+}
+
+struct Transaction {
+    asset: Arc<Asset>,
+    upstream: Upstream,
+    sender: String,
+    recipients: Vec<String>,
+}
+
+/// An authenticated upstream connection kept between transactions of one session.
+struct IdleUpstream {
+    asset: String,
+    upstream: Upstream,
+}
+
+/// What reading the next line from the client produced.
+enum Input {
+    Line(Vec<u8>),
+    TooLong,
+    Closed,
+    TimedOut,
+    ShutDown,
+}
+
+/// The client leg: a stream, a read buffer, and replies waiting to be flushed.
+struct ClientConnection<IO> {
+    stream: MaybeTls<IO>,
+    read_buf: BytesMut,
+    write_buf: Vec<u8>,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
+    fn queue(&mut self, reply: &Reply) {
+        reply.write_to(&mut self.write_buf);
+    }
+
+    /// Replies are queued and written only when we are about to wait for the client, so a
+    /// pipelining client gets its replies in one packet (RFC 2920).
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.write_buf.is_empty() {
+            self.stream.write_all(&self.write_buf).await?;
+            self.write_buf.clear();
+        }
+        self.stream.flush().await
+    }
+
+    /// Reads more bytes into the buffer; Ok(false) when the client closed the connection.
+    async fn fill(&mut self, deadline: Instant) -> Result<bool, Input> {
+        if self.flush().await.is_err() {
+            return Err(Input::Closed);
+        }
+        self.read_buf.reserve(READ_CHUNK);
+        match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.read_buf)).await {
+            Ok(Ok(0)) => Ok(false),
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(_)) => Err(Input::Closed),
+            Err(_) => Err(Input::TimedOut),
+        }
+    }
+
+    /// The next line without its CRLF (or bare LF). A line longer than `max` (counting
+    /// its CRLF) is discarded up to its end and reported as TooLong, without buffering it.
+    async fn read_line(
+        &mut self,
+        max: usize,
+        timeout: Duration,
+        shutdown: Option<&CancellationToken>,
+    ) -> Input {
+        let deadline = Instant::now() + timeout;
+        let mut discarding = false;
+        loop {
+            if let Some(newline) = self.read_buf.iter().position(|&b| b == b'\n') {
+                let line = self.read_buf.split_to(newline + 1);
+                if discarding || line.len() > max {
+                    return Input::TooLong;
+                }
+                let mut line = line.to_vec();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Input::Line(line);
+            }
+            if self.read_buf.len() > max {
+                discarding = true;
+                self.read_buf.clear();
+            }
+            let filled = match shutdown {
+                Some(shutdown) => tokio::select! {
+                    filled = self.fill(deadline) => filled,
+                    _ = shutdown.cancelled() => return Input::ShutDown,
+                },
+                None => self.fill(deadline).await,
+            };
+            match filled {
+                Ok(true) => {}
+                Ok(false) => return Input::Closed,
+                Err(input) => return input,
+            }
+        }
+    }
+}
+
+pub struct Session<IO> {
+    relay: Arc<Relay>,
+    conn: ClientConnection<IO>,
+    peer: SocketAddr,
+    id: String,
+    helo: Option<String>,
+    esmtp: bool,
+    user: Option<Arc<User>>,
+    phase: Phase,
+    idle_upstream: Option<IdleUpstream>,
+    errors: usize,
+    transactions: usize,
+    shutdown: CancellationToken,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
+    /// A session on `stream`; `stream` is already TLS for the implicit-TLS listener.
+    pub fn new(
+        relay: Arc<Relay>,
+        stream: MaybeTls<IO>,
+        peer: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let id = relay.next_session_id();
+        Session {
+            relay,
+            conn: ClientConnection {
+                stream,
+                read_buf: BytesMut::with_capacity(READ_CHUNK),
+                write_buf: Vec::with_capacity(1024),
+            },
+            peer,
+            id,
+            helo: None,
+            esmtp: false,
+            user: None,
+            phase: Phase::Idle,
+            idle_upstream: None,
+            errors: 0,
+            transactions: 0,
+            shutdown,
+        }
+    }
+
+    /// Runs the dialogue to its end; never panics on client input.
+    pub async fn run(mut self) {
+        let span = tracing::info_span!(
+            "session",
+            id = %self.id,
+            peer = %self.peer,
+            user = tracing::field::Empty
+        );
+        async move {
+            tracing::debug!(tls = self.conn.stream.is_tls(), "connected");
+            let hostname = self.relay.config.server.hostname.clone();
+            self.say(Say::Greeting {
+                hostname: &hostname,
+            });
+            self.dialogue().await;
+            let _ = self.conn.flush().await;
+            let _ = self.conn.stream.shutdown().await;
+            // An open transaction is simply dropped: the upstream never saw the final
+            // "." and discards what it had.
+            if let Some(idle) = self.idle_upstream.take() {
+                idle.upstream.quit().await;
+            }
+            tracing::debug!(messages = self.transactions, "disconnected");
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn dialogue(&mut self) {
+        let limits = self.relay.config.limits.clone();
+        let timeouts = self.relay.config.timeouts.clone();
+        loop {
+            // Shutdown interrupts only a session that is between transactions; a message in
+            // flight is allowed to finish.
+            let shutdown = match self.phase {
+                Phase::Idle => Some(self.shutdown.clone()),
+                Phase::Transaction(_) => None,
+            };
+            let input = self
+                .conn
+                .read_line(limits.max_command_line, timeouts.command, shutdown.as_ref())
+                .await;
+            let flow = match input {
+                Input::Line(line) => self.handle_line(&line).await,
+                Input::TooLong => self.reject(Say::CommandLineTooLong),
+                Input::Closed => Flow::Close,
+                Input::TimedOut => {
+                    tracing::info!("client timed out");
+                    self.say(Say::CommandTimeout);
+                    Flow::Close
+                }
+                Input::ShutDown => {
+                    self.say(Say::ShuttingDown);
+                    Flow::Close
+                }
+            };
+            if flow == Flow::Close {
+                return;
+            }
+        }
+    }
+
+    fn say(&mut self, say: Say<'_>) {
+        self.conn.queue(&say.reply());
+    }
+
+    fn send(&mut self, reply: &Reply) {
+        self.conn.queue(reply);
+    }
+
+    /// Replies with an error of the client's making and counts it; too many and we hang up.
+    fn reject(&mut self, say: Say<'_>) -> Flow {
+        self.say(say);
+        self.errors += 1;
+        if self.errors >= self.relay.config.limits.max_errors {
+            tracing::info!(errors = self.errors, "too many errors, disconnecting");
+            self.say(Say::TooManyErrors);
+            return Flow::Close;
+        }
+        Flow::Continue
+    }
+
+    async fn handle_line(&mut self, line: &[u8]) -> Flow {
+        let command = match parse_command(line) {
+            Ok(command) => command,
+            Err(err) => {
+                return match err {
+                    CommandError::Unrecognized => self.reject(Say::UnknownCommand),
+                    CommandError::Syntax(detail) => self.reject(Say::Syntax { detail }),
+                    CommandError::BadSenderAddress => self.reject(Say::BadSenderSyntax),
+                    CommandError::BadRecipientAddress => self.reject(Say::BadRecipientSyntax),
+                }
+            }
+        };
+        match command {
+            Command::Ehlo { domain } => self.hello(domain, true).await,
+            Command::Helo { domain } => self.hello(domain, false).await,
+            Command::StartTls => self.starttls().await,
+            Command::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(&mechanism, initial_response).await,
+            Command::Mail { from, params } => self.mail(from, &params).await,
+            Command::Rcpt { to, params } => self.rcpt(to, &params).await,
+            Command::Data => self.data().await,
+            Command::Rset => {
+                self.end_transaction().await;
+                self.say(Say::ResetOk);
+                Flow::Continue
+            }
+            Command::Noop => {
+                self.say(Say::Ok);
+                Flow::Continue
+            }
+            Command::Vrfy { .. } => {
+                self.say(Say::Vrfy);
+                Flow::Continue
+            }
+            Command::Expn { .. } => self.reject(Say::ExpnDisabled),
+            Command::Help { .. } => {
+                self.say(Say::Help);
+                Flow::Continue
+            }
+            Command::Quit => {
+                let hostname = self.relay.config.server.hostname.clone();
+                self.say(Say::Bye {
+                    hostname: &hostname,
+                });
+                Flow::Close
+            }
+        }
+    }
+
+    async fn hello(&mut self, domain: String, extended: bool) -> Flow {
+        // RFC 5321 §4.1.4: EHLO/HELO in the middle of a transaction resets it.
+        self.end_transaction().await;
+        let config = &self.relay.config;
+        let hostname = config.server.hostname.clone();
+        let reply = if extended {
+            let mut lines = vec![
+                format!("{hostname} Hello {domain} [{}]", self.peer.ip()),
+                "PIPELINING".to_string(),
+                format!("SIZE {}", config.limits.max_message_size),
+                "8BITMIME".to_string(),
+                "SMTPUTF8".to_string(),
+                "ENHANCEDSTATUSCODES".to_string(),
+                "AUTH PLAIN LOGIN".to_string(),
+            ];
+            if config.server.tls.is_some() && !self.conn.stream.is_tls() {
+                lines.push("STARTTLS".to_string());
+            }
+            Say::Ehlo { lines }.reply()
+        } else {
+            Say::Helo {
+                hostname: &hostname,
+                client: &domain,
+            }
+            .reply()
+        };
+        self.helo = Some(domain);
+        self.esmtp = extended;
+        self.send(&reply);
+        Flow::Continue
+    }
+
+    async fn starttls(&mut self) -> Flow {
+        if self.conn.stream.is_tls() {
+            return self.reject(Say::TlsAlreadyActive);
+        }
+        let Some(acceptor) = self.relay.tls_acceptor.clone() else {
+            return self.reject(Say::TlsNotAvailable);
+        };
+        self.say(Say::StartTls);
+        if self.conn.flush().await.is_err() {
+            return Flow::Close;
+        }
+        // CVE-2011-0411: commands pipelined after STARTTLS arrived in the clear and must
+        // not be executed inside the TLS session.
+        if !self.conn.read_buf.is_empty() {
+            tracing::warn!(
+                bytes = self.conn.read_buf.len(),
+                "discarding data the client sent before the TLS handshake"
+            );
+            self.conn.read_buf.clear();
+        }
+        let Some(plain) = self.conn.stream.take_plain() else {
+            return Flow::Close;
+        };
+        let handshake =
+            tokio::time::timeout(self.relay.config.timeouts.command, acceptor.accept(plain)).await;
+        match handshake {
+            Ok(Ok(tls)) => {
+                self.conn.stream = MaybeTls::Tls(Box::new(tokio_rustls::TlsStream::Server(tls)));
+                // RFC 3207 §4.2: the client must start over with EHLO.
+                self.end_transaction().await;
+                self.helo = None;
+                self.user = None;
+                tracing::debug!("STARTTLS done");
+                Flow::Continue
+            }
+            Ok(Err(err)) => {
+                tracing::info!(error = %err, "client TLS handshake failed");
+                Flow::Close
+            }
+            Err(_) => {
+                tracing::info!("client TLS handshake timed out");
+                Flow::Close
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- AUTH
+
+    async fn auth(&mut self, mechanism: &str, initial_response: Option<String>) -> Flow {
+        if self.helo.is_none() {
+            return self.reject(Say::SendHeloFirst);
+        }
+        if self.user.is_some() {
+            return self.reject(Say::AuthAlreadyDone);
+        }
+        if matches!(self.phase, Phase::Transaction(_)) {
+            return self.reject(Say::AuthInTransaction);
+        }
+        let credentials = match mechanism {
+            "PLAIN" => self.auth_plain(initial_response).await,
+            "LOGIN" => self.auth_login(initial_response).await,
+            _ => return self.reject(Say::AuthUnknownMechanism),
+        };
+        let credentials = match credentials {
+            Ok(credentials) => credentials,
+            Err(AuthAbort::Sasl(SaslError::Cancelled)) => return self.reject(Say::AuthCancelled),
+            Err(AuthAbort::Sasl(SaslError::Malformed)) => return self.reject(Say::AuthBadBase64),
+            Err(AuthAbort::TooLong) => return self.reject(Say::AuthLineTooLong),
+            Err(AuthAbort::Disconnect(say)) => {
+                if let Some(say) = say {
+                    self.say(say);
+                }
+                return Flow::Close;
+            }
+        };
+        let username = credentials.username.clone();
+        match self.relay.users.verify(credentials).await {
+            Some(user) => {
+                tracing::Span::current().record("user", user.name.as_str());
+                tracing::info!(mechanism, "authenticated");
+                self.user = Some(user);
+                self.say(Say::AuthSucceeded);
+                Flow::Continue
+            }
+            None => {
+                tracing::warn!(mechanism, user = %username, "authentication failed");
+                self.reject(Say::AuthFailed)
+            }
+        }
+    }
+
+    async fn auth_plain(&mut self, initial: Option<String>) -> Result<Credentials, AuthAbort> {
+        let response = match initial {
+            Some(response) => response,
+            None => self.sasl_exchange("").await?,
+        };
+        let decoded = auth::decode_response(&response)?;
+        Ok(auth::decode_plain(&decoded)?)
+    }
+
+    async fn auth_login(&mut self, initial: Option<String>) -> Result<Credentials, AuthAbort> {
+        let username = match initial {
+            Some(response) => response,
+            // base64("Username:")
+            None => self.sasl_exchange("VXNlcm5hbWU6").await?,
+        };
+        let username = auth::decode_login_text(auth::decode_response(&username)?)?;
+        // base64("Password:")
+        let password = self.sasl_exchange("UGFzc3dvcmQ6").await?;
+        let password = auth::decode_login_text(auth::decode_response(&password)?)?;
+        if username.is_empty() {
+            return Err(AuthAbort::Sasl(SaslError::Malformed));
+        }
+        Ok(Credentials {
+            username,
+            password: Secret::new(password),
+        })
+    }
+
+    /// Sends a 334 challenge and reads the client's response line.
+    async fn sasl_exchange(&mut self, challenge: &str) -> Result<String, AuthAbort> {
+        self.say(Say::AuthChallenge { challenge });
+        let config = &self.relay.config;
+        let input = self
+            .conn
+            .read_line(config.limits.max_auth_line, config.timeouts.command, None)
+            .await;
+        match input {
+            Input::Line(line) => {
+                String::from_utf8(line).map_err(|_| AuthAbort::Sasl(SaslError::Malformed))
+            }
+            Input::TooLong => Err(AuthAbort::TooLong),
+            Input::TimedOut => Err(AuthAbort::Disconnect(Some(Say::CommandTimeout))),
+            Input::Closed | Input::ShutDown => Err(AuthAbort::Disconnect(None)),
+        }
+    }
+
+    // ---------------------------------------------------------------- MAIL
+
+    async fn mail(&mut self, from: String, params: &[Param]) -> Flow {
+        if self.helo.is_none() {
+            return self.reject(Say::SendHeloFirst);
+        }
+        let Some(user) = self.user.clone() else {
+            return self.reject(Say::AuthRequired);
+        };
+        if matches!(self.phase, Phase::Transaction(_)) {
+            return self.reject(Say::NestedMail);
+        }
+        if self.transactions >= self.relay.config.limits.max_transactions {
+            self.say(Say::TooManyTransactions);
+            return Flow::Close;
+        }
+        let envelope = match MailParams::parse(params, self.relay.config.limits.max_message_size) {
+            Ok(envelope) => envelope,
+            Err(say) => return self.reject(say),
+        };
+        let asset = match self.asset_for(&from, &user) {
+            Ok(asset) => asset,
+            Err(say) => {
+                tracing::warn!(sender = %from, user = %user.name, reply = %say.reply(), "sender refused");
+                return self.reject(say);
+            }
+        };
+
+        let mut upstream = match self.upstream_for(&asset).await {
+            Ok(upstream) => upstream,
+            Err(say) => {
+                self.send(&say);
+                return Flow::Continue;
+            }
+        };
+        let mut line = format!("MAIL FROM:<{from}>");
+        let capabilities = upstream.capabilities().clone();
+        if let Some(size) = envelope.size {
+            if capabilities.size.is_some() {
+                line.push_str(&format!(" SIZE={size}"));
+            }
+        }
+        if envelope.eight_bit && capabilities.eight_bit_mime {
+            line.push_str(" BODY=8BITMIME");
+        }
+        if envelope.smtputf8 {
+            if !capabilities.smtputf8 {
+                self.park_upstream(&asset, upstream);
+                return self.reject(Say::Utf8NotSupportedUpstream);
+            }
+            line.push_str(" SMTPUTF8");
+        }
+        match upstream.command(&line).await {
+            Ok(reply) => {
+                let accepted = reply.is_positive();
+                self.send(&relayed(reply));
+                if accepted {
+                    self.phase = Phase::Transaction(Box::new(Transaction {
+                        asset,
+                        upstream,
+                        sender: from,
+                        recipients: Vec::new(),
+                    }));
+                } else {
+                    self.park_upstream(&asset, upstream);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(asset = %asset.name, error = %err, "upstream failed at MAIL FROM");
+                self.say(Say::UpstreamLost);
+            }
+        }
+        Flow::Continue
+    }
+
+    /// The asset that sends for `sender`, or the refusal for the client.
+    fn asset_for(&self, sender: &str, user: &User) -> Result<Arc<Asset>, Say<'static>> {
+        let config = &self.relay.config;
+        if sender.is_empty() {
+            // Bounces from a Postfix in front of us come with a null sender: send them as
+            // the one account the user has, if there is exactly one.
+            let only = match &user.assets {
+                AssetAccess::Only(names) if names.len() == 1 => names.iter().next().cloned(),
+                AssetAccess::All if config.assets.len() == 1 => {
+                    config.assets.first().map(|asset| asset.name.clone())
+                }
+                _ => None,
+            };
+            return only
+                .and_then(|name| config.asset(&name).cloned())
+                .ok_or(Say::NullSenderNoAsset);
+        }
+        // Leaked into 'static replies: the texts are built now, sender and user copied.
+        let Some(name) = config.senders.lookup(sender) else {
+            return Err(owned_say(|s| Say::SenderNotServed { sender: s }, sender));
+        };
+        if !user.assets.allows(name) {
+            let text = Say::SenderNotOwned {
+                sender,
+                user: &user.name,
+            }
+            .reply();
+            return Err(Say::Prebuilt(text));
+        }
+        config
+            .asset(name)
+            .cloned()
+            .ok_or_else(|| owned_say(|s| Say::SenderNotServed { sender: s }, sender))
+    }
+
+    /// An authenticated upstream for `asset`: the one kept from this session's previous
+    /// message when it is for the same asset, otherwise a new one.
+    async fn upstream_for(&mut self, asset: &Arc<Asset>) -> Result<Upstream, Reply> {
+        if let Some(idle) = self.idle_upstream.take() {
+            if idle.asset == asset.name {
+                let mut upstream = idle.upstream;
+                // A cheap probe: a connection the server closed meanwhile is replaced
+                // before the client's MAIL FROM is at stake.
+                if matches!(upstream.command("NOOP").await, Ok(reply) if reply.is_positive()) {
+                    return Ok(upstream);
+                }
+            } else {
+                idle.upstream.quit().await;
+            }
+        }
+        self.open_upstream(asset).await
+    }
+
+    async fn open_upstream(&self, asset: &Asset) -> Result<Upstream, Reply> {
+        let relay = &self.relay;
+        let mode = relay.config.server.credential_failure;
+        let started = Instant::now();
+        let mut retried = false;
+        loop {
+            let attempt = async {
+                let token = relay.tokens.access_token(&asset.name).await?;
+                let mut upstream = Upstream::connect(&asset.upstream, &relay.upstream).await?;
+                match upstream.authenticate(&asset.email, &token.token).await {
+                    Ok(()) => Ok(upstream),
+                    Err(err) => Err((err, Some(token))),
+                }
+                .map_err(|(err, token)| AttemptError {
+                    error: RelayError::Upstream(err),
+                    token,
+                })
+            };
+            let failure = match attempt.await {
+                Ok(upstream) => {
+                    tracing::debug!(
+                        asset = %asset.name,
+                        upstream = %upstream.target(),
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "upstream session ready"
+                    );
+                    return Ok(upstream);
+                }
+                Err(failure) => failure,
+            };
+            // A cached token the provider refuses (revoked, or expired early) deserves one
+            // fresh token on a new connection before we give up.
+            if let (false, Some(token), RelayError::Upstream(err)) =
+                (retried, &failure.token, &failure.error)
+            {
+                if err.is_credential_rejection() && !token.fresh {
+                    tracing::info!(asset = %asset.name, error = %err, "cached access token refused, refreshing once");
+                    relay.tokens.invalidate(&asset.name, &token.token).await;
+                    retried = true;
+                    continue;
+                }
+            }
+            let error = failure.error;
+            let reply = error.client_reply(&asset.name, mode).reply();
+            if error.needs_operator() {
+                tracing::error!(
+                    asset = %asset.name,
+                    error = %error,
+                    hint = error.hint(),
+                    reply = %reply,
+                    "asset needs attention"
+                );
+            } else {
+                tracing::warn!(
+                    asset = %asset.name,
+                    error = %error,
+                    hint = error.hint(),
+                    reply = %reply,
+                    "cannot open upstream session"
+                );
+            }
+            return Err(reply);
+        }
+    }
+
+    fn park_upstream(&mut self, asset: &Asset, upstream: Upstream) {
+        self.idle_upstream = Some(IdleUpstream {
+            asset: asset.name.clone(),
+            upstream,
+        });
+    }
+
+    /// Ends a transaction without delivering: RSET upstream and keep the connection.
+    async fn end_transaction(&mut self) {
+        if let Phase::Transaction(mut transaction) = std::mem::replace(&mut self.phase, Phase::Idle)
+        {
+            if matches!(transaction.upstream.command("RSET").await, Ok(reply) if reply.is_positive())
+            {
+                self.park_upstream(&transaction.asset, transaction.upstream);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- RCPT
+
+    async fn rcpt(&mut self, to: String, params: &[Param]) -> Flow {
+        if let Some(param) = params.first() {
+            let keyword = param.keyword.clone();
+            return self.reject(Say::UnsupportedParameter { keyword: &keyword });
+        }
+        let max_recipients = self.relay.config.limits.max_recipients;
+        let Phase::Transaction(transaction) = &mut self.phase else {
+            return self.reject(Say::NeedMail);
+        };
+        if transaction.recipients.len() >= max_recipients {
+            self.say(Say::TooManyRecipients);
+            return Flow::Continue;
+        }
+        match transaction
+            .upstream
+            .command(&format!("RCPT TO:<{to}>"))
+            .await
+        {
+            Ok(reply) => {
+                if reply.is_positive() {
+                    transaction.recipients.push(to);
+                }
+                let reply = relayed(reply);
+                self.send(&reply);
+            }
+            Err(err) => {
+                tracing::warn!(asset = %transaction.asset.name, error = %err, "upstream failed at RCPT TO");
+                self.phase = Phase::Idle;
+                self.say(Say::UpstreamLost);
+            }
+        }
+        Flow::Continue
+    }
+
+    // ---------------------------------------------------------------- DATA
+
+    async fn data(&mut self) -> Flow {
+        let Phase::Transaction(transaction) = &mut self.phase else {
+            return self.reject(Say::NeedMail);
+        };
+        if transaction.recipients.is_empty() {
+            return self.reject(Say::NeedRcpt);
+        }
+        let Phase::Transaction(mut transaction) = std::mem::replace(&mut self.phase, Phase::Idle)
+        else {
+            return Flow::Continue;
+        };
+        match transaction.upstream.command("DATA").await {
+            Ok(reply) if reply.code == 354 => {}
+            Ok(reply) => {
+                self.send(&relayed(reply));
+                self.phase = Phase::Transaction(transaction);
+                return Flow::Continue;
+            }
+            Err(err) => {
+                tracing::warn!(asset = %transaction.asset.name, error = %err, "upstream failed at DATA");
+                self.say(Say::UpstreamLost);
+                return Flow::Continue;
+            }
+        }
+        self.say(Say::StartData);
+        self.transactions += 1;
+        let started = Instant::now();
+        let outcome = self.stream_message(&mut transaction).await;
+        let asset = transaction.asset.name.clone();
+        let recipients = transaction.recipients.len();
+        let log_done = |outcome: &str, reply: &Reply, size: u64| {
+            tracing::info!(
+                asset = %asset,
+                from = %transaction.sender,
+                recipients,
+                size,
+                took_ms = started.elapsed().as_millis() as u64,
+                reply = %reply,
+                "{outcome}"
+            );
+        };
+        match outcome {
+            Streamed::Complete { size } => match transaction.upstream.finish_data().await {
+                Ok(reply) => {
+                    let outcome = if reply.is_positive() {
+                        "message relayed"
+                    } else {
+                        "message refused by upstream"
+                    };
+                    log_done(outcome, &reply, size);
+                    self.send(&relayed(reply));
+                    self.park_upstream(&transaction.asset, transaction.upstream);
+                }
+                Err(err) => {
+                    let reply = Say::PossibleDuplicate.reply();
+                    tracing::warn!(
+                        asset = %asset,
+                        error = %err,
+                        possible_duplicate = true,
+                        "upstream connection lost after the end of data: the message may or may not have been delivered"
+                    );
+                    log_done("message outcome unknown", &reply, size);
+                    self.send(&reply);
+                }
+            },
+            Streamed::Refused { say, size } => {
+                // The upstream gets no terminator: dropping the connection makes it discard
+                // the partial message.
+                let reply = say.reply();
+                log_done("message refused", &reply, size);
+                self.send(&reply);
+            }
+            Streamed::UpstreamFailed { error, size } => {
+                let reply = Say::UpstreamLost.reply();
+                tracing::warn!(asset = %asset, error = %error, "upstream failed during DATA");
+                log_done("message not relayed", &reply, size);
+                self.send(&reply);
+            }
+            Streamed::ClientGone => {
+                tracing::info!(asset = %asset, "client disconnected during DATA; nothing was delivered");
+                return Flow::Close;
+            }
+            Streamed::ClientTimedOut => {
+                tracing::info!(asset = %asset, "client timed out during DATA; nothing was delivered");
+                self.say(Say::CommandTimeout);
+                return Flow::Close;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Copies the message from the client to the upstream until the client's end of data.
+    /// Never sends the terminator: that is the caller's decision.
+    async fn stream_message(&mut self, transaction: &mut Transaction) -> Streamed {
+        let config = self.relay.config.clone();
+        let mut scanner = DataScanner::new(DataLimits {
+            max_line_len: config.limits.max_data_line,
+            bare_line_endings: config.server.bare_line_endings,
+        });
+        let trace = Trace {
+            helo: self.helo.as_deref().unwrap_or("unknown"),
+            peer: self.peer.ip(),
+            hostname: &config.server.hostname,
+            esmtp: self.esmtp,
+            tls: self.conn.stream.is_tls(),
+            authenticated: self.user.is_some(),
+            id: &format!("{}.{}", self.id, self.transactions),
+            single_recipient: match transaction.recipients.as_slice() {
+                [only] => Some(only.as_str()),
+                _ => None,
+            },
+        };
+        let mut out = Vec::with_capacity(READ_CHUNK + 1024);
+        out.extend_from_slice(trace.header(SystemTime::now()).as_bytes());
+        let mut upstream_error: Option<UpstreamError> = None;
+        let mut too_big = false;
+        loop {
+            let scan = scanner.feed(&self.conn.read_buf, &mut out);
+            self.conn.read_buf.advance(scan.consumed);
+            if scanner.content_len() > config.limits.max_message_size {
+                too_big = true;
+            }
+            let forwarding = upstream_error.is_none() && !too_big && scanner.problem().is_none();
+            if forwarding && !out.is_empty() {
+                if let Err(err) = transaction.upstream.send_data(&out).await {
+                    upstream_error = Some(err);
+                }
+            }
+            out.clear();
+            if scan.finished {
+                break;
+            }
+            let deadline = Instant::now() + config.timeouts.data_block;
+            match self.conn.fill(deadline).await {
+                Ok(true) => {}
+                Ok(false) | Err(Input::Closed) => return Streamed::ClientGone,
+                Err(_) => return Streamed::ClientTimedOut,
+            }
+        }
+        let size = scanner.content_len();
+        if too_big {
+            return Streamed::Refused {
+                say: Say::MessageTooBig {
+                    limit: config.limits.max_message_size,
+                },
+                size,
+            };
+        }
+        match scanner.problem() {
+            Some(DataProblem::LineTooLong) => {
+                return Streamed::Refused {
+                    say: Say::DataLineTooLong {
+                        limit: config.limits.max_data_line,
+                    },
+                    size,
+                }
+            }
+            Some(DataProblem::BareLineEnding) => {
+                return Streamed::Refused {
+                    say: Say::BareLineEnding,
+                    size,
+                }
+            }
+            None => {}
+        }
+        match upstream_error {
+            Some(error) => Streamed::UpstreamFailed { error, size },
+            None => Streamed::Complete { size },
+        }
+    }
+}
+
+/// How copying a message ended.
+enum Streamed {
+    Complete { size: u64 },
+    Refused { say: Say<'static>, size: u64 },
+    UpstreamFailed { error: UpstreamError, size: u64 },
+    ClientGone,
+    ClientTimedOut,
+}
+
+enum AuthAbort {
+    Sasl(SaslError),
+    TooLong,
+    Disconnect(Option<Say<'static>>),
+}
+
+impl From<SaslError> for AuthAbort {
+    fn from(err: SaslError) -> Self {
+        AuthAbort::Sasl(err)
+    }
+}
+
+struct AttemptError {
+    error: RelayError,
+    token: Option<crate::token::AccessToken>,
+}
+
+impl From<crate::token::TokenError> for AttemptError {
+    fn from(err: crate::token::TokenError) -> Self {
+        AttemptError {
+            error: RelayError::Token(err),
+            token: None,
+        }
+    }
+}
+
+impl From<UpstreamError> for AttemptError {
+    fn from(err: UpstreamError) -> Self {
+        AttemptError {
+            error: RelayError::Upstream(err),
+            token: None,
+        }
+    }
+}
+
+/// Builds a reply whose text needs a borrowed value, detached from that borrow.
+fn owned_say(make: impl FnOnce(&str) -> Say<'_>, value: &str) -> Say<'static> {
+    Say::Prebuilt(make(value).reply())
+}
+
+/// The MAIL FROM parameters we advertise and understand.
+struct MailParams {
+    size: Option<u64>,
+    eight_bit: bool,
+    smtputf8: bool,
+}
+
+impl MailParams {
+    fn parse(params: &[Param], max_size: u64) -> Result<MailParams, Say<'static>> {
+        let mut envelope = MailParams {
+            size: None,
+            eight_bit: false,
+            smtputf8: false,
+        };
+        for param in params {
+            match (param.keyword.as_str(), param.value.as_deref()) {
+                ("SIZE", Some(value)) => {
+                    let size: u64 = value.parse().map_err(|_| Say::Syntax {
+                        detail: "SIZE needs a number",
+                    })?;
+                    if size > max_size {
+                        return Err(Say::MessageTooBigDeclared { limit: max_size });
+                    }
+                    envelope.size = Some(size);
+                }
+                ("BODY", Some(value)) if value.eq_ignore_ascii_case("8BITMIME") => {
+                    envelope.eight_bit = true;
+                }
+                ("BODY", Some(value)) if value.eq_ignore_ascii_case("7BIT") => {}
+                ("SMTPUTF8", None) => envelope.smtputf8 = true,
+                // RFC 4954 §5: AUTH= on MAIL is informational; we already know the user.
+                ("AUTH", _) => {}
+                _ => {
+                    return Err(owned_say(
+                        |keyword| Say::UnsupportedParameter { keyword },
+                        &param.keyword,
+                    ))
+                }
+            }
+        }
+        Ok(envelope)
+    }
+}

@@ -1,0 +1,16 @@
+//! SMTP protocol pieces that need no I/O: command parsing for the local
+//! server side, reply formatting and parsing, the DATA-phase scanner and the
+//! EHLO capability reader for the upstream client side.
+//!
+//! Everything here is pure and synchronous so it can be unit-, property- and
+//! fuzz-tested without sockets.
+
+pub mod command;
+pub mod data;
+pub mod ehlo;
+pub mod reply;
+
+pub use command::{parse_command, Command, CommandError, Param};
+pub use data::{dot_stuff, BareLineEndings, DataLimits, DataProblem, DataScanner, Scan};
+pub use ehlo::Capabilities;
+pub use reply::{parse_reply, EnhancedCode, Reply, ReplyError, ReplyParse};

@@ -1,0 +1,420 @@
+//! Test harness: a relay on a loopback port in front of the embedded Gmail-like upstream
+//! (real TLS, real XOAUTH2 check) and the fake token endpoint, plus a small SMTP client.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use smtp_oauth_relay::config;
+use smtp_oauth_relay::relay::Relay;
+use smtp_oauth_relay::sandbox::gmail::{FakeGmail, FakeGmailConfig};
+use smtp_oauth_relay::sandbox::pki::TestPki;
+use smtp_oauth_relay::sandbox::token_issuer::{AccessTokens, IssuerAccount, TokenIssuer};
+use smtp_oauth_relay::secret::Secret;
+use smtp_oauth_relay::server::{self, Listeners};
+use smtp_oauth_relay::smtp::reply::{parse_reply, Reply, ReplyParse};
+use smtp_oauth_relay::stream::MaybeTls;
+
+pub const SCANNER: (&str, &str) = ("scanner", "scanner-password-1");
+pub const APP: (&str, &str) = ("app", "app-password-2");
+pub const ADMIN: (&str, &str) = ("admin", "admin-password-3");
+
+pub const SUPPORT_EMAIL: &str = "support@example.com";
+pub const SUPPORT_SECRET: &str = "support-client-secret-Zq81";
+pub const SUPPORT_REFRESH: &str = "1//support-refresh-token-Kx92";
+pub const SALES_EMAIL: &str = "sales@example.org";
+pub const SALES_SECRET: &str = "sales-client-secret-Pw77";
+pub const SALES_REFRESH: &str = "1//sales-refresh-token-Lm33";
+
+/// Password hashes are slow to make; every test in a binary shares them.
+fn hashes() -> &'static [String; 3] {
+    static HASHES: OnceLock<[String; 3]> = OnceLock::new();
+    HASHES.get_or_init(|| {
+        [SCANNER, APP, ADMIN].map(|(_, password)| {
+            smtp_oauth_relay::auth::hash_password(&Secret::new(password)).unwrap()
+        })
+    })
+}
+
+/// Knobs for one test environment.
+#[derive(Default, Clone)]
+pub struct Options {
+    /// Extra lines for the [server] table.
+    pub server: String,
+    /// Lines for the [limits] table.
+    pub limits: String,
+    /// Lines for the [timeouts] table.
+    pub timeouts: String,
+    /// Upstream in implicit-TLS mode.
+    pub implicit_tls: bool,
+}
+
+pub struct Env {
+    pub relay_addr: SocketAddr,
+    pub relay: Arc<Relay>,
+    pub gmail: FakeGmail,
+    pub issuer: TokenIssuer,
+    pub tokens: AccessTokens,
+    pub pki: TestPki,
+    pub dir: tempfile::TempDir,
+    pub config_text: String,
+    shutdown: CancellationToken,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Env {
+    pub async fn start() -> Env {
+        Env::with(Options::default()).await
+    }
+
+    pub async fn with(options: Options) -> Env {
+        smtp_oauth_relay::tls::install_default_provider();
+        let shutdown = CancellationToken::new();
+        let dir = tempfile::tempdir().unwrap();
+        let pki = TestPki::generate(&["localhost", "127.0.0.1", "::1"]).unwrap();
+        let tokens = AccessTokens::new();
+
+        let issuer = TokenIssuer::start(
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            vec![
+                IssuerAccount {
+                    client_id: "support-client".into(),
+                    client_secret: SUPPORT_SECRET.into(),
+                    refresh_token: SUPPORT_REFRESH.into(),
+                    email: SUPPORT_EMAIL.into(),
+                },
+                IssuerAccount {
+                    client_id: "sales-client".into(),
+                    client_secret: SALES_SECRET.into(),
+                    refresh_token: SALES_REFRESH.into(),
+                    email: SALES_EMAIL.into(),
+                },
+            ],
+            tokens.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+
+        let mut gmail_config = FakeGmailConfig::new(pki.server_config().unwrap(), tokens.clone());
+        gmail_config.implicit_tls = options.implicit_tls;
+        let gmail = FakeGmail::start(
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            gmail_config,
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+
+        let path = |name: &str| dir.path().join(name);
+        std::fs::write(path("ca.pem"), &pki.ca_cert_pem).unwrap();
+        std::fs::write(path("relay.crt"), pki.server_cert_pem()).unwrap();
+        std::fs::write(path("relay.key"), pki.server_key_pem()).unwrap();
+        std::fs::write(path("support.refresh"), format!("{SUPPORT_REFRESH}\n")).unwrap();
+        std::fs::write(path("sales.secret"), SALES_SECRET).unwrap();
+
+        let [scanner_hash, app_hash, admin_hash] = hashes().clone();
+        let upstream_tls = if options.implicit_tls {
+            "implicit"
+        } else {
+            "starttls"
+        };
+        let config_text = format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+hostname = "relay.test"
+tls_cert = "{cert}"
+tls_key = "{key}"
+{server_extra}
+
+[limits]
+{limits}
+
+[timeouts]
+upstream_command_secs = 10
+upstream_final_reply_secs = 10
+token_request_secs = 3
+{timeouts}
+
+[[user]]
+name = "{scanner}"
+password_hash = "{scanner_hash}"
+assets = ["support"]
+
+[[user]]
+name = "{app}"
+password_hash = "{app_hash}"
+assets = ["sales"]
+
+[[user]]
+name = "{admin}"
+password_hash = "{admin_hash}"
+assets = ["*"]
+
+[[asset]]
+name = "support"
+email = "{support_email}"
+client_id = "support-client"
+client_secret = "{support_secret}"
+refresh_token_file = "{support_refresh}"
+senders = ["{support_email}", "@example.com"]
+upstream = "{upstream}"
+upstream_tls = "{upstream_tls}"
+upstream_ca = "{ca}"
+token_url = "{token_url}"
+
+[[asset]]
+name = "sales"
+email = "{sales_email}"
+client_id = "sales-client"
+client_secret_file = "{sales_secret}"
+refresh_token = "{sales_refresh}"
+senders = ["{sales_email}"]
+upstream = "{upstream}"
+upstream_tls = "{upstream_tls}"
+upstream_ca = "{ca}"
+token_url = "{token_url}"
+"#,
+            cert = path("relay.crt").display(),
+            key = path("relay.key").display(),
+            server_extra = options.server,
+            limits = options.limits,
+            timeouts = options.timeouts,
+            scanner = SCANNER.0,
+            app = APP.0,
+            admin = ADMIN.0,
+            support_email = SUPPORT_EMAIL,
+            support_secret = SUPPORT_SECRET,
+            support_refresh = path("support.refresh").display(),
+            upstream = gmail.addr(),
+            ca = path("ca.pem").display(),
+            token_url = issuer.token_url(),
+            sales_email = SALES_EMAIL,
+            sales_secret = path("sales.secret").display(),
+            sales_refresh = SALES_REFRESH,
+        );
+        std::fs::write(path("relay.toml"), &config_text).unwrap();
+        let config = config::parse(&config_text, &path("relay.toml")).unwrap();
+        let relay = Arc::new(Relay::new(config).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay_addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(server::run(
+            Listeners {
+                plain: vec![listener],
+                implicit_tls: Vec::new(),
+            },
+            relay.clone(),
+            shutdown.clone(),
+        ));
+        Env {
+            relay_addr,
+            relay,
+            gmail,
+            issuer,
+            tokens,
+            pki,
+            dir,
+            config_text,
+            shutdown,
+            server: Some(server),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(self.relay_addr).await
+    }
+
+    /// A client that has said EHLO and logged in with AUTH PLAIN.
+    pub async fn logged_in(&self, (user, password): (&str, &str)) -> Client {
+        let mut client = self.client().await;
+        client.ehlo().await;
+        client.auth_plain(user, password).await.expect_code(235);
+        client
+    }
+
+    /// Stops the relay and its fakes and waits for the relay to drain.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub trait ExpectCode {
+    fn expect_code(self, code: u16) -> Reply;
+}
+
+impl ExpectCode for Reply {
+    #[track_caller]
+    fn expect_code(self, code: u16) -> Reply {
+        assert_eq!(self.code, code, "unexpected reply: {self}");
+        self
+    }
+}
+
+/// A minimal SMTP client that shows every reply to the test.
+pub struct Client {
+    stream: MaybeTls<TcpStream>,
+    buf: Vec<u8>,
+    pub greeting: Reply,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let mut client = Client {
+            stream: MaybeTls::Plain(stream),
+            buf: Vec::new(),
+            greeting: Reply::new(0, None, ""),
+        };
+        client.greeting = client.read_reply().await;
+        client
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+        self.stream.flush().await.unwrap();
+    }
+
+    pub async fn cmd(&mut self, line: &str) -> Reply {
+        self.write(format!("{line}\r\n").as_bytes()).await;
+        self.read_reply().await
+    }
+
+    pub async fn read_reply(&mut self) -> Reply {
+        self.try_read_reply()
+            .await
+            .unwrap_or_else(|| panic!("connection closed while waiting for a reply"))
+    }
+
+    /// None when the server closed the connection.
+    pub async fn try_read_reply(&mut self) -> Option<Reply> {
+        loop {
+            match parse_reply(&self.buf, 4096, 100).unwrap() {
+                ReplyParse::Complete { reply, consumed } => {
+                    self.buf.drain(..consumed);
+                    return Some(reply);
+                }
+                ReplyParse::Incomplete => {}
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(30), self.stream.read(&mut chunk))
+                .await
+                .expect("no reply within 30 s")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    pub async fn ehlo(&mut self) -> Reply {
+        self.cmd("EHLO client.test").await.expect_code(250)
+    }
+
+    pub async fn auth_plain(&mut self, user: &str, password: &str) -> Reply {
+        use base64::Engine;
+        let response =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+        self.cmd(&format!("AUTH PLAIN {response}")).await
+    }
+
+    pub async fn starttls(&mut self, pki: &TestPki) {
+        self.cmd("STARTTLS").await.expect_code(220);
+        let MaybeTls::Plain(tcp) = std::mem::replace(&mut self.stream, MaybeTls::Upgrading) else {
+            panic!("already TLS");
+        };
+        let connector = tokio_rustls::TlsConnector::from(pki.client_config().unwrap());
+        let name = ServerName::try_from("localhost").unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        self.stream = MaybeTls::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)));
+    }
+
+    /// MAIL, RCPT..., DATA and the message (`body` in wire form without the terminator);
+    /// returns the final reply. Panics if MAIL, any RCPT or DATA is refused.
+    pub async fn send_mail(&mut self, from: &str, to: &[&str], body: &[u8]) -> Reply {
+        self.cmd(&format!("MAIL FROM:<{from}>"))
+            .await
+            .expect_code(250);
+        for rcpt in to {
+            self.cmd(&format!("RCPT TO:<{rcpt}>"))
+                .await
+                .expect_code(250);
+        }
+        self.cmd("DATA").await.expect_code(354);
+        self.write(body).await;
+        self.write(b".\r\n").await;
+        self.read_reply().await
+    }
+
+    pub async fn quit(mut self) {
+        let _ = self.cmd("QUIT").await;
+    }
+}
+
+/// A small well-formed message with CRLF line endings.
+pub fn message(subject: &str) -> Vec<u8> {
+    format!(
+        "From: Support <support@example.com>\r\nTo: someone@example.net\r\nSubject: {subject}\r\nMessage-ID: <{subject}@client.test>\r\n\r\nHello from the test.\r\n.leading dot line\r\n"
+    )
+    .into_bytes()
+}
+
+/// Splits what the upstream received into the relay's Received header and the rest.
+pub fn split_received(data: &[u8]) -> (String, Vec<u8>) {
+    assert!(data.starts_with(b"Received: "), "no Received header first");
+    // The header ends at the first CRLF not followed by folding whitespace.
+    let mut end = 0;
+    while let Some(pos) = data[end..].windows(2).position(|w| w == b"\r\n") {
+        let next = end + pos + 2;
+        if matches!(data.get(next), Some(b' ') | Some(b'\t')) {
+            end = next;
+        } else {
+            end = next;
+            break;
+        }
+    }
+    (
+        String::from_utf8(data[..end].to_vec()).unwrap(),
+        data[end..].to_vec(),
+    )
+}
+
+/// Dot-unstuffed form of a wire body (what the recipient sees).
+pub fn unstuffed(wire: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(wire.len());
+    let mut at_line_start = true;
+    let mut i = 0;
+    while i < wire.len() {
+        let byte = wire[i];
+        if at_line_start && byte == b'.' {
+            i += 1;
+            at_line_start = false;
+            continue;
+        }
+        out.push(byte);
+        at_line_start = byte == b'\n';
+        i += 1;
+    }
+    out
+}
