@@ -1,4 +1,5 @@
 //! End-to-end behaviour of the relay against the Gmail-like upstream and token endpoint.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

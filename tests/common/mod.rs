@@ -1,4 +1,5 @@
 //! Test harness: a relay on a loopback port in front of the embedded Gmail-like upstream
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! (real TLS, real XOAUTH2 check) and the fake token endpoint, plus a small SMTP client.
 #![allow(dead_code)]
 
