@@ -1,7 +1,6 @@
 //! Test harness: a relay on a loopback port in front of the embedded Gmail-like upstream
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! (real TLS, real XOAUTH2 check) and the fake token endpoint, plus a small SMTP client.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
