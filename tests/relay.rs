@@ -699,3 +699,44 @@ async fn shutdown_answers_idle_sessions_421() {
     env.stop().await;
     client.read_reply().await.expect_code(421);
 }
+
+#[tokio::test]
+async fn implicit_tls_listener() {
+    let env = Env::start().await;
+    let mut client = Client::connect_tls(env.relay_tls_addr, &env.pki).await;
+    assert_eq!(client.greeting.code, 220);
+    let ehlo = client.ehlo().await;
+    assert!(!ehlo.lines.iter().any(|l| l == "STARTTLS"), "{ehlo:?}");
+    client
+        .auth_plain(SCANNER.0, SCANNER.1)
+        .await
+        .expect_code(235);
+    client
+        .send_mail(SUPPORT_EMAIL, &["x@example.net"], &message("smtps"))
+        .await
+        .expect_code(250);
+    let (received, _) = split_received(&env.gmail.messages()[0].data);
+    assert!(received.contains("with ESMTPSA"), "{received}");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_refusing_a_fresh_token_gives_one_clear_reply() {
+    let env = Env::with(Options {
+        upstream_refuses_tokens: true,
+        ..Options::default()
+    })
+    .await;
+    let mut client = env.logged_in(SCANNER).await;
+    // Gmail's 334 JSON challenge is handled by the relay; the client sees one reply.
+    let reply = client
+        .cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}>"))
+        .await
+        .expect_code(454);
+    assert!(reply.text().contains("needs re-authorization"), "{reply}");
+    // A fresh token that is refused is not retried: retrying cannot help.
+    assert_eq!(env.gmail.auth_attempts(), 1);
+    assert_eq!(env.issuer.refresh_count(), 1);
+    client.cmd("NOOP").await.expect_code(250);
+    env.stop().await;
+}

@@ -54,10 +54,15 @@ pub struct Options {
     pub timeouts: String,
     /// Upstream in implicit-TLS mode.
     pub implicit_tls: bool,
+    /// The upstream checks tokens against its own registry, so it refuses every token the
+    /// issuer hands out (as Gmail does for a token of the wrong account or scope).
+    pub upstream_refuses_tokens: bool,
 }
 
 pub struct Env {
     pub relay_addr: SocketAddr,
+    /// The relay's implicit-TLS listener.
+    pub relay_tls_addr: SocketAddr,
     pub relay: Arc<Relay>,
     pub gmail: FakeGmail,
     pub issuer: TokenIssuer,
@@ -103,7 +108,12 @@ impl Env {
         .await
         .unwrap();
 
-        let mut gmail_config = FakeGmailConfig::new(pki.server_config().unwrap(), tokens.clone());
+        let upstream_tokens = if options.upstream_refuses_tokens {
+            AccessTokens::new()
+        } else {
+            tokens.clone()
+        };
+        let mut gmail_config = FakeGmailConfig::new(pki.server_config().unwrap(), upstream_tokens);
         gmail_config.implicit_tls = options.implicit_tls;
         let gmail = FakeGmail::start(
             TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -206,16 +216,19 @@ token_url = "{token_url}"
         let relay = Arc::new(Relay::new(config).unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let relay_addr = listener.local_addr().unwrap();
+        let tls_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay_tls_addr = tls_listener.local_addr().unwrap();
         let server = tokio::spawn(server::run(
             Listeners {
                 plain: vec![listener],
-                implicit_tls: Vec::new(),
+                implicit_tls: vec![tls_listener],
             },
             relay.clone(),
             shutdown.clone(),
         ));
         Env {
             relay_addr,
+            relay_tls_addr,
             relay,
             gmail,
             issuer,
@@ -283,6 +296,21 @@ impl Client {
         let stream = TcpStream::connect(addr).await.unwrap();
         let mut client = Client {
             stream: MaybeTls::Plain(stream),
+            buf: Vec::new(),
+            greeting: Reply::new(0, None, ""),
+        };
+        client.greeting = client.read_reply().await;
+        client
+    }
+
+    /// Connects with TLS from the first byte (the implicit-TLS listener).
+    pub async fn connect_tls(addr: SocketAddr, pki: &TestPki) -> Client {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let connector = tokio_rustls::TlsConnector::from(pki.client_config().unwrap());
+        let name = ServerName::try_from("localhost").unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        let mut client = Client {
+            stream: MaybeTls::Tls(Box::new(tokio_rustls::TlsStream::Client(tls))),
             buf: Vec::new(),
             greeting: Reply::new(0, None, ""),
         };
