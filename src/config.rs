@@ -37,7 +37,21 @@ pub struct Config {
     pub users: HashMap<String, Arc<User>>,
     pub assets: Vec<Arc<Asset>>,
     pub senders: SenderMap,
+    pub tokens: TokenSettings,
 }
+
+/// Where refresh tokens obtained by `authorize` live.
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    pub path: PathBuf,
+    /// Encrypts the store at rest when set (from `key_file` or the environment).
+    pub key: Option<crate::store::StoreKey>,
+}
+
+/// The environment variable that may hold the token-store key (instead of `key_file`).
+pub const STORE_KEY_ENV: &str = "SMTP_OAUTH_RELAY_STORE_KEY";
+/// Beside the config's usual place, owned by the relay (systemd's StateDirectory, a volume).
+const DEFAULT_TOKEN_STORE: &str = "state/tokens.json";
 
 impl Config {
     pub fn asset(&self, name: &str) -> Option<&Arc<Asset>> {
@@ -87,6 +101,9 @@ pub struct Timeouts {
     pub upstream_command: Duration,
     pub upstream_final_reply: Duration,
     pub token_request: Duration,
+    /// After a failed refresh, further sessions get the same answer for this long instead
+    /// of each hitting the token endpoint again (0: no back-off).
+    pub token_retry: Duration,
     pub shutdown_grace: Duration,
 }
 
@@ -130,11 +147,92 @@ pub enum UpstreamTls {
     Implicit,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefreshTokenSource {
     Inline(Secret),
     /// Re-read at every refresh, so a rotated file (a Kubernetes Secret) needs no restart.
     File(PathBuf),
+    /// The token store that `authorize` writes (see `[tokens]`).
+    Store,
+}
+
+impl RefreshTokenSource {
+    pub fn describe(&self) -> String {
+        match self {
+            RefreshTokenSource::Inline(_) => "refresh_token in the config".to_string(),
+            RefreshTokenSource::File(path) => format!("refresh_token_file {}", path.display()),
+            RefreshTokenSource::Store => "the token store".to_string(),
+        }
+    }
+}
+
+/// The file Google Cloud Console's "Download JSON" gives for an OAuth client, of either kind.
+#[derive(Debug, Clone)]
+struct GoogleClientFile {
+    client_id: String,
+    client_secret: Secret,
+    auth_uri: String,
+    token_uri: String,
+    /// The first registered loopback redirect, for Web clients; Desktop ("installed")
+    /// clients accept any loopback port, so none is needed.
+    loopback_redirect: Option<String>,
+}
+
+impl GoogleClientFile {
+    fn load(path: &Path) -> Result<GoogleClientFile, String> {
+        #[derive(Deserialize)]
+        struct Outer {
+            web: Option<Inner>,
+            installed: Option<Inner>,
+        }
+        #[derive(Deserialize)]
+        struct Inner {
+            client_id: String,
+            client_secret: String,
+            auth_uri: String,
+            token_uri: String,
+            #[serde(default)]
+            redirect_uris: Vec<String>,
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+        let outer: Outer = serde_json::from_str(&text).map_err(|err| {
+            format!(
+                "{} is not a Google OAuth client file: {err}",
+                path.display()
+            )
+        })?;
+        let (inner, web) = match (outer.web, outer.installed) {
+            (Some(web), None) => (web, true),
+            (None, Some(installed)) => (installed, false),
+            _ => {
+                return Err(format!(
+                    "{} must hold exactly one of \"web\" or \"installed\"",
+                    path.display()
+                ))
+            }
+        };
+        let loopback_redirect = if web {
+            inner
+                .redirect_uris
+                .iter()
+                .find(|uri| {
+                    reqwest::Url::parse(uri)
+                        .map(|url| url.scheme() == "http" && is_loopback_host(url.host_str()))
+                        .unwrap_or(false)
+                })
+                .cloned()
+        } else {
+            None
+        };
+        Ok(GoogleClientFile {
+            client_id: inner.client_id,
+            client_secret: Secret::new(inner.client_secret),
+            auth_uri: inner.auth_uri,
+            token_uri: inner.token_uri,
+            loopback_redirect,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -146,6 +244,9 @@ pub struct Asset {
     pub client_id: String,
     pub client_secret: Secret,
     pub refresh_token: RefreshTokenSource,
+    /// Set for a Google service account with domain-wide delegation: tokens come from a
+    /// signed JWT, no client secret and no refresh token.
+    pub service_account: Option<Arc<crate::service_account::ServiceAccountKey>>,
     pub auth_url: String,
     pub token_url: String,
     pub scopes: Vec<String>,
@@ -239,6 +340,7 @@ struct RawConfig {
     server: Option<RawServer>,
     limits: Option<RawLimits>,
     timeouts: Option<RawTimeouts>,
+    tokens: Option<RawTokens>,
     #[serde(default, rename = "user")]
     users: Vec<Spanned<RawUser>>,
     #[serde(default, rename = "asset")]
@@ -297,6 +399,13 @@ struct RawLimits {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct RawTokens {
+    path: Option<PathBuf>,
+    key_file: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct RawTimeouts {
     command_secs: Option<u64>,
     data_block_secs: Option<u64>,
@@ -304,6 +413,7 @@ struct RawTimeouts {
     upstream_command_secs: Option<u64>,
     upstream_final_reply_secs: Option<u64>,
     token_request_secs: Option<u64>,
+    token_retry_secs: Option<u64>,
     shutdown_grace_secs: Option<u64>,
 }
 
@@ -328,6 +438,8 @@ struct RawAsset {
     client_secret_file: Option<Spanned<PathBuf>>,
     refresh_token: Option<Spanned<String>>,
     refresh_token_file: Option<Spanned<PathBuf>>,
+    client_json: Option<Spanned<PathBuf>>,
+    service_account_json: Option<Spanned<PathBuf>>,
     #[serde(default)]
     senders: Vec<Spanned<String>>,
     upstream: Option<Spanned<String>>,
@@ -374,6 +486,9 @@ const DEFAULT_UPSTREAM_FINAL_REPLY_TIMEOUT: u64 = 100;
 /// Seconds, not minutes: a session waits on it during MAIL FROM.
 const DEFAULT_TOKEN_REQUEST_TIMEOUT: u64 = 15;
 const DEFAULT_SHUTDOWN_GRACE: u64 = 30;
+/// Long enough that a burst of sessions cannot hammer a failing endpoint, short enough that
+/// recovery is noticed at once.
+const DEFAULT_TOKEN_RETRY: u64 = 5;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -399,6 +514,7 @@ impl Default for Timeouts {
             upstream_command: Duration::from_secs(DEFAULT_UPSTREAM_COMMAND_TIMEOUT),
             upstream_final_reply: Duration::from_secs(DEFAULT_UPSTREAM_FINAL_REPLY_TIMEOUT),
             token_request: Duration::from_secs(DEFAULT_TOKEN_REQUEST_TIMEOUT),
+            token_retry: Duration::from_secs(DEFAULT_TOKEN_RETRY),
             shutdown_grace: Duration::from_secs(DEFAULT_SHUTDOWN_GRACE),
         }
     }
@@ -559,6 +675,7 @@ fn validate(raw: RawConfig, check: &mut Checker) -> Option<Config> {
     }
 
     let senders = build_sender_map(&raw.assets, check);
+    let tokens = validate_tokens(raw.tokens.unwrap_or_default(), check);
 
     let mut users = HashMap::new();
     for (index, raw_user) in raw.users.iter().enumerate() {
@@ -587,7 +704,36 @@ fn validate(raw: RawConfig, check: &mut Checker) -> Option<Config> {
         users,
         assets,
         senders,
+        tokens,
     })
+}
+
+fn validate_tokens(raw: RawTokens, check: &mut Checker) -> TokenSettings {
+    let key = match &raw.key_file {
+        Some(path) => match crate::store::StoreKey::from_file(path.get_ref()) {
+            Ok(key) => Some(key),
+            Err(err) => {
+                check.at(path, "tokens.key_file", err.to_string());
+                None
+            }
+        },
+        None => match std::env::var(STORE_KEY_ENV) {
+            Ok(text) if !text.trim().is_empty() => match crate::store::StoreKey::parse(&text) {
+                Ok(key) => Some(key),
+                Err(err) => {
+                    check.general(STORE_KEY_ENV, err.to_string());
+                    None
+                }
+            },
+            _ => None,
+        },
+    };
+    TokenSettings {
+        path: raw
+            .path
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_TOKEN_STORE)),
+        key,
+    }
 }
 
 fn parse_listen(
@@ -762,6 +908,10 @@ fn validate_timeouts(raw: RawTimeouts, check: &mut Checker) -> Timeouts {
             raw.token_request_secs,
             defaults.token_request,
         ),
+        token_retry: raw
+            .token_retry_secs
+            .map(Duration::from_secs)
+            .unwrap_or(defaults.token_retry),
         shutdown_grace: pick(
             "timeouts.shutdown_grace_secs",
             raw.shutdown_grace_secs,
@@ -911,18 +1061,75 @@ fn validate_asset(raw: &RawAsset, index: usize, check: &mut Checker) -> Option<A
     let provider = raw.provider.unwrap_or(Provider::Google);
     let preset = preset(provider, raw.tenant.as_deref());
 
-    let client_id = match &raw.client_id {
-        Some(id) if !id.get_ref().is_empty() => Some(id.get_ref().clone()),
-        _ => {
-            check.at(
-                &raw.name,
-                field("client_id"),
-                format!("asset \"{name}\" needs a client_id"),
-            );
-            None
+    let client_file = match &raw.client_json {
+        Some(path) => match GoogleClientFile::load(path.get_ref()) {
+            Ok(file) => {
+                for (set, key) in [
+                    (raw.client_id.is_some(), "client_id"),
+                    (raw.client_secret.is_some(), "client_secret"),
+                    (raw.client_secret_file.is_some(), "client_secret_file"),
+                ] {
+                    if set {
+                        check.at(
+                            path,
+                            field(key),
+                            format!("{key} comes from client_json; set one or the other"),
+                        );
+                    }
+                }
+                Some(file)
+            }
+            Err(message) => {
+                check.at(path, field("client_json"), message);
+                None
+            }
+        },
+        None => None,
+    };
+    let service_account = match &raw.service_account_json {
+        Some(path) => match crate::service_account::ServiceAccountKey::from_file(path.get_ref()) {
+            Ok(key) => Some(Arc::new(key)),
+            Err(err) => {
+                check.at(path, field("service_account_json"), err.to_string());
+                None
+            }
+        },
+        None => None,
+    };
+    if let (Some(path), true) = (
+        &raw.service_account_json,
+        raw.client_json.is_some()
+            || raw.client_id.is_some()
+            || raw.refresh_token.is_some()
+            || raw.refresh_token_file.is_some(),
+    ) {
+        check.at(
+            path,
+            field("service_account_json"),
+            "a service-account asset needs no client_json, client_id or refresh token",
+        );
+    }
+
+    let client_id = if raw.service_account_json.is_some() {
+        Some(String::new())
+    } else if let Some(file) = &client_file {
+        Some(file.client_id.clone())
+    } else {
+        match &raw.client_id {
+            Some(id) if !id.get_ref().is_empty() => Some(id.get_ref().clone()),
+            _ => {
+                check.at(
+                    &raw.name,
+                    field("client_id"),
+                    format!("asset \"{name}\" needs a client_id (or client_json, or service_account_json)"),
+                );
+                None
+            }
         }
     };
     let client_secret = match (&raw.client_secret, &raw.client_secret_file) {
+        _ if raw.service_account_json.is_some() => Some(Secret::default()),
+        _ if client_file.is_some() => client_file.as_ref().map(|f| f.client_secret.clone()),
         (Some(secret), None) => Some(Secret::new(secret.get_ref().clone())),
         (None, Some(path)) => read_secret_file(path, field("client_secret_file"), check),
         (Some(secret), Some(_)) => {
@@ -937,7 +1144,9 @@ fn validate_asset(raw: &RawAsset, index: usize, check: &mut Checker) -> Option<A
             check.at(
                 &raw.name,
                 field("client_secret"),
-                format!("asset \"{name}\" needs client_secret or client_secret_file"),
+                format!(
+                    "asset \"{name}\" needs client_secret or client_secret_file (or client_json)"
+                ),
             );
             None
         }
@@ -956,26 +1165,27 @@ fn validate_asset(raw: &RawAsset, index: usize, check: &mut Checker) -> Option<A
             );
             None
         }
-        (None, None) => {
-            check.at(
-                &raw.name,
-                field("refresh_token_file"),
-                format!("asset \"{name}\" needs refresh_token_file (or refresh_token)"),
-            );
-            None
-        }
+        // The usual case: `authorize` puts the token in the store.
+        (None, None) => Some(RefreshTokenSource::Store),
     };
 
+    let file_token_url = client_file.as_ref().map(|f| f.token_uri.clone());
+    let file_auth_url = client_file.as_ref().map(|f| f.auth_uri.clone());
     let token_url = pick_url(
         &raw.token_url,
-        preset.as_ref().map(|p| p.token_url.as_str()),
+        file_token_url
+            .as_deref()
+            .or(service_account.as_ref().map(|key| key.token_uri.as_str()))
+            .or(preset.as_ref().map(|p| p.token_url.as_str())),
         &field("token_url"),
         &raw.name,
         check,
     );
     let auth_url = pick_url(
         &raw.auth_url,
-        preset.as_ref().map(|p| p.auth_url.as_str()),
+        file_auth_url
+            .as_deref()
+            .or(preset.as_ref().map(|p| p.auth_url.as_str())),
         &field("auth_url"),
         &raw.name,
         check,
@@ -992,7 +1202,15 @@ fn validate_asset(raw: &RawAsset, index: usize, check: &mut Checker) -> Option<A
             None
         }
     };
-    let redirect_uri = raw.redirect_uri.as_ref().map(|uri| uri.get_ref().clone());
+    let redirect_uri = raw
+        .redirect_uri
+        .as_ref()
+        .map(|uri| uri.get_ref().clone())
+        .or_else(|| {
+            client_file
+                .as_ref()
+                .and_then(|f| f.loopback_redirect.clone())
+        });
 
     let (host, port) = match &raw.upstream {
         Some(upstream) => match split_host_port(upstream.get_ref()) {
@@ -1042,6 +1260,7 @@ fn validate_asset(raw: &RawAsset, index: usize, check: &mut Checker) -> Option<A
         client_id: client_id?,
         client_secret: client_secret?,
         refresh_token: refresh_token?,
+        service_account,
         auth_url: auth_url?,
         token_url: token_url?,
         scopes: scope?.split_whitespace().map(str::to_string).collect(),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::auth::hash_password;
 use crate::config::{
     Asset, AssetAccess, Config, CredentialFailure, Limits, Provider, RefreshTokenSource,
-    ServerSettings, Timeouts, UpstreamTarget, UpstreamTls, User,
+    ServerSettings, Timeouts, TokenSettings, UpstreamTarget, UpstreamTls, User,
 };
 use crate::sandbox::SandboxUpstream;
 use crate::secret::Secret;
@@ -47,6 +47,7 @@ pub fn sandbox_config(
         client_id: upstream.client_id.clone(),
         client_secret: Secret::new(upstream.client_secret.clone()),
         refresh_token: RefreshTokenSource::Inline(Secret::new(upstream.refresh_token.clone())),
+        service_account: None,
         auth_url: format!(
             "{}/auth",
             upstream.issuer.token_url().trim_end_matches("/token")
@@ -85,6 +86,11 @@ pub fn sandbox_config(
         users: HashMap::from([(DEMO_USER.to_string(), Arc::new(user))]),
         assets: vec![Arc::new(asset)],
         senders,
+        // Unused: the sandbox asset's refresh token is inline.
+        tokens: TokenSettings {
+            path: PathBuf::from("sandbox-state/tokens.json"),
+            key: None,
+        },
     })
 }
 

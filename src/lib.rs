@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod authorize;
 pub mod check;
 pub mod config;
 pub mod demo;
@@ -40,8 +41,10 @@ pub mod sandbox;
 pub mod secret;
 pub mod senders;
 pub mod server;
+pub mod service_account;
 pub mod session;
 pub mod smtp;
+pub mod store;
 pub mod stream;
 pub mod tls;
 pub mod token;

@@ -224,7 +224,7 @@ async fn check_command(config_path: PathBuf) -> ExitCode {
         Err(code) => return code,
     };
     println!("config {}: OK", config_path.display());
-    let tokens = match TokenManager::new(&config.assets, config.timeouts.token_request) {
+    let tokens = match TokenManager::new(&config) {
         Ok(tokens) => tokens,
         Err(err) => {
             eprintln!("error: {err}");

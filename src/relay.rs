@@ -21,7 +21,7 @@ pub struct Relay {
 
 impl Relay {
     pub fn new(config: Config) -> Result<Relay, HttpClientInitError> {
-        let tokens = TokenManager::new(&config.assets, config.timeouts.token_request)?;
+        let tokens = TokenManager::new(&config)?;
         let upstream = UpstreamSettings {
             ehlo_name: config.server.hostname.clone(),
             connect_timeout: config.timeouts.upstream_connect,

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
 use oauth2::{
@@ -19,8 +19,10 @@ use oauth2::{
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::config::{Asset, RefreshTokenSource};
+use crate::config::{Asset, Config, RefreshTokenSource};
 use crate::secret::Secret;
+use crate::service_account::ServiceAccountKey;
+use crate::store::{StoreFingerprint, StoredToken, TokenStore};
 
 /// Refresh this long before the provider's expiry, so a token never dies mid-session.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
@@ -50,6 +52,18 @@ pub enum TokenError {
         path: String,
         reason: String,
     },
+    /// The store has no token for the asset yet.
+    #[error("asset \"{asset}\" has no refresh token in the token store; run `smtp-oauth-relay authorize {asset}`")]
+    NotAuthorized { asset: String },
+    #[error("the token store cannot be used for asset \"{asset}\": {reason}")]
+    Store { asset: String, reason: String },
+    /// Google refused the service account's signed assertion (delegation, key, clock).
+    #[error("the token endpoint refused the service account of asset \"{asset}\" ({error}: {description})")]
+    ServiceAccountRejected {
+        asset: String,
+        error: String,
+        description: String,
+    },
 }
 
 impl TokenError {
@@ -62,9 +76,21 @@ impl TokenError {
     pub fn hint(&self) -> &'static str {
         match self {
             TokenError::NeedsReauthorization { .. } => {
-                "get a new refresh token (consent again) and put it in the asset's refresh_token_file; \
-                 usual causes: the OAuth consent screen is in \"Testing\" (refresh tokens expire after 7 days), \
-                 the user revoked access or changed the password, or the token was unused for 6 months"
+                "run `smtp-oauth-relay authorize ASSET` to consent again (or put a new refresh token in the \
+                 asset's refresh_token_file); usual causes: the OAuth consent screen is in \"Testing\" \
+                 (refresh tokens expire after 7 days), the user revoked access or changed the password, \
+                 or the token was unused for 6 months"
+            }
+            TokenError::NotAuthorized { .. } => {
+                "run `smtp-oauth-relay authorize ASSET` once to store a refresh token"
+            }
+            TokenError::Store { .. } => {
+                "fix the token store named in [tokens] (permissions 0600, the right key); it is never reset automatically"
+            }
+            TokenError::ServiceAccountRejected { .. } => {
+                "in the Workspace admin console, allow the service account's client ID the scope \
+                 https://mail.google.com/ (domain-wide delegation); the asset's email must be a mailbox \
+                 of that domain; check the system clock"
             }
             TokenError::ClientRejected { .. } => {
                 "check client_id/client_secret against the provider console, and that the client may use this grant"
@@ -92,17 +118,37 @@ struct Cached {
     expires_at: Instant,
 }
 
+/// The last failed refresh, remembered so a burst of sessions does not hammer a failing
+/// endpoint, and so `check` and the logs can say what is wrong.
+struct Failure {
+    error: TokenError,
+    at: Instant,
+    /// The store as it was then: a new token written by `authorize` is tried at once.
+    store_seen: Option<StoreFingerprint>,
+}
+
 #[derive(Default)]
 struct AssetState {
     cached: Option<Cached>,
-    /// A refresh token handed back by the provider (Microsoft rotates them on every use);
-    /// it replaces the configured one for the life of the process.
+    /// A refresh token the provider rotated while the asset reads its token from the config
+    /// or a read-only file: kept for the life of the process (the store persists it instead).
     rotated_refresh_token: Option<Secret>,
+    failure: Option<Failure>,
+    last_refresh: Option<SystemTime>,
 }
 
 struct AssetSlot {
     asset: Arc<Asset>,
     state: Mutex<AssetState>,
+}
+
+/// What `token` and `check` show about an asset's credentials.
+#[derive(Debug, Clone)]
+pub struct TokenStatus {
+    pub source: String,
+    pub access_token_valid_for: Option<Duration>,
+    pub last_refresh: Option<SystemTime>,
+    pub last_error: Option<TokenError>,
 }
 
 type HttpError = HttpClientError<reqwest::Error>;
@@ -111,6 +157,8 @@ type BasicRequestError = RequestTokenError<HttpError, oauth2::basic::BasicErrorR
 pub struct TokenManager {
     http: reqwest::Client,
     slots: HashMap<String, Arc<AssetSlot>>,
+    store: Arc<TokenStore>,
+    retry_after: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,17 +166,16 @@ pub struct TokenManager {
 pub struct HttpClientInitError(#[from] reqwest::Error);
 
 impl TokenManager {
-    pub fn new(
-        assets: &[Arc<Asset>],
-        request_timeout: Duration,
-    ) -> Result<TokenManager, HttpClientInitError> {
+    pub fn new(config: &Config) -> Result<TokenManager, HttpClientInitError> {
+        let request_timeout = config.timeouts.token_request;
         let http = reqwest::Client::builder()
             // The oauth2 crate requires redirects off: a redirect could leak the credentials.
             .redirect(reqwest::redirect::Policy::none())
             .timeout(request_timeout)
             .connect_timeout(request_timeout)
             .build()?;
-        let slots = assets
+        let slots = config
+            .assets
             .iter()
             .map(|asset| {
                 let slot = AssetSlot {
@@ -138,7 +185,13 @@ impl TokenManager {
                 (asset.name.clone(), Arc::new(slot))
             })
             .collect();
-        Ok(TokenManager { http, slots })
+        let store = TokenStore::new(config.tokens.path.clone(), config.tokens.key.clone());
+        Ok(TokenManager {
+            http,
+            slots,
+            store: Arc::new(store),
+            retry_after: config.timeouts.token_retry,
+        })
     }
 
     /// A valid access token for `asset`: the cached one while it has more than a minute to
@@ -155,8 +208,42 @@ impl TokenManager {
                 });
             }
         }
-        let refreshed = self.refresh(&slot.asset, &mut state).await?;
-        Ok(refreshed)
+        let uses_store = slot.asset.service_account.is_none()
+            && slot.asset.refresh_token == RefreshTokenSource::Store;
+        let fingerprint = if uses_store {
+            self.store.fingerprint()
+        } else {
+            None
+        };
+        if let Some(failure) = &state.failure {
+            let store_changed = uses_store && fingerprint != failure.store_seen;
+            if !store_changed && failure.at.elapsed() < self.retry_after {
+                return Err(failure.error.clone());
+            }
+        }
+        match self.refresh(&slot.asset, &mut state).await {
+            Ok(token) => {
+                if let Some(failure) = state.failure.take() {
+                    tracing::info!(asset = %slot.asset.name, previous_error = %failure.error, "asset credentials work again");
+                }
+                Ok(token)
+            }
+            Err(error) => {
+                let first = state
+                    .failure
+                    .as_ref()
+                    .is_none_or(|previous| previous.error != error);
+                if first && error.needs_operator() {
+                    tracing::error!(asset = %slot.asset.name, %error, hint = error.hint(), "asset needs re-authorization or a configuration fix; other assets are not affected");
+                }
+                state.failure = Some(Failure {
+                    error: error.clone(),
+                    at: Instant::now(),
+                    store_seen: fingerprint,
+                });
+                Err(error)
+            }
+        }
     }
 
     /// Forgets `token` if it is still the cached one (the provider refused it), so the next
@@ -168,6 +255,24 @@ impl TokenManager {
                 state.cached = None;
             }
         }
+    }
+
+    pub async fn status(&self, asset: &str) -> Option<TokenStatus> {
+        let slot = self.slots.get(asset)?;
+        let state = slot.state.lock().await;
+        let source = match &slot.asset.service_account {
+            Some(key) => format!("service account {}", key.client_email),
+            None => slot.asset.refresh_token.describe(),
+        };
+        Some(TokenStatus {
+            source,
+            access_token_valid_for: state
+                .cached
+                .as_ref()
+                .map(|cached| cached.expires_at.saturating_duration_since(Instant::now())),
+            last_refresh: state.last_refresh,
+            last_error: state.failure.as_ref().map(|failure| failure.error.clone()),
+        })
     }
 
     fn slot(&self, asset: &str) -> Result<Arc<AssetSlot>, TokenError> {
@@ -185,9 +290,43 @@ impl TokenManager {
         asset: &Asset,
         state: &mut AssetState,
     ) -> Result<AccessToken, TokenError> {
-        let refresh_token = match &state.rotated_refresh_token {
-            Some(rotated) => rotated.clone(),
-            None => current_refresh_token(asset).await?,
+        let started = Instant::now();
+        let grant = match &asset.service_account {
+            Some(key) => self.service_account_grant(asset, key).await?,
+            None => self.refresh_token_grant(asset, state).await?,
+        };
+        let expires_at = started + grant.lifetime;
+        tracing::info!(
+            asset = %asset.name,
+            expires_in_secs = grant.lifetime.as_secs(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "access token refreshed"
+        );
+        state.last_refresh = Some(SystemTime::now());
+        state.cached = Some(Cached {
+            token: grant.access_token.clone(),
+            expires_at,
+        });
+        Ok(AccessToken {
+            token: grant.access_token,
+            fresh: true,
+            expires_at,
+        })
+    }
+
+    async fn refresh_token_grant(
+        &self,
+        asset: &Asset,
+        state: &mut AssetState,
+    ) -> Result<Grant, TokenError> {
+        let stored = match &asset.refresh_token {
+            RefreshTokenSource::Store => Some(self.stored_token(asset).await?),
+            _ => None,
+        };
+        let refresh_token = match (&stored, &state.rotated_refresh_token) {
+            (Some(stored), _) => stored.refresh_token.clone(),
+            (None, Some(rotated)) => rotated.clone(),
+            (None, None) => configured_refresh_token(asset).await?,
         };
         let unavailable = |reason: String| TokenError::Unavailable {
             asset: asset.name.clone(),
@@ -200,7 +339,6 @@ impl TokenManager {
             .set_token_uri(token_url)
             // Google and Microsoft both accept credentials in the form body.
             .set_auth_type(AuthType::RequestBody);
-        let started = Instant::now();
         let response = client
             .exchange_refresh_token(&RefreshToken::new(refresh_token.expose().to_string()))
             .add_scopes(asset.scopes.iter().cloned().map(Scope::new))
@@ -208,58 +346,195 @@ impl TokenManager {
             .await
             .map_err(|err| classify(asset, err))?;
 
-        let lifetime = response
-            .expires_in()
-            // RFC 6749 makes expires_in optional; Google and Microsoft always send it.
-            .unwrap_or(Duration::from_secs(3600));
-        let expires_at = started + lifetime;
-        let token = Secret::new(response.access_token().secret().clone());
         if let Some(rotated) = response.refresh_token() {
             if rotated.secret() != refresh_token.expose() {
-                tracing::info!(asset = %asset.name, "token endpoint rotated the refresh token");
-                state.rotated_refresh_token = Some(Secret::new(rotated.secret().clone()));
+                let rotated = Secret::new(rotated.secret().clone());
+                match stored {
+                    // Persist before the access token is used: if we crashed after using
+                    // it, the old refresh token might already be dead (Microsoft).
+                    Some(mut stored) => {
+                        stored.refresh_token = rotated;
+                        stored.updated_at = unix_now();
+                        self.put_stored(asset, stored).await?;
+                        tracing::info!(asset = %asset.name, "rotated refresh token saved to the token store");
+                    }
+                    None => {
+                        tracing::warn!(
+                            asset = %asset.name,
+                            source = %asset.refresh_token.describe(),
+                            "the provider rotated the refresh token, but this asset's token source is read-only: \
+                             the new token is kept in memory only; use the token store (`authorize`) to persist it"
+                        );
+                        state.rotated_refresh_token = Some(rotated);
+                    }
+                }
             }
         }
-        tracing::info!(
-            asset = %asset.name,
-            expires_in_secs = lifetime.as_secs(),
-            took_ms = started.elapsed().as_millis() as u64,
-            "access token refreshed"
-        );
-        state.cached = Some(Cached {
-            token: token.clone(),
-            expires_at,
-        });
-        Ok(AccessToken {
-            token,
-            fresh: true,
-            expires_at,
+        Ok(Grant {
+            access_token: Secret::new(response.access_token().secret().clone()),
+            // RFC 6749 makes expires_in optional; Google and Microsoft always send it.
+            lifetime: response.expires_in().unwrap_or(Duration::from_secs(3600)),
         })
+    }
+
+    async fn stored_token(&self, asset: &Asset) -> Result<StoredToken, TokenError> {
+        let store = self.store.clone();
+        let name = asset.name.clone();
+        let result = tokio::task::spawn_blocking(move || store.get(&name)).await;
+        match result {
+            Ok(Ok(Some(stored))) => Ok(stored),
+            Ok(Ok(None)) => Err(TokenError::NotAuthorized {
+                asset: asset.name.clone(),
+            }),
+            Ok(Err(err)) => Err(TokenError::Store {
+                asset: asset.name.clone(),
+                reason: err.to_string(),
+            }),
+            Err(err) => Err(TokenError::Store {
+                asset: asset.name.clone(),
+                reason: err.to_string(),
+            }),
+        }
+    }
+
+    async fn put_stored(&self, asset: &Asset, stored: StoredToken) -> Result<(), TokenError> {
+        let store = self.store.clone();
+        let name = asset.name.clone();
+        let result = tokio::task::spawn_blocking(move || store.put(&name, stored)).await;
+        let reason = match result {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(err)) => err.to_string(),
+            Err(err) => err.to_string(),
+        };
+        Err(TokenError::Store {
+            asset: asset.name.clone(),
+            reason: format!("cannot save the rotated refresh token: {reason}"),
+        })
+    }
+
+    /// RFC 7523 JWT-bearer grant, as Google's service accounts use it.
+    async fn service_account_grant(
+        &self,
+        asset: &Asset,
+        key: &ServiceAccountKey,
+    ) -> Result<Grant, TokenError> {
+        let assertion = key
+            .assertion(
+                &asset.email,
+                &asset.scopes.join(" "),
+                &asset.token_url,
+                unix_now(),
+            )
+            .map_err(|err| TokenError::ServiceAccountRejected {
+                asset: asset.name.clone(),
+                error: "signing".to_string(),
+                description: err.to_string(),
+            })?;
+        let unavailable = |reason: String| TokenError::Unavailable {
+            asset: asset.name.clone(),
+            reason,
+        };
+        let response = self
+            .http
+            .post(&asset.token_url)
+            .form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                ("assertion", assertion.expose()),
+            ])
+            .send()
+            .await
+            .map_err(|err| unavailable(describe_http_error(&err)))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|err| unavailable(describe_http_error(&err)))?;
+        if status.is_success() {
+            #[derive(serde::Deserialize)]
+            struct Success {
+                access_token: String,
+                expires_in: Option<u64>,
+            }
+            let success: Success = serde_json::from_slice(&body)
+                .map_err(|_| unavailable(format!("unexpected {status} response")))?;
+            return Ok(Grant {
+                access_token: Secret::new(success.access_token),
+                lifetime: Duration::from_secs(success.expires_in.unwrap_or(3600)),
+            });
+        }
+        #[derive(serde::Deserialize)]
+        struct Failure {
+            error: String,
+            error_description: Option<String>,
+        }
+        match serde_json::from_slice::<Failure>(&body) {
+            Ok(failure) if status.is_client_error() => Err(TokenError::ServiceAccountRejected {
+                asset: asset.name.clone(),
+                error: failure.error,
+                description: failure
+                    .error_description
+                    .unwrap_or_else(|| "no description".to_string()),
+            }),
+            _ => Err(unavailable(format!("HTTP {status}"))),
+        }
     }
 }
 
-async fn current_refresh_token(asset: &Asset) -> Result<Secret, TokenError> {
-    match &asset.refresh_token {
-        RefreshTokenSource::Inline(token) => Ok(token.clone()),
-        RefreshTokenSource::File(path) => {
-            let text = tokio::fs::read_to_string(path).await.map_err(|err| {
-                TokenError::RefreshTokenFile {
-                    asset: asset.name.clone(),
-                    path: path.display().to_string(),
-                    reason: err.to_string(),
-                }
-            })?;
-            let token = text.trim();
-            if token.is_empty() {
-                return Err(TokenError::RefreshTokenFile {
-                    asset: asset.name.clone(),
-                    path: path.display().to_string(),
-                    reason: "the file is empty".to_string(),
-                });
+struct Grant {
+    access_token: Secret,
+    lifetime: Duration,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn describe_http_error(err: &reqwest::Error) -> String {
+    if err.is_timeout() {
+        "request timed out".to_string()
+    } else if err.is_connect() {
+        "cannot connect".to_string()
+    } else {
+        // The whole cause chain: "connection refused" says more than reqwest's summary.
+        let mut text = String::new();
+        let mut source: Option<&dyn std::error::Error> = Some(err);
+        while let Some(err) = source {
+            if !text.is_empty() {
+                text.push_str(": ");
             }
-            Ok(Secret::new(token))
+            text.push_str(&err.to_string());
+            source = err.source();
         }
+        text
     }
+}
+
+async fn configured_refresh_token(asset: &Asset) -> Result<Secret, TokenError> {
+    let path = match &asset.refresh_token {
+        RefreshTokenSource::Inline(token) => return Ok(token.clone()),
+        RefreshTokenSource::File(path) => path,
+        RefreshTokenSource::Store => {
+            return Err(TokenError::NotAuthorized {
+                asset: asset.name.clone(),
+            })
+        }
+    };
+    let file_error = |reason: String| TokenError::RefreshTokenFile {
+        asset: asset.name.clone(),
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|err| file_error(err.to_string()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(file_error("the file is empty".to_string()));
+    }
+    Ok(Secret::new(token))
 }
 
 fn classify(asset: &Asset, err: BasicRequestError) -> TokenError {

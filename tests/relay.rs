@@ -269,7 +269,7 @@ async fn a_20_megabyte_message_streams_through_intact() {
     let mut n = 0u64;
     while body.len() < 20 * 1024 * 1024 {
         body.extend_from_slice(line);
-        if n % 1000 == 0 {
+        if n.is_multiple_of(1000) {
             body.extend_from_slice(b"..dot-stuffed line\r\n");
         }
         n += 1;

@@ -136,6 +136,13 @@ impl Env {
         } else {
             "starttls"
         };
+        // No back-off between failed refreshes unless a test asks for it: tests switch the
+        // fake token endpoint between modes and expect the next session to see the change.
+        let timeouts = if options.timeouts.contains("token_retry_secs") {
+            options.timeouts.clone()
+        } else {
+            format!("token_retry_secs = 0\n{}", options.timeouts)
+        };
         let config_text = format!(
             r#"
 [server]
@@ -197,7 +204,7 @@ token_url = "{token_url}"
             key = path("relay.key").display(),
             server_extra = options.server,
             limits = options.limits,
-            timeouts = options.timeouts,
+            timeouts = timeouts,
             scanner = SCANNER.0,
             app = APP.0,
             admin = ADMIN.0,
