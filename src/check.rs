@@ -4,7 +4,7 @@ use std::io::Write;
 
 use tokio::time::Instant;
 
-use crate::config::Config;
+use crate::config::{Asset, Config};
 use crate::error::RelayError;
 use crate::token::TokenManager;
 use crate::upstream::{Upstream, UpstreamSettings};
@@ -17,35 +17,40 @@ pub struct AssetCheck {
 
 /// Refreshes a token and opens an authenticated upstream session for every asset.
 pub async fn check_assets(config: &Config, tokens: &TokenManager) -> Vec<AssetCheck> {
+    let mut results = Vec::new();
+    for asset in &config.assets {
+        results.push(check_asset(config, tokens, asset).await);
+    }
+    results
+}
+
+/// The same for one asset.
+pub async fn check_asset(config: &Config, tokens: &TokenManager, asset: &Asset) -> AssetCheck {
     let settings = UpstreamSettings {
         ehlo_name: config.server.hostname.clone(),
         connect_timeout: config.timeouts.upstream_connect,
         command_timeout: config.timeouts.upstream_command,
         final_reply_timeout: config.timeouts.upstream_final_reply,
     };
-    let mut results = Vec::new();
-    for asset in &config.assets {
-        let result = async {
-            let token = tokens.access_token(&asset.name).await?;
-            let valid_secs = token
-                .expires_at
-                .saturating_duration_since(Instant::now())
-                .as_secs();
-            let mut upstream = Upstream::connect(&asset.upstream, &settings).await?;
-            upstream.authenticate(&asset.email, &token.token).await?;
-            upstream.quit().await;
-            Ok::<_, RelayError>(format!(
-                "token refreshed (valid {valid_secs} s), {} accepted XOAUTH2 for {}",
-                asset.upstream, asset.email
-            ))
-        }
-        .await;
-        results.push(AssetCheck {
-            asset: asset.name.clone(),
-            result,
-        });
+    let result = async {
+        let token = tokens.access_token(&asset.name).await?;
+        let valid_secs = token
+            .expires_at
+            .saturating_duration_since(Instant::now())
+            .as_secs();
+        let mut upstream = Upstream::connect(&asset.upstream, &settings).await?;
+        upstream.authenticate(&asset.email, &token.token).await?;
+        upstream.quit().await;
+        Ok::<_, RelayError>(format!(
+            "token refreshed (valid {valid_secs} s), {} accepted XOAUTH2 for {}",
+            asset.upstream, asset.email
+        ))
     }
-    results
+    .await;
+    AssetCheck {
+        asset: asset.name.clone(),
+        result,
+    }
 }
 
 /// Prints the results; true when every asset is fine.

@@ -48,9 +48,9 @@ impl RelayError {
     }
 
     /// What the operator should do, for the log line.
-    pub fn hint(&self) -> &'static str {
-        match self {
-            RelayError::Token(err) => err.hint(),
+    pub fn hint(&self) -> String {
+        let text = match self {
+            RelayError::Token(err) => return err.hint(),
             RelayError::Upstream(err) if err.is_credential_rejection() => {
                 "the provider refused a freshly refreshed token: check that the asset's email is the \
                  account that consented, that the scope includes SMTP (Google: https://mail.google.com/), \
@@ -63,6 +63,7 @@ impl RelayError {
                 "check the upstream host name and, for a private CA, the asset's upstream_ca"
             }
             RelayError::Upstream(_) => "the client was told to retry later",
-        }
+        };
+        text.to_string()
     }
 }

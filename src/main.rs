@@ -5,15 +5,19 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
+use smtp_oauth_relay::authorize::{obtain_consent, ConsentOptions};
 use smtp_oauth_relay::config::{self, Config, DEFAULT_CONFIG_PATH};
+use smtp_oauth_relay::config::{Asset, RefreshTokenSource};
 use smtp_oauth_relay::relay::Relay;
 use smtp_oauth_relay::sandbox::SandboxUpstream;
 use smtp_oauth_relay::secret::Secret;
 use smtp_oauth_relay::server::{self, Listeners};
+use smtp_oauth_relay::store::{StoredToken, TokenStore};
 use smtp_oauth_relay::token::TokenManager;
 use smtp_oauth_relay::{auth, check, demo, tls};
 
@@ -62,6 +66,25 @@ enum Command {
     },
     /// Validate the config, then refresh a token and authenticate upstream for every asset.
     Check,
+    /// Consent once in a browser (OAuth with PKCE) and store the asset's refresh token.
+    Authorize {
+        /// The asset's name in the config.
+        asset: String,
+        /// For headless servers: print the URL and read the redirected URL (or the code)
+        /// pasted back on stdin.
+        #[arg(long)]
+        no_browser: bool,
+        /// How long to wait for the consent, in seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
+    },
+    /// Show the state of an asset's credentials (refreshes an access token to prove them).
+    Token {
+        asset: String,
+        /// Also print the access token (for debugging with other tools; treat it as a password).
+        #[arg(long)]
+        show: bool,
+    },
     /// Read a password (terminal or stdin) and print its argon2id hash for the config.
     HashPassword,
 }
@@ -73,6 +96,17 @@ fn main() -> ExitCode {
     match cli.command {
         Command::HashPassword => hash_password(),
         Command::Check => with_runtime(check_command(cli.config)),
+        Command::Authorize {
+            asset,
+            no_browser,
+            timeout_secs,
+        } => with_runtime(authorize_command(
+            cli.config,
+            asset,
+            no_browser,
+            Duration::from_secs(timeout_secs),
+        )),
+        Command::Token { asset, show } => with_runtime(token_command(cli.config, asset, show)),
         Command::Serve {
             sandbox: true,
             listen,
@@ -273,6 +307,173 @@ fn hash_password() -> ExitCode {
         }
         Err(err) => {
             eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn find_asset(config: &Config, name: &str) -> Result<Arc<Asset>, ExitCode> {
+    config.asset(name).cloned().ok_or_else(|| {
+        let known: Vec<&str> = config.assets.iter().map(|a| a.name.as_str()).collect();
+        eprintln!(
+            "error: no asset is named \"{name}\" (configured: {})",
+            known.join(", ")
+        );
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn authorize_command(
+    config_path: PathBuf,
+    asset_name: String,
+    no_browser: bool,
+    timeout: Duration,
+) -> ExitCode {
+    let config = match load_config(&config_path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let asset = match find_asset(&config, &asset_name) {
+        Ok(asset) => asset,
+        Err(code) => return code,
+    };
+    if asset.service_account.is_some() {
+        eprintln!("error: asset \"{asset_name}\" uses a service account: it needs no consent");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let options = ConsentOptions {
+        no_browser,
+        open_browser: !no_browser,
+        timeout,
+    };
+    let stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    let consent = match obtain_consent(&asset, &options, stdin, &mut std::io::stdout()).await {
+        Ok(consent) => consent,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let store = TokenStore::new(config.tokens.path.clone(), config.tokens.key.clone());
+    let now = unix_now();
+    let stored = StoredToken {
+        refresh_token: consent.refresh_token.clone(),
+        account: Some(asset.email.clone()),
+        scopes: consent.scopes.clone(),
+        obtained_at: now,
+        updated_at: now,
+    };
+    let saved = tokio::task::spawn_blocking(move || {
+        store.put(&asset_name, stored)?;
+        Ok::<_, smtp_oauth_relay::store::StoreError>(store)
+    })
+    .await;
+    let store_path = match saved {
+        Ok(Ok(store)) => store.path().to_path_buf(),
+        Ok(Err(err)) => {
+            eprintln!("error: the consent worked but the refresh token could not be stored: {err}");
+            return ExitCode::FAILURE;
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "Refresh token for asset \"{}\" stored in {}.",
+        asset.name,
+        store_path.display()
+    );
+    println!("  account: {}", asset.email);
+    println!("  scopes granted: {}", consent.scopes.join(" "));
+    if let Some(expires_in) = consent.expires_in {
+        println!("  access token valid for: {} s", expires_in.as_secs());
+    }
+    if asset.refresh_token != RefreshTokenSource::Store {
+        println!(
+            "note: this asset is configured to read its refresh token from {}, so the relay will not use the stored one \
+             until refresh_token / refresh_token_file is removed from the asset",
+            asset.refresh_token.describe()
+        );
+        return ExitCode::SUCCESS;
+    }
+    // Prove the whole chain, as `check` does: a refresh and an upstream XOAUTH2 login.
+    let tokens = match TokenManager::new(&config) {
+        Ok(tokens) => tokens,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let results = check::check_asset(&config, &tokens, &asset).await;
+    if check::report(std::slice::from_ref(&results), &mut std::io::stdout()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn token_command(config_path: PathBuf, asset_name: String, show: bool) -> ExitCode {
+    let config = match load_config(&config_path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let asset = match find_asset(&config, &asset_name) {
+        Ok(asset) => asset,
+        Err(code) => return code,
+    };
+    let tokens = match TokenManager::new(&config) {
+        Ok(tokens) => tokens,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("asset {}: {}", asset.name, asset.email);
+    if asset.service_account.is_none() && asset.refresh_token == RefreshTokenSource::Store {
+        let store = TokenStore::new(config.tokens.path.clone(), config.tokens.key.clone());
+        match store.get(&asset.name) {
+            Ok(Some(stored)) => println!(
+                "  stored refresh token: obtained {} (unix), last replaced {} (unix), scopes {}",
+                stored.obtained_at,
+                stored.updated_at,
+                stored.scopes.join(" ")
+            ),
+            Ok(None) => println!("  stored refresh token: none in {}", store.path().display()),
+            Err(err) => println!("  token store: {err}"),
+        }
+    }
+    let result = tokens.access_token(&asset.name).await;
+    if let Some(status) = tokens.status(&asset.name).await {
+        println!("  source: {}", status.source);
+        if let Some(valid_for) = status.access_token_valid_for {
+            println!("  access token: valid for {} s", valid_for.as_secs());
+        }
+        if let Some(at) = status.last_refresh {
+            let secs = at
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            println!("  last refresh: {secs} (unix)");
+        }
+    }
+    match result {
+        Ok(token) => {
+            if show {
+                println!("  access token: {}", token.token.expose());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            println!("  last error: {err}");
+            println!("  what to do: {}", err.hint());
             ExitCode::FAILURE
         }
     }

@@ -72,12 +72,28 @@ impl TokenError {
         !matches!(self, TokenError::Unavailable { .. })
     }
 
+    pub fn asset(&self) -> &str {
+        match self {
+            TokenError::NeedsReauthorization { asset, .. }
+            | TokenError::ClientRejected { asset, .. }
+            | TokenError::Unavailable { asset, .. }
+            | TokenError::RefreshTokenFile { asset, .. }
+            | TokenError::NotAuthorized { asset }
+            | TokenError::Store { asset, .. }
+            | TokenError::ServiceAccountRejected { asset, .. } => asset,
+        }
+    }
+
     /// What the operator should do, for the log line and `check`.
-    pub fn hint(&self) -> &'static str {
+    pub fn hint(&self) -> String {
+        self.hint_template().replace("ASSET", self.asset())
+    }
+
+    fn hint_template(&self) -> &'static str {
         match self {
             TokenError::NeedsReauthorization { .. } => {
-                "run `smtp-oauth-relay authorize ASSET` to consent again (or put a new refresh token in the \
-                 asset's refresh_token_file); usual causes: the OAuth consent screen is in \"Testing\" \
+                "run `smtp-oauth-relay authorize ASSET` to consent again (or replace the refresh token the \
+                 asset is configured with); usual causes: the OAuth consent screen is in \"Testing\" \
                  (refresh tokens expire after 7 days), the user revoked access or changed the password, \
                  or the token was unused for 6 months"
             }

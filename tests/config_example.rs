@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use smtp_oauth_relay::config::{self, AssetAccess, Limits, Provider, Timeouts, UpstreamTls};
+use smtp_oauth_relay::config::{
+    self, AssetAccess, Limits, Provider, RefreshTokenSource, Timeouts, UpstreamTls,
+};
 
 const EXAMPLE: &str = "config/relay.example.toml";
 
@@ -26,6 +28,15 @@ fn example_config_loads() {
     assert_eq!(office.upstream.tls, UpstreamTls::Starttls);
     assert_eq!(office.token_url, "https://oauth2.googleapis.com/token");
     assert_eq!(office.scopes, ["https://mail.google.com/"]);
+    // No refresh_token / refresh_token_file: the token `authorize` stores is used.
+    assert_eq!(office.refresh_token, RefreshTokenSource::Store);
+    assert!(office.service_account.is_none());
+    assert_eq!(office.redirect_uri, None);
+    assert_eq!(
+        config.tokens.path,
+        Path::new("state/tokens.json"),
+        "[tokens] path default, as the example's comment says"
+    );
 
     assert_eq!(config.users.len(), 2);
     assert_eq!(
@@ -334,4 +345,117 @@ fn provider_presets() {
         "token_url = \"http://127.0.0.1:8080/token\"\nsenders =",
     );
     assert!(config::parse(&loopback, Path::new("x.toml")).is_ok());
+}
+
+/// The commented-out `[[asset]]` block that follows the line containing `marker`,
+/// uncommented ("# key = ..." → "key = ...", "# # note" → "# note"), up to the next blank line.
+fn commented_block(text: &str, marker: &str) -> String {
+    let mut lines = text.lines().skip_while(|line| !line.contains(marker));
+    assert!(lines.next().is_some(), "no line contains {marker:?}");
+    let mut block: Vec<&str> = lines
+        .skip_while(|line| line.trim() != "# [[asset]]")
+        .take_while(|line| !line.trim().is_empty())
+        .map(|line| line.strip_prefix("# ").unwrap_or(line))
+        .collect();
+    assert!(!block.is_empty(), "no commented [[asset]] after {marker:?}");
+    block.push("");
+    block.join("\n")
+}
+
+/// The example with one of its commented-out assets switched on, parsed by the real parser.
+fn example_with(block: &str) -> config::Config {
+    let text = std::fs::read_to_string(EXAMPLE).unwrap();
+    // Appended after the users; TOML allows [[asset]] anywhere.
+    let combined = format!("{text}\n{block}");
+    config::parse(&combined, Path::new(EXAMPLE))
+        .unwrap_or_else(|err| panic!("the uncommented block must load:\n{block}\n{err}"))
+}
+
+/// The commented alternatives in the example are valid too, once uncommented.
+#[test]
+fn example_commented_assets_load() {
+    let text = std::fs::read_to_string(EXAMPLE).unwrap();
+
+    let m365 = commented_block(&text, "A Microsoft 365 mailbox");
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("m365-client-secret");
+    std::fs::write(&secret, "secret\n").unwrap();
+    let m365 = m365.replace(
+        "/run/secrets/m365-client-secret",
+        secret.to_str().unwrap(),
+    );
+    let config = example_with(&m365);
+    let asset = config.asset("m365").unwrap();
+    assert_eq!(asset.provider, Provider::Microsoft);
+    assert_eq!(asset.refresh_token, RefreshTokenSource::Store);
+    assert_eq!(asset.redirect_uri.as_deref(), Some("http://localhost"));
+    assert_eq!(
+        asset.token_url,
+        "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+    );
+
+    let service = commented_block(&text, "service account with domain-wide delegation");
+    let service = service.replace(
+        "/etc/smtp-oauth-relay/service-account.json",
+        "tests/fixtures/service-account.json",
+    );
+    let config = example_with(&service);
+    let asset = config.asset("alerts").unwrap();
+    assert!(asset.service_account.is_some());
+    assert_eq!(asset.email, "alerts@example.com");
+    assert_eq!(asset.token_url, "https://oauth2.googleapis.com/token");
+}
+
+/// The example's `client_json` line, pointed at a Desktop ("installed") and a Web client
+/// file as Google Cloud Console's "Download JSON" writes them.
+#[test]
+fn example_client_json_replaces_client_id_and_secret() {
+    let text = std::fs::read_to_string(EXAMPLE).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("# client_json = "))
+        .expect("the example shows client_json");
+    let mut by_hand = text
+        .lines()
+        .filter(|line| line.starts_with("client_id = ") || line.starts_with("client_secret = "));
+    let (id_line, secret_line) = (by_hand.next().unwrap(), by_hand.next().unwrap());
+
+    for (kind, redirects, expected_redirect) in [
+        ("installed", r#"["http://localhost"]"#, None),
+        (
+            "web",
+            r#"["https://relay.example/cb", "http://127.0.0.1:8765/callback"]"#,
+            Some("http://127.0.0.1:8765/callback"),
+        ),
+    ] {
+        let file = dir.path().join(format!("{kind}.json"));
+        std::fs::write(
+            &file,
+            format!(
+                r#"{{"{kind}":{{"client_id":"42-abc.apps.googleusercontent.com","project_id":"p",
+                "auth_uri":"https://accounts.google.com/o/oauth2/auth",
+                "token_uri":"https://oauth2.googleapis.com/token",
+                "auth_provider_x509_cert_url":"https://www.googleapis.com/oauth2/v1/certs",
+                "client_secret":"GOCSPX-x","redirect_uris":{redirects}}}}}"#
+            ),
+        )
+        .unwrap();
+        let edited = text
+            .replace(line, &format!("client_json = {:?}", file.to_str().unwrap()))
+            .replace(&format!("{id_line}\n"), "")
+            .replace(&format!("{secret_line}\n"), "");
+        let config = config::parse(&edited, Path::new(EXAMPLE))
+            .unwrap_or_else(|err| panic!("{kind}: {err}"));
+        let office = config.asset("office").unwrap();
+        assert_eq!(office.client_id, "42-abc.apps.googleusercontent.com");
+        assert_eq!(office.client_secret.expose(), "GOCSPX-x");
+        assert_eq!(office.redirect_uri.as_deref(), expected_redirect, "{kind}");
+        assert_eq!(office.refresh_token, RefreshTokenSource::Store);
+
+        // client_json and client_id together is refused.
+        let both = text.replace(line, &format!("client_json = {:?}", file.to_str().unwrap()));
+        let message = error_text(&both);
+        assert!(message.contains("comes from client_json"), "{message}");
+    }
 }

@@ -57,6 +57,27 @@ pub struct Options {
     /// The upstream checks tokens against its own registry, so it refuses every token the
     /// issuer hands out (as Gmail does for a token of the wrong account or scope).
     pub upstream_refuses_tokens: bool,
+    /// The `support` asset has no refresh_token_file: it reads its refresh token from the
+    /// token store at `env.path("tokens.json")` (empty at first), and its auth_url is the
+    /// fake issuer's consent endpoint (for `authorize`).
+    pub support_from_store: bool,
+    /// Extra lines for the [tokens] table (e.g. `key_file = ...`); placeholders as in
+    /// `extra_assets`.
+    pub tokens: String,
+    /// More `[[asset]]` tables, appended after the two standard ones. Placeholders:
+    /// `@TOKEN_URL@`, `@AUTH_URL@` (the fake issuer), `@UPSTREAM@`, `@UPSTREAM_TLS@`, `@CA@`
+    /// (the fake Gmail and its CA file) and `@DIR@` (the env's directory).
+    pub extra_assets: String,
+    /// Files written (mode 0600) into the env's directory before the config is loaded, as
+    /// (name, contents); the contents take the placeholders of `extra_assets`.
+    pub files: Vec<(String, String)>,
+}
+
+impl Options {
+    /// Whether the config gets a `[tokens]` table with `path = <dir>/tokens.json`.
+    fn uses_store(&self) -> bool {
+        self.support_from_store || !self.tokens.is_empty() || !self.extra_assets.is_empty()
+    }
 }
 
 pub struct Env {
@@ -71,6 +92,8 @@ pub struct Env {
     pub dir: tempfile::TempDir,
     pub config_text: String,
     shutdown: CancellationToken,
+    /// A child of `shutdown` that stops only the relay (see [`Env::restart_relay`]).
+    relay_shutdown: CancellationToken,
     server: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -129,13 +152,53 @@ impl Env {
         std::fs::write(path("relay.key"), pki.server_key_pem()).unwrap();
         std::fs::write(path("support.refresh"), format!("{SUPPORT_REFRESH}\n")).unwrap();
         std::fs::write(path("sales.secret"), SALES_SECRET).unwrap();
-
-        let [scanner_hash, app_hash, admin_hash] = hashes().clone();
-        let upstream_tls = if options.implicit_tls {
+        let upstream_tls_mode = if options.implicit_tls {
             "implicit"
         } else {
             "starttls"
         };
+        let placeholders = |text: &str| {
+            text.replace("@TOKEN_URL@", &issuer.token_url())
+                .replace("@AUTH_URL@", &issuer.auth_url())
+                .replace("@UPSTREAM@", &gmail.addr().to_string())
+                .replace("@UPSTREAM_TLS@", upstream_tls_mode)
+                .replace("@CA@", &path("ca.pem").display().to_string())
+                .replace("@DIR@", &dir.path().display().to_string())
+        };
+        for (name, contents) in &options.files {
+            // Private (0600), as key files must be.
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path(name))
+                .unwrap();
+            file.write_all(placeholders(contents).as_bytes()).unwrap();
+        }
+        let support_token_source = if options.support_from_store {
+            format!("auth_url = \"{}\"", issuer.auth_url())
+        } else {
+            format!(
+                "refresh_token_file = \"{}\"",
+                path("support.refresh").display()
+            )
+        };
+        let tokens_table = if options.uses_store() {
+            format!(
+                "[tokens]\npath = \"{}\"\n{}\n",
+                path("tokens.json").display(),
+                placeholders(&options.tokens)
+            )
+        } else {
+            String::new()
+        };
+        let extra_assets = placeholders(&options.extra_assets);
+
+        let [scanner_hash, app_hash, admin_hash] = hashes().clone();
+        let upstream_tls = upstream_tls_mode;
         // No back-off between failed refreshes unless a test asks for it: tests switch the
         // fake token endpoint between modes and expect the next session to see the change.
         let timeouts = if options.timeouts.contains("token_retry_secs") {
@@ -181,7 +244,7 @@ name = "support"
 email = "{support_email}"
 client_id = "support-client"
 client_secret = "{support_secret}"
-refresh_token_file = "{support_refresh}"
+{support_token_source}
 senders = ["{support_email}", "@example.com"]
 upstream = "{upstream}"
 upstream_tls = "{upstream_tls}"
@@ -199,6 +262,10 @@ upstream = "{upstream}"
 upstream_tls = "{upstream_tls}"
 upstream_ca = "{ca}"
 token_url = "{token_url}"
+
+{extra_assets}
+
+{tokens_table}
 "#,
             cert = path("relay.crt").display(),
             key = path("relay.key").display(),
@@ -210,7 +277,7 @@ token_url = "{token_url}"
             admin = ADMIN.0,
             support_email = SUPPORT_EMAIL,
             support_secret = SUPPORT_SECRET,
-            support_refresh = path("support.refresh").display(),
+            support_token_source = support_token_source,
             upstream = gmail.addr(),
             ca = path("ca.pem").display(),
             token_url = issuer.token_url(),
@@ -220,19 +287,9 @@ token_url = "{token_url}"
         );
         std::fs::write(path("relay.toml"), &config_text).unwrap();
         let config = config::parse(&config_text, &path("relay.toml")).unwrap();
-        let relay = Arc::new(Relay::new(config).unwrap());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let relay_addr = listener.local_addr().unwrap();
-        let tls_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let relay_tls_addr = tls_listener.local_addr().unwrap();
-        let server = tokio::spawn(server::run(
-            Listeners {
-                plain: vec![listener],
-                implicit_tls: vec![tls_listener],
-            },
-            relay.clone(),
-            shutdown.clone(),
-        ));
+        let relay_shutdown = shutdown.child_token();
+        let (relay, relay_addr, relay_tls_addr, server) =
+            spawn_relay(config, relay_shutdown.clone()).await;
         Env {
             relay_addr,
             relay_tls_addr,
@@ -244,8 +301,34 @@ token_url = "{token_url}"
             dir,
             config_text,
             shutdown,
+            relay_shutdown,
             server: Some(server),
         }
+    }
+
+    /// Stops the relay (not the fakes) and starts a new one from the same config file on
+    /// new ports: a process restart, with the same token store and the same fakes.
+    pub async fn restart_relay(&mut self) {
+        self.relay_shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+        }
+        let config = config::parse(&self.config_text, &self.path("relay.toml")).unwrap();
+        self.relay_shutdown = self.shutdown.child_token();
+        let (relay, relay_addr, relay_tls_addr, server) =
+            spawn_relay(config, self.relay_shutdown.clone()).await;
+        self.relay = relay;
+        self.relay_addr = relay_addr;
+        self.relay_tls_addr = relay_tls_addr;
+        self.server = Some(server);
+    }
+
+    /// The token store the relay uses (path and key from the config).
+    pub fn store(&self) -> smtp_oauth_relay::store::TokenStore {
+        smtp_oauth_relay::store::TokenStore::new(
+            self.relay.config.tokens.path.clone(),
+            self.relay.config.tokens.key.clone(),
+        )
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -271,6 +354,32 @@ token_url = "{token_url}"
             let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
         }
     }
+}
+
+/// A relay for `config` on fresh loopback ports (plain and implicit TLS).
+async fn spawn_relay(
+    config: config::Config,
+    shutdown: CancellationToken,
+) -> (
+    Arc<Relay>,
+    SocketAddr,
+    SocketAddr,
+    tokio::task::JoinHandle<()>,
+) {
+    let relay = Arc::new(Relay::new(config).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_addr = listener.local_addr().unwrap();
+    let tls_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_tls_addr = tls_listener.local_addr().unwrap();
+    let server = tokio::spawn(server::run(
+        Listeners {
+            plain: vec![listener],
+            implicit_tls: vec![tls_listener],
+        },
+        relay.clone(),
+        shutdown,
+    ));
+    (relay, relay_addr, relay_tls_addr, server)
 }
 
 impl Drop for Env {

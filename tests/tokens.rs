@@ -1,0 +1,628 @@
+//! Issue 3 end to end, in process: the token store as a refresh-token source (including a
+//! token written while the relay runs), rotation persisted across a restart, the failure
+//! back-off, per-asset failure isolation, single-flight refresh, service accounts, Google's
+//! client JSON files and the encrypted store.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use smtp_oauth_relay::config::{self, ConfigError, RefreshTokenSource};
+use smtp_oauth_relay::sandbox::token_issuer::{
+    IssuerAccount, IssuerMode, ServiceAccount, GMAIL_SCOPE,
+};
+use smtp_oauth_relay::secret::Secret;
+use smtp_oauth_relay::smtp::reply::Reply;
+use smtp_oauth_relay::store::{StoreKey, StoredToken, TokenStore};
+use smtp_oauth_relay::token::TokenError;
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// What `authorize` stores for `email`.
+fn grant(refresh_token: &str, email: &str) -> StoredToken {
+    StoredToken::new(
+        Secret::new(refresh_token),
+        Some(email.to_string()),
+        vec![GMAIL_SCOPE.to_string()],
+        now(),
+    )
+}
+
+fn store_options() -> Options {
+    Options {
+        support_from_store: true,
+        ..Options::default()
+    }
+}
+
+/// Logs in as `user` and sends MAIL FROM; returns the reply (the session is dropped).
+async fn mail_from(env: &Env, user: (&str, &str), from: &str) -> Reply {
+    let mut client = env.logged_in(user).await;
+    let reply = client.cmd(&format!("MAIL FROM:<{from}>")).await;
+    client.quit().await;
+    reply
+}
+
+/// Sends one message as `user` from `from`, expecting 250.
+async fn send_ok(env: &Env, user: (&str, &str), from: &str, subject: &str) {
+    let mut client = env.logged_in(user).await;
+    client
+        .send_mail(from, &["rcpt@example.net"], &message(subject))
+        .await
+        .expect_code(250);
+    client.quit().await;
+}
+
+#[track_caller]
+fn assert_names_asset(reply: &Reply, asset: &str) {
+    let text = reply.to_string();
+    assert_eq!(reply.code, 454, "{text}");
+    assert!(text.contains("4.7.0"), "{text}");
+    assert!(
+        text.contains(&format!("\"{asset}\"")),
+        "reply should name asset {asset}: {text}"
+    );
+}
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 1-3: the store as the refresh-token source
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn asset_without_refresh_token_reads_it_from_the_store() {
+    let env = Env::with(store_options()).await;
+    assert_eq!(
+        env.relay.config.asset("support").unwrap().refresh_token,
+        RefreshTokenSource::Store
+    );
+    env.store()
+        .put("support", grant(SUPPORT_REFRESH, SUPPORT_EMAIL))
+        .unwrap();
+
+    send_ok(&env, SCANNER, SUPPORT_EMAIL, "from-store").await;
+    let delivered = env.gmail.messages();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].auth_user, SUPPORT_EMAIL);
+    assert_eq!(env.issuer.refresh_count(), 1);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn token_stored_while_running_is_used_at_once_despite_the_back_off() {
+    let env = Env::with(Options {
+        support_from_store: true,
+        timeouts: "token_retry_secs = 30".into(),
+        ..Options::default()
+    })
+    .await;
+
+    let reply = mail_from(&env, SCANNER, SUPPORT_EMAIL).await;
+    assert_names_asset(&reply, "support");
+    let status = env.relay.tokens.status("support").await.unwrap();
+    let error = status.last_error.expect("the failure is remembered");
+    assert!(
+        matches!(error, TokenError::NotAuthorized { ref asset } if asset == "support"),
+        "{error:?}"
+    );
+    assert!(
+        error
+            .to_string()
+            .contains("run `smtp-oauth-relay authorize support`"),
+        "{error}"
+    );
+    // Within the back-off nothing changes...
+    assert_names_asset(&mail_from(&env, SCANNER, SUPPORT_EMAIL).await, "support");
+    assert_eq!(env.issuer.refresh_count(), 0, "no token, no token request");
+
+    // ...until `authorize` writes the store: no restart, no waiting 30 s.
+    env.store()
+        .put("support", grant(SUPPORT_REFRESH, SUPPORT_EMAIL))
+        .unwrap();
+    send_ok(&env, SCANNER, SUPPORT_EMAIL, "after-authorize").await;
+    assert_eq!(env.gmail.messages().len(), 1);
+    assert!(env
+        .relay
+        .tokens
+        .status("support")
+        .await
+        .unwrap()
+        .last_error
+        .is_none());
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn rotated_refresh_token_is_persisted_and_survives_a_restart() {
+    let mut env = Env::with(store_options()).await;
+    let store_path = env.path("tokens.json");
+    env.store()
+        .put("support", grant(SUPPORT_REFRESH, SUPPORT_EMAIL))
+        .unwrap();
+    let obtained_at = env.store().get("support").unwrap().unwrap().obtained_at;
+    env.issuer.set_rotate_refresh_tokens(true);
+
+    send_ok(&env, SCANNER, SUPPORT_EMAIL, "rotation-1").await;
+    let issuer_tokens = env.issuer.current_refresh_tokens(SUPPORT_EMAIL);
+    assert_eq!(issuer_tokens.len(), 1, "the old token is invalid now");
+    assert_ne!(issuer_tokens[0], SUPPORT_REFRESH);
+    let stored = env.store().get("support").unwrap().unwrap();
+    assert_ne!(stored.refresh_token.expose(), SUPPORT_REFRESH);
+    assert_eq!(stored.refresh_token.expose(), issuer_tokens[0]);
+    assert_eq!(stored.account.as_deref(), Some(SUPPORT_EMAIL));
+    assert_eq!(stored.obtained_at, obtained_at, "same grant, only rotated");
+    assert_eq!(mode_of(&store_path), 0o600);
+
+    // A new process: nothing in memory, only the store.
+    env.restart_relay().await;
+    send_ok(&env, SCANNER, SUPPORT_EMAIL, "rotation-2").await;
+    assert_eq!(env.gmail.messages().len(), 2);
+    // It rotated again, and again the store has the one the issuer accepts.
+    let issuer_tokens = env.issuer.current_refresh_tokens(SUPPORT_EMAIL);
+    let stored = env.store().get("support").unwrap().unwrap();
+    assert_eq!(issuer_tokens, vec![stored.refresh_token.expose().to_string()]);
+    assert_eq!(mode_of(&store_path), 0o600);
+    env.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 4-6: failures and concurrency
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn failed_refresh_is_not_retried_within_the_back_off() {
+    let env = Env::with(Options {
+        timeouts: "token_retry_secs = 2".into(),
+        ..Options::default()
+    })
+    .await;
+    env.issuer.set_mode(IssuerMode::ServerError);
+    let reply = mail_from(&env, SCANNER, SUPPORT_EMAIL).await;
+    assert_eq!(reply.code, 454, "{reply}");
+    let requests = env.issuer.refresh_count();
+    assert!(requests >= 1);
+
+    env.issuer.set_mode(IssuerMode::Normal);
+    let reply = mail_from(&env, SCANNER, SUPPORT_EMAIL).await;
+    assert_eq!(reply.code, 454, "still backing off: {reply}");
+    assert_eq!(
+        env.issuer.refresh_count(),
+        requests,
+        "a session within the back-off must not hit the token endpoint"
+    );
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    send_ok(&env, SCANNER, SUPPORT_EMAIL, "after-back-off").await;
+    assert_eq!(env.issuer.refresh_count(), requests + 1);
+    env.stop().await;
+}
+
+// A current-thread runtime: every task of the relay and its fakes runs on this thread, so
+// the thread-local subscriber sees all their events.
+#[tokio::test]
+async fn revoked_asset_needs_reauthorization_while_the_other_keeps_working() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(captured.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let env = Env::start().await;
+    assert!(env.issuer.revoke_refresh_token(SUPPORT_REFRESH));
+
+    let reply = mail_from(&env, SCANNER, SUPPORT_EMAIL).await;
+    assert_names_asset(&reply, "support");
+    assert!(reply.text().contains("needs re-authorization"), "{reply}");
+    send_ok(&env, APP, SALES_EMAIL, "sales-unaffected").await;
+    let delivered = env.gmail.messages();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].auth_user, SALES_EMAIL);
+    env.stop().await;
+
+    let log = captured.text();
+    let error_lines: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("ERROR"))
+        .filter(|line| line.contains("support"))
+        .collect();
+    assert!(
+        error_lines.iter().any(|line| line.contains("invalid_grant")
+            && line.contains("smtp-oauth-relay authorize support")),
+        "no ERROR line naming the asset, invalid_grant and the command:\n{log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|line| line.contains("ERROR") && line.contains("asset=sales")),
+        "sales must not be reported:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hundred_concurrent_sessions_cause_one_refresh() {
+    let env = Arc::new(
+        Env::with(Options {
+            limits: "max_connections = 300".into(),
+            ..Options::default()
+        })
+        .await,
+    );
+    env.issuer.set_delay(Duration::from_millis(300));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..100 {
+        let env = env.clone();
+        tasks.spawn(async move {
+            let user = if i % 2 == 0 { ADMIN } else { SCANNER };
+            let mut client = env.logged_in(user).await;
+            let reply = client
+                .send_mail(
+                    SUPPORT_EMAIL,
+                    &["rcpt@example.net"],
+                    &message(&format!("burst-{i}")),
+                )
+                .await;
+            client.quit().await;
+            reply
+        });
+    }
+    while let Some(reply) = tasks.join_next().await {
+        reply.unwrap().expect_code(250);
+    }
+    assert_eq!(env.gmail.messages().len(), 100);
+    assert_eq!(env.issuer.refresh_count(), 1, "single flight");
+    Arc::into_inner(env).unwrap().stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 7: service account with domain-wide delegation
+// ---------------------------------------------------------------------------------------
+
+const DELEGATED: &str = "mailbox@example.net";
+const NOT_DELEGATED: &str = "outsider@example.net";
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn service_account_asset(name: &str, email: &str) -> String {
+    format!(
+        r#"
+[[asset]]
+name = "{name}"
+email = "{email}"
+service_account_json = "{json}"
+token_url = "@TOKEN_URL@"
+senders = ["{email}"]
+upstream = "@UPSTREAM@"
+upstream_tls = "@UPSTREAM_TLS@"
+upstream_ca = "@CA@"
+"#,
+        json = fixture("service-account.json")
+    )
+}
+
+#[tokio::test]
+async fn service_account_asset_sends_as_the_delegated_mailbox() {
+    let env = Env::with(Options {
+        extra_assets: service_account_asset("delegated", DELEGATED)
+            + &service_account_asset("undelegated", NOT_DELEGATED),
+        ..Options::default()
+    })
+    .await;
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("service-account.json")).unwrap())
+            .unwrap();
+    let client_email = json["client_email"].as_str().unwrap().to_string();
+    env.issuer.add_service_account(ServiceAccount {
+        client_email: client_email.clone(),
+        public_key_pem: std::fs::read_to_string(fixture("service-account-test-pub.pem")).unwrap(),
+        allowed_subjects: vec![DELEGATED.to_string()],
+    });
+
+    send_ok(&env, ADMIN, DELEGATED, "delegated").await;
+    let delivered = env.gmail.messages();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].auth_user, DELEGATED);
+    let status = env.relay.tokens.status("delegated").await.unwrap();
+    assert!(status.source.contains(&client_email), "{}", status.source);
+
+    // A mailbox the delegation does not cover.
+    let reply = mail_from(&env, ADMIN, NOT_DELEGATED).await;
+    assert_names_asset(&reply, "undelegated");
+    let status = env.relay.tokens.status("undelegated").await.unwrap();
+    let error = status.last_error.expect("failure remembered");
+    assert!(
+        matches!(&error, TokenError::ServiceAccountRejected { asset, error, .. }
+            if asset == "undelegated" && error == "unauthorized_client"),
+        "{error:?}"
+    );
+    assert!(error.hint().contains("domain-wide delegation"), "{error}");
+
+    let config = &env.relay.config;
+    let asset = config.asset("undelegated").unwrap();
+    let result = smtp_oauth_relay::check::check_asset(config, &env.relay.tokens, asset).await;
+    let mut report = Vec::new();
+    assert!(!smtp_oauth_relay::check::report(
+        std::slice::from_ref(&result),
+        &mut report
+    ));
+    let report = String::from_utf8(report).unwrap();
+    assert!(report.contains("asset undelegated: FAILED"), "{report}");
+    assert!(report.contains("unauthorized_client"), "{report}");
+    assert!(report.contains("delegation"), "{report}");
+    env.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 8: Google's client JSON ("Download JSON"), both kinds
+// ---------------------------------------------------------------------------------------
+
+const INSTALLED_EMAIL: &str = "desktop@example.net";
+const WEB_EMAIL: &str = "web@example.net";
+const INSTALLED_REFRESH: &str = "1//installed-refresh-token-Qa10";
+const WEB_REFRESH: &str = "1//web-refresh-token-Wb20";
+
+const INSTALLED_JSON: &str = r#"{"installed":{"client_id":"installed-client.apps.googleusercontent.com","project_id":"relay-test","auth_uri":"@AUTH_URL@","token_uri":"@TOKEN_URL@","auth_provider_x509_cert_url":"https://www.googleapis.com/oauth2/v1/certs","client_secret":"GOCSPX-installed-secret","redirect_uris":["http://localhost"]}}"#;
+const WEB_JSON: &str = r#"{"web":{"client_id":"web-client.apps.googleusercontent.com","project_id":"relay-test","auth_uri":"@AUTH_URL@","token_uri":"@TOKEN_URL@","auth_provider_x509_cert_url":"https://www.googleapis.com/oauth2/v1/certs","client_secret":"GOCSPX-web-secret","redirect_uris":["https://example.com/cb","http://127.0.0.1:8765/oauth"],"javascript_origins":["https://example.com"]}}"#;
+
+fn client_json_asset(name: &str, email: &str, file: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[asset]]
+name = "{name}"
+email = "{email}"
+client_json = "@DIR@/{file}"
+{extra}
+senders = ["{email}"]
+upstream = "@UPSTREAM@"
+upstream_tls = "@UPSTREAM_TLS@"
+upstream_ca = "@CA@"
+"#
+    )
+}
+
+#[tokio::test]
+async fn google_client_json_files_of_both_kinds_configure_the_asset() {
+    let env = Env::with(Options {
+        files: vec![
+            ("installed.json".into(), INSTALLED_JSON.into()),
+            ("web.json".into(), WEB_JSON.into()),
+        ],
+        extra_assets: client_json_asset("desktop", INSTALLED_EMAIL, "installed.json", "")
+            + &client_json_asset("webapp", WEB_EMAIL, "web.json", ""),
+        ..Options::default()
+    })
+    .await;
+    let config = &env.relay.config;
+    let desktop = config.asset("desktop").unwrap();
+    assert_eq!(
+        desktop.client_id,
+        "installed-client.apps.googleusercontent.com"
+    );
+    assert_eq!(desktop.client_secret.expose(), "GOCSPX-installed-secret");
+    assert_eq!(desktop.token_url, env.issuer.token_url());
+    assert_eq!(desktop.auth_url, env.issuer.auth_url());
+    assert_eq!(desktop.redirect_uri, None, "Desktop clients: any loopback port");
+    assert_eq!(desktop.refresh_token, RefreshTokenSource::Store);
+    let web = config.asset("webapp").unwrap();
+    assert_eq!(web.client_id, "web-client.apps.googleusercontent.com");
+    assert_eq!(web.client_secret.expose(), "GOCSPX-web-secret");
+    assert_eq!(web.token_url, env.issuer.token_url());
+    assert_eq!(web.auth_url, env.issuer.auth_url());
+    assert_eq!(
+        web.redirect_uri.as_deref(),
+        Some("http://127.0.0.1:8765/oauth"),
+        "a Web client uses its registered loopback redirect"
+    );
+
+    for (client_id, secret, refresh, email) in [
+        (
+            "installed-client.apps.googleusercontent.com",
+            "GOCSPX-installed-secret",
+            INSTALLED_REFRESH,
+            INSTALLED_EMAIL,
+        ),
+        (
+            "web-client.apps.googleusercontent.com",
+            "GOCSPX-web-secret",
+            WEB_REFRESH,
+            WEB_EMAIL,
+        ),
+    ] {
+        env.issuer.add_account(IssuerAccount {
+            client_id: client_id.into(),
+            client_secret: secret.into(),
+            refresh_token: refresh.into(),
+            email: email.into(),
+        });
+    }
+    let store = env.store();
+    store
+        .put("desktop", grant(INSTALLED_REFRESH, INSTALLED_EMAIL))
+        .unwrap();
+    store.put("webapp", grant(WEB_REFRESH, WEB_EMAIL)).unwrap();
+
+    send_ok(&env, ADMIN, INSTALLED_EMAIL, "desktop-client").await;
+    send_ok(&env, ADMIN, WEB_EMAIL, "web-client").await;
+    let users: Vec<String> = env
+        .gmail
+        .messages()
+        .into_iter()
+        .map(|m| m.auth_user)
+        .collect();
+    assert_eq!(users, vec![INSTALLED_EMAIL, WEB_EMAIL]);
+
+    // client_json together with client_id: an error naming the field.
+    let dir = env.path("");
+    let with = |asset: String| {
+        let text = format!("{}\n{asset}", env.config_text);
+        config::parse(&text.replace("@DIR@", dir.to_str().unwrap()), &env.path("x.toml"))
+    };
+    let upstream = env.gmail.addr().to_string();
+    let err = with(
+        client_json_asset(
+            "both",
+            "both@example.net",
+            "installed.json",
+            "client_id = \"other-client\"",
+        )
+        .replace("@UPSTREAM@", &upstream)
+        .replace("@UPSTREAM_TLS@", "starttls")
+        .replace("@CA@", env.path("ca.pem").to_str().unwrap()),
+    )
+    .unwrap_err();
+    let ConfigError::Invalid { problems, .. } = &err else {
+        panic!("{err}");
+    };
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.field == "asset[4].client_id" && p.message.contains("client_json")),
+        "{err}"
+    );
+    assert!(err.to_string().contains("client_id"), "{err}");
+
+    // A JSON file that is neither kind.
+    std::fs::write(
+        env.path("neither.json"),
+        r#"{"other":{"client_id":"x","client_secret":"y","auth_uri":"https://a","token_uri":"https://b"}}"#,
+    )
+    .unwrap();
+    let err = with(
+        client_json_asset("neither", "neither@example.net", "neither.json", "")
+            .replace("@UPSTREAM@", &upstream)
+            .replace("@UPSTREAM_TLS@", "starttls")
+            .replace("@CA@", env.path("ca.pem").to_str().unwrap()),
+    )
+    .unwrap_err();
+    let ConfigError::Invalid { problems, .. } = &err else {
+        panic!("{err}");
+    };
+    assert!(
+        problems.iter().any(|p| p.field == "asset[4].client_json"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("client_json"), "{err}");
+    env.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 9: the encrypted store
+// ---------------------------------------------------------------------------------------
+
+fn encrypted_options(key: &str) -> Options {
+    Options {
+        support_from_store: true,
+        files: vec![("store.key".into(), format!("{key}\n"))],
+        tokens: "key_file = \"@DIR@/store.key\"".into(),
+        ..Options::default()
+    }
+}
+
+#[tokio::test]
+async fn encrypted_store_works_and_keeps_the_token_off_the_disk() {
+    let key = StoreKey::generate().unwrap();
+    let env = Env::with(encrypted_options(&key)).await;
+    assert!(env.relay.config.tokens.key.is_some());
+    // What `authorize` does: the same path, the same key.
+    TokenStore::new(env.path("tokens.json"), Some(StoreKey::parse(&key).unwrap()))
+        .put("support", grant(SUPPORT_REFRESH, SUPPORT_EMAIL))
+        .unwrap();
+    send_ok(&env, SCANNER, SUPPORT_EMAIL, "encrypted").await;
+    assert_eq!(env.gmail.messages().len(), 1);
+
+    let on_disk = std::fs::read_to_string(env.path("tokens.json")).unwrap();
+    assert!(!on_disk.contains(SUPPORT_REFRESH), "{on_disk}");
+    assert!(!on_disk.contains("refresh_token"), "{on_disk}");
+    assert!(!on_disk.contains(SUPPORT_EMAIL), "{on_disk}");
+    assert!(on_disk.contains("chacha20-poly1305"), "{on_disk}");
+    assert_eq!(mode_of(&env.path("tokens.json")), 0o600);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_store_key_is_a_clear_store_error() {
+    let right = StoreKey::generate().unwrap();
+    let wrong = StoreKey::generate().unwrap();
+    let env = Env::with(encrypted_options(&wrong)).await;
+    TokenStore::new(
+        env.path("tokens.json"),
+        Some(StoreKey::parse(&right).unwrap()),
+    )
+    .put("support", grant(SUPPORT_REFRESH, SUPPORT_EMAIL))
+    .unwrap();
+    let before = std::fs::read(env.path("tokens.json")).unwrap();
+
+    let reply = mail_from(&env, SCANNER, SUPPORT_EMAIL).await;
+    assert_names_asset(&reply, "support");
+    let error = env
+        .relay
+        .tokens
+        .status("support")
+        .await
+        .unwrap()
+        .last_error
+        .expect("failure remembered");
+    assert!(matches!(error, TokenError::Store { .. }), "{error:?}");
+    assert!(
+        error.to_string().contains("cannot decrypt the token store"),
+        "{error}"
+    );
+    assert_eq!(env.issuer.refresh_count(), 0);
+
+    let config = &env.relay.config;
+    let asset = config.asset("support").unwrap();
+    let result = smtp_oauth_relay::check::check_asset(config, &env.relay.tokens, asset).await;
+    let mut report = Vec::new();
+    assert!(!smtp_oauth_relay::check::report(
+        std::slice::from_ref(&result),
+        &mut report
+    ));
+    let report = String::from_utf8(report).unwrap();
+    assert!(report.contains("asset support: FAILED"), "{report}");
+    assert!(report.contains("cannot decrypt the token store"), "{report}");
+    assert!(report.contains("the right key"), "{report}");
+    // Never "repaired" by overwriting.
+    assert_eq!(std::fs::read(env.path("tokens.json")).unwrap(), before);
+    env.stop().await;
+}
