@@ -132,7 +132,7 @@ pub enum AuthorizeError {
     },
     #[error(
         "no answer within {secs} s, so the consent was abandoned (the listener is closed); run \
-         authorize again and approve in the browser in time, or give it a longer --timeout"
+         authorize again and approve in the browser in time, or give it a longer --timeout-secs"
     )]
     Timeout { secs: u64 },
     #[error(
@@ -244,7 +244,6 @@ where
             write!(output, "Redirect URL (or code): ").map_err(AuthorizeError::Output)?;
             output.flush().map_err(AuthorizeError::Output)?;
             let line = read_paste(input, deadline, options.timeout).await?;
-            out(output, "")?;
             match parse_paste(&line)? {
                 Pasted::Redirect(params) => check_callback(&params, &state)?,
                 Pasted::BareCode(code) => {
@@ -648,6 +647,13 @@ async fn wait_for_redirect<W: Write>(
         path,
         state: state.clone(),
     });
+    let addr = listeners
+        .first()
+        .and_then(|listener| listener.local_addr().ok())
+        .map_or_else(
+            || "the loopback address".to_string(),
+            |addr| addr.to_string(),
+        );
     // Dropping the set aborts the accept loops and any connection still open (a browser's
     // keep-alive or pre-connect), which is what "stop listening" means here.
     let mut tasks = JoinSet::new();
@@ -664,8 +670,8 @@ async fn wait_for_redirect<W: Write>(
                     Some(outcome) => outcome,
                     // Every accept loop ended: only possible if accepting keeps failing.
                     None => Err(AuthorizeError::Listener {
-                        addr: expected.path.clone(),
-                        source: std::io::Error::other("the listener stopped"),
+                        addr,
+                        source: std::io::Error::other("the listener stopped unexpectedly"),
                     }),
                 };
             }

@@ -72,6 +72,22 @@ pub struct ServerSettings {
     /// re-authorizes) or a permanent 535.
     pub credential_failure: CredentialFailure,
     pub bare_line_endings: BareLineEndings,
+    /// AUTH PLAIN/LOGIN without TLS from a non-loopback client (RFC 4954 §4 forbids
+    /// plaintext passwords on the open network unless the operator says otherwise).
+    pub allow_plaintext_auth: bool,
+    /// Clients in these networks may send without AUTH, through `trusted_assets` only.
+    pub trusted_networks: Vec<ipnet::IpNet>,
+    pub trusted_assets: AssetAccess,
+    pub header_from: HeaderFromPolicy,
+}
+
+/// What to do when the message's From: header names an address the asset does not serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeaderFromPolicy {
+    Off,
+    Log,
+    Enforce,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -91,6 +107,12 @@ pub struct Limits {
     pub max_auth_line: usize,
     pub max_errors: usize,
     pub max_transactions: usize,
+    pub max_connections_per_ip: usize,
+    /// Failed logins (per client IP, and per user name) before a temporary lockout.
+    pub auth_max_failures: u32,
+    pub auth_lockout: Duration,
+    /// Each failure in a row adds this much delay before the 535, up to five times it.
+    pub auth_failure_delay: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -375,6 +397,12 @@ struct RawServer {
     tls_key: Option<Spanned<PathBuf>>,
     credential_failure: Option<CredentialFailure>,
     bare_line_endings: Option<RawBareLineEndings>,
+    allow_plaintext_auth: Option<bool>,
+    #[serde(default)]
+    trusted_networks: Vec<Spanned<String>>,
+    #[serde(default)]
+    trusted_assets: Vec<Spanned<String>>,
+    header_from: Option<HeaderFromPolicy>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -395,6 +423,10 @@ struct RawLimits {
     max_auth_line: Option<usize>,
     max_errors: Option<usize>,
     max_transactions: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    auth_max_failures: Option<u32>,
+    auth_lockout_secs: Option<u64>,
+    auth_failure_delay_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -473,6 +505,13 @@ const DEFAULT_MAX_CONNECTIONS: usize = 100;
 /// Postfix's smtpd_hard_error_limit default is 20.
 const DEFAULT_MAX_ERRORS: usize = 20;
 const DEFAULT_MAX_TRANSACTIONS: usize = 100;
+/// One misbehaving host cannot take every slot from the others.
+const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 20;
+/// Enough for a user mistyping a password a few times; far too few to guess one.
+const DEFAULT_AUTH_MAX_FAILURES: u32 = 10;
+const DEFAULT_AUTH_LOCKOUT: u64 = 600;
+/// msmtpd waits 1 s after a failed AUTH; we grow from there to 5 s.
+const DEFAULT_AUTH_FAILURE_DELAY_MS: u64 = 1000;
 /// RFC 5321 §4.5.3.2.7: a server should wait at least 5 minutes for a command.
 const DEFAULT_COMMAND_TIMEOUT: u64 = 300;
 /// RFC 5321 §4.5.3.2.6: 3 minutes per data block.
@@ -501,6 +540,10 @@ impl Default for Limits {
             max_auth_line: DEFAULT_MAX_AUTH_LINE,
             max_errors: DEFAULT_MAX_ERRORS,
             max_transactions: DEFAULT_MAX_TRANSACTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            auth_max_failures: DEFAULT_AUTH_MAX_FAILURES,
+            auth_lockout: Duration::from_secs(DEFAULT_AUTH_LOCKOUT),
+            auth_failure_delay: Duration::from_millis(DEFAULT_AUTH_FAILURE_DELAY_MS),
         }
     }
 }
@@ -648,7 +691,6 @@ impl Checker {
 }
 
 fn validate(raw: RawConfig, check: &mut Checker) -> Option<Config> {
-    let server = validate_server(raw.server.unwrap_or_default(), check);
     let limits = validate_limits(raw.limits.unwrap_or_default(), check);
     let timeouts = validate_timeouts(raw.timeouts.unwrap_or_default(), check);
 
@@ -674,6 +716,7 @@ fn validate(raw: RawConfig, check: &mut Checker) -> Option<Config> {
         );
     }
 
+    let server = validate_server(raw.server.unwrap_or_default(), &asset_names, check);
     let senders = build_sender_map(&raw.assets, check);
     let tokens = validate_tokens(raw.tokens.unwrap_or_default(), check);
 
@@ -763,7 +806,39 @@ fn parse_listen(
     addrs
 }
 
-fn validate_server(raw: RawServer, check: &mut Checker) -> Option<ServerSettings> {
+fn validate_server(
+    raw: RawServer,
+    asset_names: &HashSet<String>,
+    check: &mut Checker,
+) -> Option<ServerSettings> {
+    let mut trusted_networks = Vec::new();
+    for network in &raw.trusted_networks {
+        let text = network.get_ref();
+        // A bare address is a network of one host.
+        let parsed = text
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => trusted_networks.push(net),
+            Err(_) => check.at(
+                network,
+                "server.trusted_networks",
+                format!("\"{text}\" is not a network like \"192.168.1.0/24\" or an address"),
+            ),
+        }
+    }
+    let trusted_assets = asset_access(
+        &raw.trusted_assets,
+        "server.trusted_assets",
+        asset_names,
+        check,
+    );
+    if !trusted_networks.is_empty() && raw.trusted_assets.is_empty() {
+        check.general(
+            "server.trusted_assets",
+            "trusted_networks is set, so name the assets they may send through (or \"*\")",
+        );
+    }
     let listen = parse_listen(raw.listen, Some(DEFAULT_LISTEN), "server.listen", check);
     let listen_tls = parse_listen(raw.listen_tls, None, "server.listen_tls", check);
     let tls = match (&raw.tls_cert, &raw.tls_key) {
@@ -824,6 +899,10 @@ fn validate_server(raw: RawServer, check: &mut Checker) -> Option<ServerSettings
             None | Some(RawBareLineEndings::Normalize) => BareLineEndings::Normalize,
             Some(RawBareLineEndings::Reject) => BareLineEndings::Reject,
         },
+        allow_plaintext_auth: raw.allow_plaintext_auth.unwrap_or(false),
+        trusted_networks,
+        trusted_assets,
+        header_from: raw.header_from.unwrap_or(HeaderFromPolicy::Off),
     })
 }
 
@@ -847,8 +926,30 @@ fn validate_limits(raw: RawLimits, check: &mut Checker) -> Limits {
         max_auth_line: raw.max_auth_line.unwrap_or(defaults.max_auth_line),
         max_errors: raw.max_errors.unwrap_or(defaults.max_errors),
         max_transactions: raw.max_transactions.unwrap_or(defaults.max_transactions),
+        max_connections_per_ip: raw
+            .max_connections_per_ip
+            .unwrap_or(defaults.max_connections_per_ip),
+        auth_max_failures: raw.auth_max_failures.unwrap_or(defaults.auth_max_failures),
+        auth_lockout: raw
+            .auth_lockout_secs
+            .map(Duration::from_secs)
+            .unwrap_or(defaults.auth_lockout),
+        auth_failure_delay: raw
+            .auth_failure_delay_ms
+            .map(Duration::from_millis)
+            .unwrap_or(defaults.auth_failure_delay),
     };
-    let minimums: [(&str, u64, u64); 8] = [
+    let minimums: [(&str, u64, u64); 10] = [
+        (
+            "limits.max_connections_per_ip",
+            limits.max_connections_per_ip as u64,
+            1,
+        ),
+        (
+            "limits.auth_max_failures",
+            limits.auth_max_failures as u64,
+            1,
+        ),
         ("limits.max_connections", limits.max_connections as u64, 1),
         ("limits.max_message_size", limits.max_message_size, 1024),
         ("limits.max_recipients", limits.max_recipients as u64, 1),
@@ -944,22 +1045,12 @@ fn validate_user(
             ),
         );
     }
-    let mut allowed = HashSet::new();
-    let mut all = false;
-    for asset in &raw.assets {
-        let asset_name = asset.get_ref();
-        if asset_name == "*" {
-            all = true;
-        } else if asset_names.contains(asset_name) {
-            allowed.insert(asset_name.clone());
-        } else {
-            check.at(
-                asset,
-                format!("user[{index}].assets"),
-                format!("no asset is named \"{asset_name}\""),
-            );
-        }
-    }
+    let assets = asset_access(
+        &raw.assets,
+        &format!("user[{index}].assets"),
+        asset_names,
+        check,
+    );
     if raw.assets.is_empty() {
         check.at(
             &raw.name,
@@ -970,12 +1061,30 @@ fn validate_user(
     Some(User {
         name,
         password_hash: hash,
-        assets: if all {
-            AssetAccess::All
-        } else {
-            AssetAccess::Only(allowed)
-        },
+        assets,
     })
+}
+
+/// A list of asset names, or "*" for all of them.
+fn asset_access(
+    names: &[Spanned<String>],
+    field: &str,
+    asset_names: &HashSet<String>,
+    check: &mut Checker,
+) -> AssetAccess {
+    let mut allowed = HashSet::new();
+    for name in names {
+        let text = name.get_ref();
+        if text == "*" {
+            return AssetAccess::All;
+        }
+        if asset_names.contains(text) {
+            allowed.insert(text.clone());
+        } else {
+            check.at(name, field, format!("no asset is named \"{text}\""));
+        }
+    }
+    AssetAccess::Only(allowed)
 }
 
 fn build_sender_map(raw_assets: &[Spanned<RawAsset>], check: &mut Checker) -> SenderMap {

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use crate::auth::hash_password;
 use crate::config::{
-    Asset, AssetAccess, Config, CredentialFailure, Limits, Provider, RefreshTokenSource,
-    ServerSettings, Timeouts, TokenSettings, UpstreamTarget, UpstreamTls, User,
+    Asset, AssetAccess, Config, CredentialFailure, HeaderFromPolicy, Limits, Provider,
+    RefreshTokenSource, ServerSettings, Timeouts, TokenSettings, UpstreamTarget, UpstreamTls, User,
 };
 use crate::sandbox::SandboxUpstream;
 use crate::secret::Secret;
@@ -80,6 +80,10 @@ pub fn sandbox_config(
             tls: Some(upstream.pki.server_config()?),
             credential_failure: CredentialFailure::Temporary,
             bare_line_endings: BareLineEndings::Normalize,
+            allow_plaintext_auth: false,
+            trusted_networks: Vec::new(),
+            trusted_assets: AssetAccess::Only(HashSet::new()),
+            header_from: HeaderFromPolicy::Off,
         },
         limits: Limits::default(),
         timeouts: Timeouts::default(),

@@ -46,6 +46,7 @@ pub mod session;
 pub mod smtp;
 pub mod store;
 pub mod stream;
+pub mod throttle;
 pub mod tls;
 pub mod token;
 pub mod upstream;

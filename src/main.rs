@@ -16,7 +16,7 @@ use smtp_oauth_relay::config::{Asset, RefreshTokenSource};
 use smtp_oauth_relay::relay::Relay;
 use smtp_oauth_relay::sandbox::SandboxUpstream;
 use smtp_oauth_relay::secret::Secret;
-use smtp_oauth_relay::server::{self, Listeners};
+use smtp_oauth_relay::server::{self, Listeners, RelayHandle};
 use smtp_oauth_relay::store::{StoredToken, TokenStore};
 use smtp_oauth_relay::token::TokenManager;
 use smtp_oauth_relay::{auth, check, demo, tls};
@@ -160,7 +160,10 @@ async fn serve(config_path: PathBuf, listen: Vec<SocketAddr>) -> ExitCode {
         users = config.users.len(),
         "config loaded"
     );
-    run_relay(config, CancellationToken::new()).await
+    if let Err(code) = check_token_store(&config) {
+        return code;
+    }
+    run_relay(config, CancellationToken::new(), Some(config_path)).await
 }
 
 async fn serve_sandbox(listen: Vec<SocketAddr>, mail_dir: PathBuf) -> ExitCode {
@@ -202,10 +205,46 @@ async fn serve_sandbox(listen: Vec<SocketAddr>, mail_dir: PathBuf) -> ExitCode {
         upstream_addr = upstream.gmail.addr(),
         dir = mail_dir.display(),
     );
-    run_relay(config, shutdown).await
+    run_relay(config, shutdown, None).await
 }
 
-async fn run_relay(config: Config, shutdown: CancellationToken) -> ExitCode {
+/// A corrupt, unreadable or too-open token store is a startup error, not a surprise at
+/// the first refresh; an asset not authorized yet only gets a warning.
+fn check_token_store(config: &Config) -> Result<(), ExitCode> {
+    let uses_store: Vec<&Arc<Asset>> = config
+        .assets
+        .iter()
+        .filter(|a| a.service_account.is_none() && a.refresh_token == RefreshTokenSource::Store)
+        .collect();
+    if uses_store.is_empty() {
+        return Ok(());
+    }
+    let store = TokenStore::new(config.tokens.path.clone(), config.tokens.key.clone());
+    match store.load() {
+        Ok(entries) => {
+            for asset in uses_store {
+                if !entries.contains_key(&asset.name) {
+                    tracing::warn!(
+                        asset = %asset.name,
+                        "no refresh token stored yet: run `smtp-oauth-relay authorize {}`; until then its senders get 454",
+                        asset.name
+                    );
+                }
+            }
+            Ok(())
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+async fn run_relay(
+    config: Config,
+    shutdown: CancellationToken,
+    reload_from: Option<PathBuf>,
+) -> ExitCode {
     let listeners = match Listeners::bind(&config.server.listen, &config.server.listen_tls).await {
         Ok(listeners) => listeners,
         Err(err) => {
@@ -226,8 +265,54 @@ async fn run_relay(config: Config, shutdown: CancellationToken) -> ExitCode {
         tracing::info!("shutting down");
         signal_shutdown.cancel();
     });
-    server::run(listeners, relay, shutdown).await;
+    let relays = RelayHandle::new(relay);
+    if let Some(path) = reload_from {
+        tokio::spawn(reload_on_sighup(path, relays.clone()));
+    }
+    server::run(listeners, relays, shutdown).await;
     ExitCode::SUCCESS
+}
+
+/// SIGHUP: read the config again and, if it is valid, give new sessions the new users,
+/// assets and senders; running sessions finish with the old ones. A bad config is
+/// logged and ignored. Listen addresses and the connection limit need a restart.
+async fn reload_on_sighup(path: PathBuf, relays: RelayHandle) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            let old = relays.current();
+            let reloaded =
+                config::load(&path)
+                    .map_err(|err| err.to_string())
+                    .and_then(|mut config| {
+                        config.server.listen = old.config.server.listen.clone();
+                        config.server.listen_tls = old.config.server.listen_tls.clone();
+                        Relay::new(config).map_err(|err| err.to_string())
+                    });
+            match reloaded {
+                Ok(relay) => {
+                    tracing::info!(
+                        config = %path.display(),
+                        assets = relay.config.assets.len(),
+                        users = relay.config.users.len(),
+                        "config reloaded"
+                    );
+                    relays.replace(Arc::new(relay));
+                }
+                Err(err) => {
+                    tracing::error!(config = %path.display(), "config reload refused, keeping the running config: {err}");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, relays);
+    }
 }
 
 async fn wait_for_signal() {

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::auth::Users;
-use crate::config::Config;
+use crate::config::{Config, User};
+use crate::throttle::AuthThrottle;
 use crate::token::{HttpClientInitError, TokenManager};
 use crate::upstream::UpstreamSettings;
 
@@ -15,6 +16,9 @@ pub struct Relay {
     pub tokens: TokenManager,
     pub upstream: UpstreamSettings,
     pub tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
+    pub auth_throttle: AuthThrottle,
+    /// Who a client from `trusted_networks` sends as when it does not log in.
+    pub trusted_user: Arc<User>,
     id_prefix: String,
     next_session: AtomicU64,
 }
@@ -39,7 +43,20 @@ impl Relay {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        let limits = &config.limits;
+        let auth_throttle = AuthThrottle::new(
+            limits.auth_max_failures,
+            limits.auth_lockout,
+            limits.auth_failure_delay,
+        );
+        let trusted_user = Arc::new(User {
+            name: "(trusted network)".to_string(),
+            password_hash: String::new(),
+            assets: config.server.trusted_assets.clone(),
+        });
         Ok(Relay {
+            auth_throttle,
+            trusted_user,
             users: Users::new(config.users.clone()),
             config: Arc::new(config),
             tokens,

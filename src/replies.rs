@@ -97,6 +97,11 @@ pub enum Say<'a> {
     CommandTimeout,
     TooManyConnections,
     ShuttingDown,
+    EncryptionRequired,
+    AuthLockedOut,
+    HeaderFromNotServed {
+        from: &'a str,
+    },
     /// A reply already built (its text needed values this enum cannot borrow).
     Prebuilt(Reply),
 }
@@ -276,6 +281,22 @@ impl Say<'_> {
                 "Too many connections, try again later",
             ),
             Say::Prebuilt(reply) => reply.clone(),
+            Say::EncryptionRequired => Reply::new(
+                538,
+                code(5, 7, 11),
+                "Encryption required for requested authentication mechanism: use STARTTLS first",
+            ),
+            Say::AuthLockedOut => Reply::new(
+                454,
+                code(4, 7, 0),
+                "Too many failed logins; try again later",
+            ),
+            Say::HeaderFromNotServed { from } => Reply::new(
+                550,
+                code(5, 7, 1),
+                format!("From: header address <{from}> is not served by the sending account; message not sent"),
+            ),
+
             Say::ShuttingDown => Reply::new(
                 421,
                 code(4, 3, 2),

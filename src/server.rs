@@ -3,8 +3,9 @@
 //! [`run`] takes already-bound listeners and a cancellation token, so the binary binds
 //! the configured addresses while tests bind `127.0.0.1:0` and cancel when done.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -57,10 +58,90 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
         .map_err(|source| BindError::Bind { addr, source })
 }
 
+/// The relay state new sessions use; replaced as a whole on reload (SIGHUP), while
+/// running sessions keep the state they started with.
+#[derive(Clone)]
+pub struct RelayHandle(Arc<RwLock<Arc<Relay>>>);
+
+impl RelayHandle {
+    pub fn new(relay: Arc<Relay>) -> Self {
+        RelayHandle(Arc::new(RwLock::new(relay)))
+    }
+
+    pub fn current(&self) -> Arc<Relay> {
+        match self.0.read() {
+            Ok(relay) => relay.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn replace(&self, relay: Arc<Relay>) {
+        match self.0.write() {
+            Ok(mut current) => *current = relay,
+            Err(poisoned) => *poisoned.into_inner() = relay,
+        }
+    }
+}
+
+impl From<Arc<Relay>> for RelayHandle {
+    fn from(relay: Arc<Relay>) -> Self {
+        RelayHandle::new(relay)
+    }
+}
+
+/// Open connections per client address, for `max_connections_per_ip`.
+#[derive(Default)]
+struct PerIp(Mutex<HashMap<IpAddr, usize>>);
+
+struct PerIpGuard {
+    counts: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn try_enter(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<PerIpGuard> {
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(PerIpGuard {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerIpGuard {
+    fn drop(&mut self) {
+        let mut counts = self
+            .counts
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Serves until `shutdown` is cancelled, then lets sessions finish the message they are
-/// sending (up to the configured grace period) and returns.
-pub async fn run(listeners: Listeners, relay: Arc<Relay>, shutdown: CancellationToken) {
+/// sending (up to the configured grace period) and returns. While draining, new
+/// connections are answered 421 so clients retry elsewhere or later.
+pub async fn run(listeners: Listeners, relay: impl Into<RelayHandle>, shutdown: CancellationToken) {
+    let relays: RelayHandle = relay.into();
+    let relay = relays.current();
     let tracker = TaskTracker::new();
+    let drained = CancellationToken::new();
+    let per_ip = Arc::new(PerIp::default());
+    // Sized once: a reload cannot resize it (a restart can).
     let slots = Arc::new(Semaphore::new(relay.config.limits.max_connections));
     let mut accept_loops = Vec::new();
     let all = listeners
@@ -76,16 +157,17 @@ pub async fn run(listeners: Listeners, relay: Arc<Relay>, shutdown: Cancellation
         accept_loops.push(tokio::spawn(accept_loop(
             listener,
             implicit_tls,
-            relay.clone(),
-            slots.clone(),
-            tracker.clone(),
-            shutdown.clone(),
+            AcceptContext {
+                relays: relays.clone(),
+                slots: slots.clone(),
+                per_ip: per_ip.clone(),
+                tracker: tracker.clone(),
+                shutdown: shutdown.clone(),
+                drained: drained.clone(),
+            },
         )));
     }
     shutdown.cancelled().await;
-    for accept_loop in accept_loops {
-        let _ = accept_loop.await;
-    }
     tracker.close();
     let grace = relay.config.timeouts.shutdown_grace;
     if !tracker.is_empty() {
@@ -101,20 +183,26 @@ pub async fn run(listeners: Listeners, relay: Arc<Relay>, shutdown: Cancellation
             "shutdown grace period over, dropping sessions"
         );
     }
+    drained.cancel();
+    for accept_loop in accept_loops {
+        let _ = accept_loop.await;
+    }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    implicit_tls: bool,
-    relay: Arc<Relay>,
+struct AcceptContext {
+    relays: RelayHandle,
     slots: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
-) {
+    drained: CancellationToken,
+}
+
+async fn accept_loop(listener: TcpListener, implicit_tls: bool, context: AcceptContext) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown.cancelled() => return,
+            _ = context.drained.cancelled() => return,
         };
         let (socket, peer) = match accepted {
             Ok(accepted) => accepted,
@@ -126,15 +214,28 @@ async fn accept_loop(
             }
         };
         let _ = socket.set_nodelay(true);
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached, refusing");
-            tracker.spawn(refuse(socket, implicit_tls));
+        if context.shutdown.is_cancelled() {
+            tokio::spawn(refuse(socket, implicit_tls, Say::ShuttingDown));
+            continue;
+        }
+        let relay = context.relays.current();
+        let Some(per_ip) = context
+            .per_ip
+            .try_enter(peer.ip(), relay.config.limits.max_connections_per_ip)
+        else {
+            tracing::warn!(%peer, "per-address connection limit reached, refusing");
+            tokio::spawn(refuse(socket, implicit_tls, Say::TooManyConnections));
             continue;
         };
-        let relay = relay.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
+        let Ok(permit) = context.slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached, refusing");
+            tokio::spawn(refuse(socket, implicit_tls, Say::TooManyConnections));
+            continue;
+        };
+        let shutdown = context.shutdown.clone();
+        context.tracker.spawn(async move {
             let _permit = permit;
+            let _per_ip = per_ip;
             serve_connection(socket, peer, implicit_tls, relay, shutdown).await;
         });
     }
@@ -170,10 +271,11 @@ async fn serve_connection(
     Session::new(relay, stream, peer, shutdown).run().await;
 }
 
-/// Over the connection limit: a 421 tells well-behaved clients to retry later.
-async fn refuse(mut socket: TcpStream, implicit_tls: bool) {
+/// Over a limit or shutting down: a 421 tells well-behaved clients to retry later.
+async fn refuse(mut socket: TcpStream, implicit_tls: bool, say: Say<'static>) {
+    // On the implicit-TLS port a plaintext reply would be noise to a TLS client.
     if !implicit_tls {
-        let reply = Say::TooManyConnections.reply().to_wire();
+        let reply = say.reply().to_wire();
         let _ = tokio::time::timeout(Duration::from_secs(5), socket.write_all(&reply)).await;
     }
     let _ = socket.shutdown().await;

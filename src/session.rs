@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::auth::{self, Credentials, SaslError};
-use crate::config::{Asset, AssetAccess, User};
+use crate::config::{Asset, AssetAccess, HeaderFromPolicy, User};
 use crate::error::RelayError;
 use crate::received::Trace;
 use crate::relay::Relay;
@@ -31,6 +31,7 @@ use crate::smtp::command::{parse_command, Command, CommandError, Param};
 use crate::smtp::data::{DataLimits, DataProblem, DataScanner};
 use crate::smtp::reply::Reply;
 use crate::stream::MaybeTls;
+use crate::throttle::Verdict;
 use crate::upstream::{Upstream, UpstreamError};
 
 /// How much we read from the client at once; also bounds the chunks sent upstream.
@@ -164,6 +165,8 @@ pub struct Session<IO> {
     idle_upstream: Option<IdleUpstream>,
     errors: usize,
     transactions: usize,
+    /// The peer is in `trusted_networks`: MAIL without AUTH is allowed.
+    trusted: bool,
     shutdown: CancellationToken,
 }
 
@@ -176,6 +179,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         shutdown: CancellationToken,
     ) -> Self {
         let id = relay.next_session_id();
+        let trusted = relay
+            .config
+            .server
+            .trusted_networks
+            .iter()
+            .any(|network| network.contains(&peer.ip()));
         Session {
             relay,
             conn: ClientConnection {
@@ -192,6 +201,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             idle_upstream: None,
             errors: 0,
             transactions: 0,
+            trusted,
             shutdown,
         }
     }
@@ -342,8 +352,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 "8BITMIME".to_string(),
                 "SMTPUTF8".to_string(),
                 "ENHANCEDSTATUSCODES".to_string(),
-                "AUTH PLAIN LOGIN".to_string(),
             ];
+            if self.auth_allowed() {
+                lines.push("AUTH PLAIN LOGIN".to_string());
+            }
             if config.server.tls.is_some() && !self.conn.stream.is_tls() {
                 lines.push("STARTTLS".to_string());
             }
@@ -359,6 +371,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         self.esmtp = extended;
         self.send(&reply);
         Flow::Continue
+    }
+
+    /// RFC 4954 §4: passwords in the clear only on loopback, unless the operator allows it.
+    fn auth_allowed(&self) -> bool {
+        self.conn.stream.is_tls()
+            || self.peer.ip().is_loopback()
+            || self.relay.config.server.allow_plaintext_auth
     }
 
     async fn starttls(&mut self) -> Flow {
@@ -419,6 +438,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         if matches!(self.phase, Phase::Transaction(_)) {
             return self.reject(Say::AuthInTransaction);
         }
+        if !self.auth_allowed() {
+            return self.reject(Say::EncryptionRequired);
+        }
         let credentials = match mechanism {
             "PLAIN" => self.auth_plain(initial_response).await,
             "LOGIN" => self.auth_login(initial_response).await,
@@ -437,8 +459,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             }
         };
         let username = credentials.username.clone();
+        let ip = self.peer.ip();
+        let throttle = &self.relay.auth_throttle;
+        if throttle.check(ip, &username) == Verdict::LockedOut {
+            tracing::warn!(mechanism, user = %username, "login refused: locked out after too many failures");
+            return self.reject(Say::AuthLockedOut);
+        }
         match self.relay.users.verify(credentials).await {
             Some(user) => {
+                throttle.succeeded(ip, &username);
                 tracing::Span::current().record("user", user.name.as_str());
                 tracing::info!(mechanism, "authenticated");
                 self.user = Some(user);
@@ -446,7 +475,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 Flow::Continue
             }
             None => {
-                tracing::warn!(mechanism, user = %username, "authentication failed");
+                let (delay, locked_out) = throttle.failed(ip, &username);
+                if locked_out {
+                    tracing::warn!(
+                        mechanism,
+                        user = %username,
+                        lockout_secs = self.relay.config.limits.auth_lockout.as_secs(),
+                        "authentication failed; too many failures, locking out this client and user name"
+                    );
+                } else {
+                    tracing::warn!(mechanism, user = %username, delay_ms = delay.as_millis() as u64, "authentication failed");
+                }
+                // Slows guessing down; other sessions are not affected.
+                tokio::time::sleep(delay).await;
                 self.reject(Say::AuthFailed)
             }
         }
@@ -504,8 +545,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         if self.helo.is_none() {
             return self.reject(Say::SendHeloFirst);
         }
-        let Some(user) = self.user.clone() else {
-            return self.reject(Say::AuthRequired);
+        let user = match (&self.user, self.trusted) {
+            (Some(user), _) => user.clone(),
+            (None, true) => self.relay.trusted_user.clone(),
+            (None, false) => return self.reject(Say::AuthRequired),
         };
         if matches!(self.phase, Phase::Transaction(_)) {
             return self.reject(Say::NestedMail);
@@ -670,7 +713,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             }
             let error = failure.error;
             let reply = error.client_reply(&asset.name, mode).reply();
-            if error.needs_operator() {
+            let tls_trouble = matches!(
+                error,
+                RelayError::Upstream(UpstreamError::NoStartTls { .. } | UpstreamError::Tls { .. })
+            );
+            if error.needs_operator() || tls_trouble {
                 tracing::error!(
                     asset = %asset.name,
                     error = %error,
@@ -863,13 +910,28 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         out.extend_from_slice(trace.header(SystemTime::now()).as_bytes());
         let mut upstream_error: Option<UpstreamError> = None;
         let mut too_big = false;
+        let mut header_gate = HeaderGate::new(config.server.header_from);
+        let mut refused: Option<Say<'static>> = None;
         loop {
             let scan = scanner.feed(&self.conn.read_buf, &mut out);
             self.conn.read_buf.advance(scan.consumed);
             if scanner.content_len() > config.limits.max_message_size {
                 too_big = true;
             }
-            let forwarding = upstream_error.is_none() && !too_big && scanner.problem().is_none();
+            if refused.is_none() {
+                // Holds the header block back until it is complete and checked.
+                match header_gate.pass(&mut out, scan.finished) {
+                    GateState::Collecting | GateState::Open => {}
+                    GateState::Decide(headers) => {
+                        refused = self.check_header_from(&headers, &transaction.asset);
+                        out = headers;
+                    }
+                }
+            }
+            let forwarding = upstream_error.is_none()
+                && !too_big
+                && refused.is_none()
+                && scanner.problem().is_none();
             if forwarding && !out.is_empty() {
                 if let Err(err) = transaction.upstream.send_data(&out).await {
                     upstream_error = Some(err);
@@ -887,6 +949,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             }
         }
         let size = scanner.content_len();
+        if let Some(say) = refused {
+            return Streamed::Refused { say, size };
+        }
         if too_big {
             return Streamed::Refused {
                 say: Say::MessageTooBig {
@@ -916,6 +981,89 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             Some(error) => Streamed::UpstreamFailed { error, size },
             None => Streamed::Complete { size },
         }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
+    /// The header-From policy: every From: address must be one the asset serves.
+    fn check_header_from(&self, headers: &[u8], asset: &Asset) -> Option<Say<'static>> {
+        let config = &self.relay.config;
+        let policy = config.server.header_from;
+        let parsed = mail_parser::MessageParser::new().parse_headers(headers);
+        let addresses: Vec<String> = parsed
+            .as_ref()
+            .and_then(|message| message.from())
+            .map(|from| {
+                from.iter()
+                    .filter_map(|addr| addr.address.as_deref().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if addresses.is_empty() {
+            tracing::warn!(asset = %asset.name, "message has no From: header address");
+            return None;
+        }
+        let stranger = addresses
+            .iter()
+            .find(|address| config.senders.lookup(address) != Some(asset.name.as_str()))?;
+        tracing::warn!(
+            asset = %asset.name,
+            from = %stranger,
+            policy = ?policy,
+            "From: header address is not served by the sending asset"
+        );
+        match policy {
+            HeaderFromPolicy::Enforce => Some(owned_say(
+                |from| Say::HeaderFromNotServed { from },
+                stranger,
+            )),
+            HeaderFromPolicy::Log | HeaderFromPolicy::Off => None,
+        }
+    }
+}
+
+/// The header block is at most this big before we decide anyway (Postfix's
+/// header_size_limit is 100 KiB; what is not a header by then never will be).
+const MAX_HEADER_BLOCK: usize = 100 * 1024;
+
+enum GateState {
+    /// Still reading headers; nothing may be forwarded yet.
+    Collecting,
+    /// The header block is complete: check it, then forward it.
+    Decide(Vec<u8>),
+    /// Past the headers (or no policy): forward as it comes.
+    Open,
+}
+
+/// Holds back the header block so a header-From policy can act before anything of the
+/// message reaches the upstream.
+struct HeaderGate {
+    collected: Option<Vec<u8>>,
+}
+
+impl HeaderGate {
+    fn new(policy: HeaderFromPolicy) -> Self {
+        HeaderGate {
+            collected: (policy != HeaderFromPolicy::Off).then(Vec::new),
+        }
+    }
+
+    /// Takes this round's output while collecting; hands the block back when complete.
+    fn pass(&mut self, out: &mut Vec<u8>, finished: bool) -> GateState {
+        let Some(collected) = &mut self.collected else {
+            return GateState::Open;
+        };
+        let searched_from = collected.len().saturating_sub(3);
+        collected.append(out);
+        let complete = collected[searched_from..]
+            .windows(4)
+            .any(|window| window == b"\r\n\r\n");
+        if complete || finished || collected.len() > MAX_HEADER_BLOCK {
+            let block = std::mem::take(collected);
+            self.collected = None;
+            return GateState::Decide(block);
+        }
+        GateState::Collecting
     }
 }
 

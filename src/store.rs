@@ -381,6 +381,26 @@ impl TokenStore {
         .map(|_| ())
     }
 
+    /// Replaces the asset's refresh token with a rotated one, but only if the store still
+    /// holds `previous`: if `authorize` stored a new grant meanwhile, that grant wins and
+    /// this returns `Ok(false)` without writing.
+    pub fn replace_rotated(
+        &self,
+        asset: &str,
+        previous: &Secret,
+        rotated: Secret,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        self.modify(|assets| match assets.get_mut(asset) {
+            Some(entry) if &entry.refresh_token == previous => {
+                entry.refresh_token = rotated;
+                entry.updated_at = now;
+                true
+            }
+            _ => false,
+        })
+    }
+
     /// Removes one asset's entry; `Ok(false)` (and no write) when it had none.
     pub fn remove(&self, asset: &str) -> Result<bool, StoreError> {
         self.modify(|assets| assets.remove(asset).is_some())

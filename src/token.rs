@@ -340,8 +340,9 @@ impl TokenManager {
             _ => None,
         };
         let refresh_token = match (&stored, &state.rotated_refresh_token) {
-            (Some(stored), _) => stored.refresh_token.clone(),
-            (None, Some(rotated)) => rotated.clone(),
+            // A rotation we could not save is newer than what the store holds.
+            (_, Some(rotated)) => rotated.clone(),
+            (Some(stored), None) => stored.refresh_token.clone(),
             (None, None) => configured_refresh_token(asset).await?,
         };
         let unavailable = |reason: String| TokenError::Unavailable {
@@ -365,24 +366,38 @@ impl TokenManager {
         if let Some(rotated) = response.refresh_token() {
             if rotated.secret() != refresh_token.expose() {
                 let rotated = Secret::new(rotated.secret().clone());
-                match stored {
+                if let Some(stored) = &stored {
                     // Persist before the access token is used: if we crashed after using
-                    // it, the old refresh token might already be dead (Microsoft).
-                    Some(mut stored) => {
-                        stored.refresh_token = rotated;
-                        stored.updated_at = unix_now();
-                        self.put_stored(asset, stored).await?;
-                        tracing::info!(asset = %asset.name, "rotated refresh token saved to the token store");
+                    // it, the old refresh token might already be dead (Microsoft). The
+                    // compare is against what the store held when we read it, so a grant
+                    // `authorize` stored meanwhile is never overwritten.
+                    match self
+                        .save_rotated(asset, &stored.refresh_token, rotated.clone())
+                        .await
+                    {
+                        Ok(true) => {
+                            state.rotated_refresh_token = None;
+                            tracing::info!(asset = %asset.name, "rotated refresh token saved to the token store");
+                        }
+                        Ok(false) => {
+                            state.rotated_refresh_token = None;
+                            tracing::info!(asset = %asset.name, "token store changed meanwhile (a new authorization); keeping it");
+                        }
+                        Err(err) => {
+                            // The new token still works for this process; losing it now
+                            // would lose the grant (the old one may be dead already).
+                            tracing::error!(asset = %asset.name, error = %err, "cannot save the rotated refresh token; keeping it in memory");
+                            state.rotated_refresh_token = Some(rotated);
+                        }
                     }
-                    None => {
-                        tracing::warn!(
-                            asset = %asset.name,
-                            source = %asset.refresh_token.describe(),
-                            "the provider rotated the refresh token, but this asset's token source is read-only: \
-                             the new token is kept in memory only; use the token store (`authorize`) to persist it"
-                        );
-                        state.rotated_refresh_token = Some(rotated);
-                    }
+                } else {
+                    tracing::warn!(
+                        asset = %asset.name,
+                        source = %asset.refresh_token.describe(),
+                        "the provider rotated the refresh token, but this asset's token source is read-only: \
+                         the new token is kept in memory only; use the token store (`authorize`) to persist it"
+                    );
+                    state.rotated_refresh_token = Some(rotated);
                 }
             }
         }
@@ -413,12 +428,21 @@ impl TokenManager {
         }
     }
 
-    async fn put_stored(&self, asset: &Asset, stored: StoredToken) -> Result<(), TokenError> {
+    async fn save_rotated(
+        &self,
+        asset: &Asset,
+        previous: &Secret,
+        rotated: Secret,
+    ) -> Result<bool, TokenError> {
         let store = self.store.clone();
         let name = asset.name.clone();
-        let result = tokio::task::spawn_blocking(move || store.put(&name, stored)).await;
+        let previous = previous.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            store.replace_rotated(&name, &previous, rotated, unix_now())
+        })
+        .await;
         let reason = match result {
-            Ok(Ok(())) => return Ok(()),
+            Ok(Ok(saved)) => return Ok(saved),
             Ok(Err(err)) => err.to_string(),
             Err(err) => err.to_string(),
         };

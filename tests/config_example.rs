@@ -380,10 +380,7 @@ fn example_commented_assets_load() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("m365-client-secret");
     std::fs::write(&secret, "secret\n").unwrap();
-    let m365 = m365.replace(
-        "/run/secrets/m365-client-secret",
-        secret.to_str().unwrap(),
-    );
+    let m365 = m365.replace("/run/secrets/m365-client-secret", secret.to_str().unwrap());
     let config = example_with(&m365);
     let asset = config.asset("m365").unwrap();
     assert_eq!(asset.provider, Provider::Microsoft);

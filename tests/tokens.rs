@@ -199,7 +199,10 @@ async fn rotated_refresh_token_is_persisted_and_survives_a_restart() {
     // It rotated again, and again the store has the one the issuer accepts.
     let issuer_tokens = env.issuer.current_refresh_tokens(SUPPORT_EMAIL);
     let stored = env.store().get("support").unwrap().unwrap();
-    assert_eq!(issuer_tokens, vec![stored.refresh_token.expose().to_string()]);
+    assert_eq!(
+        issuer_tokens,
+        vec![stored.refresh_token.expose().to_string()]
+    );
     assert_eq!(mode_of(&store_path), 0o600);
     env.stop().await;
 }
@@ -246,7 +249,13 @@ async fn revoked_asset_needs_reauthorization_while_the_other_keeps_working() {
         .with_ansi(false)
         .with_writer(captured.clone())
         .finish();
+    // tracing caches each callsite's interest process-wide, computed on whichever thread hits
+    // it first: a sibling test's thread without a subscriber would cache "never" and the
+    // events would not reach this test's capture. An inert global subscriber means every
+    // thread has one.
+    let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry());
     let _guard = tracing::subscriber::set_default(subscriber);
+    tracing::callsite::rebuild_interest_cache();
 
     let env = Env::start().await;
     assert!(env.issuer.revoke_refresh_token(SUPPORT_REFRESH));
@@ -282,7 +291,7 @@ async fn revoked_asset_needs_reauthorization_while_the_other_keeps_working() {
 async fn hundred_concurrent_sessions_cause_one_refresh() {
     let env = Arc::new(
         Env::with(Options {
-            limits: "max_connections = 300".into(),
+            limits: "max_connections = 300\nmax_connections_per_ip = 300".into(),
             ..Options::default()
         })
         .await,
@@ -442,7 +451,10 @@ async fn google_client_json_files_of_both_kinds_configure_the_asset() {
     assert_eq!(desktop.client_secret.expose(), "GOCSPX-installed-secret");
     assert_eq!(desktop.token_url, env.issuer.token_url());
     assert_eq!(desktop.auth_url, env.issuer.auth_url());
-    assert_eq!(desktop.redirect_uri, None, "Desktop clients: any loopback port");
+    assert_eq!(
+        desktop.redirect_uri, None,
+        "Desktop clients: any loopback port"
+    );
     assert_eq!(desktop.refresh_token, RefreshTokenSource::Store);
     let web = config.asset("webapp").unwrap();
     assert_eq!(web.client_id, "web-client.apps.googleusercontent.com");
@@ -496,7 +508,10 @@ async fn google_client_json_files_of_both_kinds_configure_the_asset() {
     let dir = env.path("");
     let with = |asset: String| {
         let text = format!("{}\n{asset}", env.config_text);
-        config::parse(&text.replace("@DIR@", dir.to_str().unwrap()), &env.path("x.toml"))
+        config::parse(
+            &text.replace("@DIR@", dir.to_str().unwrap()),
+            &env.path("x.toml"),
+        )
     };
     let upstream = env.gmail.addr().to_string();
     let err = with(
@@ -565,9 +580,12 @@ async fn encrypted_store_works_and_keeps_the_token_off_the_disk() {
     let env = Env::with(encrypted_options(&key)).await;
     assert!(env.relay.config.tokens.key.is_some());
     // What `authorize` does: the same path, the same key.
-    TokenStore::new(env.path("tokens.json"), Some(StoreKey::parse(&key).unwrap()))
-        .put("support", grant(SUPPORT_REFRESH, SUPPORT_EMAIL))
-        .unwrap();
+    TokenStore::new(
+        env.path("tokens.json"),
+        Some(StoreKey::parse(&key).unwrap()),
+    )
+    .put("support", grant(SUPPORT_REFRESH, SUPPORT_EMAIL))
+    .unwrap();
     send_ok(&env, SCANNER, SUPPORT_EMAIL, "encrypted").await;
     assert_eq!(env.gmail.messages().len(), 1);
 
@@ -620,9 +638,135 @@ async fn wrong_store_key_is_a_clear_store_error() {
     ));
     let report = String::from_utf8(report).unwrap();
     assert!(report.contains("asset support: FAILED"), "{report}");
-    assert!(report.contains("cannot decrypt the token store"), "{report}");
+    assert!(
+        report.contains("cannot decrypt the token store"),
+        "{report}"
+    );
     assert!(report.contains("the right key"), "{report}");
     // Never "repaired" by overwriting.
     assert_eq!(std::fs::read(env.path("tokens.json")).unwrap(), before);
+    env.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// More lifecycle: re-authorization after invalid_grant, rotation without a store, and
+// rotation racing a concurrent `authorize`
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn reauthorizing_a_revoked_store_asset_works_without_restart() {
+    let env = Env::with(Options {
+        support_from_store: true,
+        timeouts: "token_retry_secs = 30".into(),
+        ..Options::default()
+    })
+    .await;
+    env.store()
+        .put("support", grant(SUPPORT_REFRESH, SUPPORT_EMAIL))
+        .unwrap();
+    assert!(env.issuer.revoke_refresh_token(SUPPORT_REFRESH));
+    let reply = mail_from(&env, SCANNER, SUPPORT_EMAIL).await;
+    assert_names_asset(&reply, "support");
+    assert!(reply.text().contains("needs re-authorization"), "{reply}");
+    let error = env
+        .relay
+        .tokens
+        .status("support")
+        .await
+        .unwrap()
+        .last_error
+        .unwrap();
+    assert!(
+        matches!(&error, TokenError::NeedsReauthorization { error, .. } if error == "invalid_grant"),
+        "{error:?}"
+    );
+    // The revoked token is still in the store: nothing ever discards one.
+    assert_eq!(
+        env.store()
+            .get("support")
+            .unwrap()
+            .unwrap()
+            .refresh_token
+            .expose(),
+        SUPPORT_REFRESH
+    );
+
+    // A new consent (what `authorize` ends with), while the relay runs.
+    let second = "1//support-second-grant-Rt55";
+    env.issuer.add_account(IssuerAccount {
+        client_id: "support-client".into(),
+        client_secret: SUPPORT_SECRET.into(),
+        refresh_token: second.into(),
+        email: SUPPORT_EMAIL.into(),
+    });
+    env.store()
+        .put("support", grant(second, SUPPORT_EMAIL))
+        .unwrap();
+    send_ok(&env, SCANNER, SUPPORT_EMAIL, "re-authorized").await;
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn rotated_token_of_a_read_only_source_is_kept_in_memory() {
+    let env = Env::start().await;
+    env.issuer.set_rotate_refresh_tokens(true);
+    send_ok(&env, SCANNER, SUPPORT_EMAIL, "rotate-file-1").await;
+    let rotated = env.issuer.current_refresh_tokens(SUPPORT_EMAIL);
+    assert_eq!(rotated.len(), 1);
+    assert_ne!(rotated[0], SUPPORT_REFRESH, "the file's token is dead now");
+    // The file is never rewritten by the relay.
+    assert_eq!(
+        std::fs::read_to_string(env.path("support.refresh"))
+            .unwrap()
+            .trim(),
+        SUPPORT_REFRESH
+    );
+    // The cached access token is refused: the next refresh must use the rotated token.
+    env.tokens.revoke_all();
+    send_ok(&env, SCANNER, SUPPORT_EMAIL, "rotate-file-2").await;
+    assert_eq!(env.gmail.messages().len(), 2);
+    env.stop().await;
+}
+
+/// The relay rotates the refresh token it read, while `authorize` stores a new grant: the
+/// relay's write, based on what it read before, must not replace the newer grant.
+#[tokio::test]
+async fn rotation_does_not_overwrite_a_grant_stored_meanwhile() {
+    let env = Env::with(store_options()).await;
+    env.store()
+        .put("support", grant(SUPPORT_REFRESH, SUPPORT_EMAIL))
+        .unwrap();
+    env.issuer.set_rotate_refresh_tokens(true);
+    env.issuer.set_delay(Duration::from_millis(600));
+    let second = "1//support-newer-grant-Hj66";
+    env.issuer.add_account(IssuerAccount {
+        client_id: "support-client".into(),
+        client_secret: SUPPORT_SECRET.into(),
+        refresh_token: second.into(),
+        email: SUPPORT_EMAIL.into(),
+    });
+
+    let sending = async {
+        send_ok(&env, SCANNER, SUPPORT_EMAIL, "racing-authorize").await;
+    };
+    let authorizing = async {
+        // While the relay's refresh request is in flight (counted before the delay).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while env.issuer.refresh_count() == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "no refresh request");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        env.store()
+            .put("support", grant(second, SUPPORT_EMAIL))
+            .unwrap();
+    };
+    tokio::join!(sending, authorizing);
+
+    let stored = env.store().get("support").unwrap().unwrap();
+    assert_eq!(
+        stored.refresh_token.expose(),
+        second,
+        "the relay replaced a grant stored after it read the store with the rotation of the older one"
+    );
     env.stop().await;
 }

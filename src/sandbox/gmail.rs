@@ -56,6 +56,14 @@ pub struct Behaviour {
     /// Do not advertise (nor accept) STARTTLS, to test downgrade protection.
     pub no_starttls: bool,
     pub greeting_delay: Option<Duration>,
+    /// Replaces the `220` greeting (e.g. "421 4.7.0 Try again later"); a greeting that does
+    /// not start with '2' is followed by closing the connection, as a busy server does.
+    pub greeting: Option<String>,
+    /// Drop the connection when AUTH arrives (counted in `auth_attempts`), without replying.
+    pub close_during_auth: bool,
+    /// After the 354, read what has arrived and then stop reading and never reply: a hung
+    /// server whose TCP window fills up. The connection stays open until shutdown.
+    pub stall_during_data: bool,
 }
 
 #[derive(Clone)]
@@ -124,6 +132,7 @@ struct Shared {
     messages: Mutex<Vec<Delivered>>,
     message_count: watch::Sender<usize>,
     connections: AtomicUsize,
+    open_connections: AtomicUsize,
     auth_attempts: AtomicUsize,
     file_seq: AtomicU64,
     shutdown: CancellationToken,
@@ -151,6 +160,7 @@ impl FakeGmail {
             messages: Mutex::new(Vec::new()),
             message_count: watch::Sender::new(0),
             connections: AtomicUsize::new(0),
+            open_connections: AtomicUsize::new(0),
             auth_attempts: AtomicUsize::new(0),
             file_seq: AtomicU64::new(0),
             shutdown,
@@ -180,6 +190,11 @@ impl FakeGmail {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections open right now (accepted and not yet ended).
+    pub fn open_connections(&self) -> usize {
+        self.shared.open_connections.load(Ordering::SeqCst)
     }
 
     /// AUTH commands seen so far (any mechanism, any outcome).
@@ -214,6 +229,15 @@ impl fmt::Debug for FakeGmail {
     }
 }
 
+/// Counts a connection as open until dropped, however its task ends.
+struct OpenConnection<'a>(&'a AtomicUsize);
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// A poisoned lock only means another thread panicked; the data is still usable.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -228,8 +252,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         match accepted {
             Ok((stream, peer)) => {
                 let n = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
+                shared.open_connections.fetch_add(1, Ordering::SeqCst);
                 let shared = Arc::clone(&shared);
                 tokio::spawn(async move {
+                    let _open = OpenConnection(&shared.open_connections);
                     let shutdown = shared.shutdown.clone();
                     tokio::select! {
                         () = shutdown.cancelled() => {}
@@ -406,8 +432,19 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
             if let Some(delay) = self.behaviour().greeting_delay {
                 tokio::time::sleep(delay).await;
             }
-            let greeting = format!("220 {} ESMTP {}", self.hostname(), self.tag());
+            let greeting = match self.behaviour().greeting {
+                Some(custom) => normalize_reply(&custom),
+                None => format!("220 {} ESMTP {}", self.hostname(), self.tag()),
+            };
             self.reply(&greeting).await?;
+            if !greeting.starts_with('2') {
+                tracing::info!(
+                    peer = %self.peer,
+                    conn = self.conn_no,
+                    "sandbox Gmail: refused the connection in the greeting (behaviour)",
+                );
+                return Ok(End::Closed);
+            }
         }
         loop {
             let line = match self.read_line(self.shared.config.max_command_line).await? {
@@ -582,6 +619,17 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
 
     async fn auth(&mut self, args: &str) -> io::Result<()> {
         self.shared.auth_attempts.fetch_add(1, Ordering::SeqCst);
+        if self.behaviour().close_during_auth {
+            tracing::info!(
+                peer = %self.peer,
+                conn = self.conn_no,
+                "sandbox Gmail: dropping connection during AUTH (behaviour)",
+            );
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "closed during AUTH (behaviour)",
+            ));
+        }
         if !self.require_tls().await? || !self.require_helo().await? {
             return Ok(());
         }
@@ -818,6 +866,18 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
                 "sandbox Gmail: dropping connection during DATA (behaviour)",
             );
             return Ok(false);
+        }
+        if self.behaviour().stall_during_data {
+            if self.buf.is_empty() {
+                self.read_more().await?;
+            }
+            tracing::info!(
+                peer = %self.peer,
+                conn = self.conn_no,
+                "sandbox Gmail: stalling during DATA (behaviour)",
+            );
+            // Until shutdown: the caller's select! ends the connection then.
+            std::future::pending::<()>().await;
         }
 
         let Some((data, too_big)) = self.read_data().await? else {

@@ -71,6 +71,16 @@ pub struct Options {
     /// Files written (mode 0600) into the env's directory before the config is loaded, as
     /// (name, contents); the contents take the placeholders of `extra_assets`.
     pub files: Vec<(String, String)>,
+    /// Replaces the `support` asset's `upstream` (e.g. a closed port, or another server);
+    /// `sales` keeps the fake Gmail.
+    pub support_upstream: Option<String>,
+    /// A CA certificate (PEM) written to `support-ca.pem` and used as the `support` asset's
+    /// `upstream_ca` instead of the fake Gmail's CA.
+    pub support_upstream_ca_pem: Option<String>,
+    /// Replaces the `support` asset's `client_secret`.
+    pub support_client_secret: Option<String>,
+    /// Replaces the `support` asset's `token_url`.
+    pub support_token_url: Option<String>,
 }
 
 impl Options {
@@ -199,6 +209,36 @@ impl Env {
 
         let [scanner_hash, app_hash, admin_hash] = hashes().clone();
         let upstream_tls = upstream_tls_mode;
+        let support_ca = match &options.support_upstream_ca_pem {
+            Some(pem) => {
+                std::fs::write(path("support-ca.pem"), pem).unwrap();
+                path("support-ca.pem")
+            }
+            None => path("ca.pem"),
+        };
+        let support_upstream = options
+            .support_upstream
+            .clone()
+            .unwrap_or_else(|| gmail.addr().to_string());
+        let support_secret = options
+            .support_client_secret
+            .as_deref()
+            .unwrap_or(SUPPORT_SECRET);
+        let support_token_url = options
+            .support_token_url
+            .clone()
+            .unwrap_or_else(|| issuer.token_url());
+        // A default below is left out when the test sets the same key itself (TOML refuses
+        // duplicate keys).
+        let timeout_defaults: String = [
+            ("upstream_command_secs", 10),
+            ("upstream_final_reply_secs", 10),
+            ("token_request_secs", 3),
+        ]
+        .iter()
+        .filter(|(key, _)| !options.timeouts.contains(key))
+        .map(|(key, secs)| format!("{key} = {secs}\n"))
+        .collect();
         // No back-off between failed refreshes unless a test asks for it: tests switch the
         // fake token endpoint between modes and expect the next session to see the change.
         let timeouts = if options.timeouts.contains("token_retry_secs") {
@@ -219,10 +259,7 @@ tls_key = "{key}"
 {limits}
 
 [timeouts]
-upstream_command_secs = 10
-upstream_final_reply_secs = 10
-token_request_secs = 3
-{timeouts}
+{timeout_defaults}{timeouts}
 
 [[user]]
 name = "{scanner}"
@@ -246,10 +283,10 @@ client_id = "support-client"
 client_secret = "{support_secret}"
 {support_token_source}
 senders = ["{support_email}", "@example.com"]
-upstream = "{upstream}"
+upstream = "{support_upstream}"
 upstream_tls = "{upstream_tls}"
-upstream_ca = "{ca}"
-token_url = "{token_url}"
+upstream_ca = "{support_ca}"
+token_url = "{support_token_url}"
 
 [[asset]]
 name = "sales"
@@ -276,7 +313,8 @@ token_url = "{token_url}"
             app = APP.0,
             admin = ADMIN.0,
             support_email = SUPPORT_EMAIL,
-            support_secret = SUPPORT_SECRET,
+            support_secret = support_secret,
+            support_ca = support_ca.display(),
             support_token_source = support_token_source,
             upstream = gmail.addr(),
             ca = path("ca.pem").display(),
@@ -345,6 +383,18 @@ token_url = "{token_url}"
         client.ehlo().await;
         client.auth_plain(user, password).await.expect_code(235);
         client
+    }
+
+    /// Stops the relay (which drains its sessions) and returns the upstream fake, still
+    /// holding what was delivered; the fakes stop when the returned handle's Env is gone.
+    pub async fn stop_and_keep_fakes(mut self) -> FakeGmail {
+        if let Some(server) = self.server.take() {
+            self.relay_shutdown.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
+        }
+        let gmail = self.gmail.clone();
+        self.shutdown.cancel();
+        gmail
     }
 
     /// Stops the relay and its fakes and waits for the relay to drain.
