@@ -119,6 +119,9 @@ pub struct Limits {
 pub struct Timeouts {
     pub command: Duration,
     pub data_block: Duration,
+    /// The whole DATA phase, so a client trickling a byte per block cannot hold a session
+    /// (and its upstream connection) forever.
+    pub data_total: Duration,
     pub upstream_connect: Duration,
     pub upstream_command: Duration,
     pub upstream_final_reply: Duration,
@@ -441,6 +444,7 @@ struct RawTokens {
 struct RawTimeouts {
     command_secs: Option<u64>,
     data_block_secs: Option<u64>,
+    data_total_secs: Option<u64>,
     upstream_connect_secs: Option<u64>,
     upstream_command_secs: Option<u64>,
     upstream_final_reply_secs: Option<u64>,
@@ -516,6 +520,9 @@ const DEFAULT_AUTH_FAILURE_DELAY_MS: u64 = 1000;
 const DEFAULT_COMMAND_TIMEOUT: u64 = 300;
 /// RFC 5321 §4.5.3.2.6: 3 minutes per data block.
 const DEFAULT_DATA_BLOCK_TIMEOUT: u64 = 180;
+/// 30 minutes moves Gmail's largest message at 20 KB/s: slower than that is an attack
+/// or a link that will not finish anyway.
+const DEFAULT_DATA_TOTAL_TIMEOUT: u64 = 1800;
 const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: u64 = 30;
 /// Gmail answers commands in well under a second; a minute means it is not going to.
 const DEFAULT_UPSTREAM_COMMAND_TIMEOUT: u64 = 60;
@@ -553,6 +560,7 @@ impl Default for Timeouts {
         Timeouts {
             command: Duration::from_secs(DEFAULT_COMMAND_TIMEOUT),
             data_block: Duration::from_secs(DEFAULT_DATA_BLOCK_TIMEOUT),
+            data_total: Duration::from_secs(DEFAULT_DATA_TOTAL_TIMEOUT),
             upstream_connect: Duration::from_secs(DEFAULT_UPSTREAM_CONNECT_TIMEOUT),
             upstream_command: Duration::from_secs(DEFAULT_UPSTREAM_COMMAND_TIMEOUT),
             upstream_final_reply: Duration::from_secs(DEFAULT_UPSTREAM_FINAL_REPLY_TIMEOUT),
@@ -988,6 +996,11 @@ fn validate_timeouts(raw: RawTimeouts, check: &mut Checker) -> Timeouts {
             "timeouts.data_block_secs",
             raw.data_block_secs,
             defaults.data_block,
+        ),
+        data_total: pick(
+            "timeouts.data_total_secs",
+            raw.data_total_secs,
+            defaults.data_total,
         ),
         upstream_connect: pick(
             "timeouts.upstream_connect_secs",

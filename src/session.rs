@@ -911,6 +911,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         let mut upstream_error: Option<UpstreamError> = None;
         let mut too_big = false;
         let mut header_gate = HeaderGate::new(config.server.header_from);
+        let data_deadline = Instant::now() + config.timeouts.data_total;
         let mut refused: Option<Say<'static>> = None;
         loop {
             let scan = scanner.feed(&self.conn.read_buf, &mut out);
@@ -941,7 +942,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             if scan.finished {
                 break;
             }
-            let deadline = Instant::now() + config.timeouts.data_block;
+            let deadline = (Instant::now() + config.timeouts.data_block).min(data_deadline);
             match self.conn.fill(deadline).await {
                 Ok(true) => {}
                 Ok(false) | Err(Input::Closed) => return Streamed::ClientGone,

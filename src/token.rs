@@ -252,6 +252,11 @@ impl TokenManager {
                 if first && error.needs_operator() {
                     tracing::error!(asset = %slot.asset.name, %error, hint = error.hint(), "asset needs re-authorization or a configuration fix; other assets are not affected");
                 }
+                // An unsaved rotation that the provider now refuses must not shadow a new
+                // grant that `authorize` puts in the store.
+                if uses_store && matches!(error, TokenError::NeedsReauthorization { .. }) {
+                    state.rotated_refresh_token = None;
+                }
                 state.failure = Some(Failure {
                     error: error.clone(),
                     at: Instant::now(),
