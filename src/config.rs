@@ -38,6 +38,8 @@ pub struct Config {
     pub assets: Vec<Arc<Asset>>,
     pub senders: SenderMap,
     pub tokens: TokenSettings,
+    /// The admin HTTP listener (`/healthz`, `/readyz`, `/metrics`), off when None.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// Where refresh tokens obtained by `authorize` live.
@@ -366,6 +368,7 @@ struct RawConfig {
     limits: Option<RawLimits>,
     timeouts: Option<RawTimeouts>,
     tokens: Option<RawTokens>,
+    admin: Option<RawAdmin>,
     #[serde(default, rename = "user")]
     users: Vec<Spanned<RawUser>>,
     #[serde(default, rename = "asset")]
@@ -430,6 +433,12 @@ struct RawLimits {
     auth_max_failures: Option<u32>,
     auth_lockout_secs: Option<u64>,
     auth_failure_delay_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -727,6 +736,22 @@ fn validate(raw: RawConfig, check: &mut Checker) -> Option<Config> {
     let server = validate_server(raw.server.unwrap_or_default(), &asset_names, check);
     let senders = build_sender_map(&raw.assets, check);
     let tokens = validate_tokens(raw.tokens.unwrap_or_default(), check);
+    let admin_listen = raw.admin.and_then(|admin| admin.listen).and_then(|listen| {
+        match listen.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                check.at(
+                    &listen,
+                    "admin.listen",
+                    format!(
+                        "\"{}\" is not an IP address and port such as \"127.0.0.1:9025\"",
+                        listen.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    });
 
     let mut users = HashMap::new();
     for (index, raw_user) in raw.users.iter().enumerate() {
@@ -756,6 +781,7 @@ fn validate(raw: RawConfig, check: &mut Checker) -> Option<Config> {
         assets,
         senders,
         tokens,
+        admin_listen,
     })
 }
 

@@ -91,6 +91,7 @@ pub fn sandbox_config(
         assets: vec![Arc::new(asset)],
         senders,
         // Unused: the sandbox asset's refresh token is inline.
+        admin_listen: None,
         tokens: TokenSettings {
             path: PathBuf::from("sandbox-state/tokens.json"),
             key: None,

@@ -28,12 +28,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod authorize;
 pub mod check;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod metrics;
 pub mod received;
 pub mod relay;
 pub mod replies;

@@ -19,7 +19,7 @@ use smtp_oauth_relay::secret::Secret;
 use smtp_oauth_relay::server::{self, Listeners, RelayHandle};
 use smtp_oauth_relay::store::{StoredToken, TokenStore};
 use smtp_oauth_relay::token::TokenManager;
-use smtp_oauth_relay::{auth, check, demo, tls};
+use smtp_oauth_relay::{admin, auth, check, demo, tls};
 
 /// sysexits.h: the config is wrong (EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
@@ -60,6 +60,9 @@ enum Command {
         /// Listen here instead of the config's server.listen (repeatable).
         #[arg(long, env = "SMTP_OAUTH_RELAY_LISTEN", value_delimiter = ',')]
         listen: Vec<SocketAddr>,
+        /// Serve /healthz, /readyz and /metrics here (overrides [admin] listen).
+        #[arg(long, env = "SMTP_OAUTH_RELAY_ADMIN_LISTEN")]
+        admin_listen: Option<SocketAddr>,
         /// Where --sandbox saves delivered messages.
         #[arg(long, default_value = "sandbox-mail")]
         sandbox_mail_dir: PathBuf,
@@ -111,8 +114,13 @@ fn main() -> ExitCode {
             sandbox: true,
             listen,
             sandbox_mail_dir,
-        } => with_runtime(serve_sandbox(listen, sandbox_mail_dir)),
-        Command::Serve { listen, .. } => with_runtime(serve(cli.config, listen)),
+            admin_listen,
+        } => with_runtime(serve_sandbox(listen, sandbox_mail_dir, admin_listen)),
+        Command::Serve {
+            listen,
+            admin_listen,
+            ..
+        } => with_runtime(serve(cli.config, listen, admin_listen)),
     }
 }
 
@@ -146,13 +154,20 @@ fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
     })
 }
 
-async fn serve(config_path: PathBuf, listen: Vec<SocketAddr>) -> ExitCode {
+async fn serve(
+    config_path: PathBuf,
+    listen: Vec<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+) -> ExitCode {
     let mut config = match load_config(&config_path) {
         Ok(config) => config,
         Err(code) => return code,
     };
     if !listen.is_empty() {
         config.server.listen = listen;
+    }
+    if admin_listen.is_some() {
+        config.admin_listen = admin_listen;
     }
     tracing::info!(
         config = %config_path.display(),
@@ -166,7 +181,11 @@ async fn serve(config_path: PathBuf, listen: Vec<SocketAddr>) -> ExitCode {
     run_relay(config, CancellationToken::new(), Some(config_path)).await
 }
 
-async fn serve_sandbox(listen: Vec<SocketAddr>, mail_dir: PathBuf) -> ExitCode {
+async fn serve_sandbox(
+    listen: Vec<SocketAddr>,
+    mail_dir: PathBuf,
+    admin_listen: Option<SocketAddr>,
+) -> ExitCode {
     let shutdown = CancellationToken::new();
     let upstream = match SandboxUpstream::start(Some(mail_dir.clone()), shutdown.clone()).await {
         Ok(upstream) => upstream,
@@ -181,7 +200,10 @@ async fn serve_sandbox(listen: Vec<SocketAddr>, mail_dir: PathBuf) -> ExitCode {
         listen
     };
     let config = match demo::sandbox_config(&upstream, listen.clone()) {
-        Ok(config) => config,
+        Ok(mut config) => {
+            config.admin_listen = admin_listen;
+            config
+        }
         Err(err) => {
             eprintln!("error: {err}");
             return ExitCode::FAILURE;
@@ -252,6 +274,16 @@ async fn run_relay(
             return ExitCode::FAILURE;
         }
     };
+    let admin = match config.admin_listen {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(err) => {
+                eprintln!("error: cannot listen on {addr} (admin): {err}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     let relay = match Relay::new(config) {
         Ok(relay) => Arc::new(relay),
         Err(err) => {
@@ -266,6 +298,9 @@ async fn run_relay(
         signal_shutdown.cancel();
     });
     let relays = RelayHandle::new(relay);
+    if let Some(listener) = admin {
+        tokio::spawn(admin::serve(listener, relays.clone(), shutdown.clone()));
+    }
     if let Some(path) = reload_from {
         tokio::spawn(reload_on_sighup(path, relays.clone()));
     }
@@ -291,7 +326,8 @@ async fn reload_on_sighup(path: PathBuf, relays: RelayHandle) {
                     .and_then(|mut config| {
                         config.server.listen = old.config.server.listen.clone();
                         config.server.listen_tls = old.config.server.listen_tls.clone();
-                        Relay::new(config).map_err(|err| err.to_string())
+                        Relay::with_metrics(config, old.metrics.clone())
+                            .map_err(|err| err.to_string())
                     });
             match reloaded {
                 Ok(relay) => {

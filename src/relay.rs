@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::auth::Users;
 use crate::config::{Config, User};
+use crate::metrics::Metrics;
 use crate::throttle::AuthThrottle;
 use crate::token::{HttpClientInitError, TokenManager};
 use crate::upstream::UpstreamSettings;
@@ -17,6 +18,8 @@ pub struct Relay {
     pub upstream: UpstreamSettings,
     pub tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
     pub auth_throttle: AuthThrottle,
+    /// Shared with the relay that came before a reload, so counters keep counting.
+    pub metrics: Arc<Metrics>,
     /// Who a client from `trusted_networks` sends as when it does not log in.
     pub trusted_user: Arc<User>,
     id_prefix: String,
@@ -25,7 +28,14 @@ pub struct Relay {
 
 impl Relay {
     pub fn new(config: Config) -> Result<Relay, HttpClientInitError> {
-        let tokens = TokenManager::new(&config)?;
+        Relay::with_metrics(config, Arc::new(Metrics::new()))
+    }
+
+    pub fn with_metrics(
+        config: Config,
+        metrics: Arc<Metrics>,
+    ) -> Result<Relay, HttpClientInitError> {
+        let tokens = TokenManager::new(&config)?.with_metrics(metrics.clone());
         let upstream = UpstreamSettings {
             ehlo_name: config.server.hostname.clone(),
             connect_timeout: config.timeouts.upstream_connect,
@@ -55,6 +65,7 @@ impl Relay {
             assets: config.server.trusted_assets.clone(),
         });
         Ok(Relay {
+            metrics,
             auth_throttle,
             trusted_user,
             users: Users::new(config.users.clone()),

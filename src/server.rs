@@ -224,11 +224,13 @@ async fn accept_loop(listener: TcpListener, implicit_tls: bool, context: AcceptC
             .try_enter(peer.ip(), relay.config.limits.max_connections_per_ip)
         else {
             tracing::warn!(%peer, "per-address connection limit reached, refusing");
+            relay.metrics.limit_hit("connections_per_ip");
             tokio::spawn(refuse(socket, implicit_tls, Say::TooManyConnections));
             continue;
         };
         let Ok(permit) = context.slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "connection limit reached, refusing");
+            relay.metrics.limit_hit("connections");
             tokio::spawn(refuse(socket, implicit_tls, Say::TooManyConnections));
             continue;
         };
@@ -236,7 +238,11 @@ async fn accept_loop(listener: TcpListener, implicit_tls: bool, context: AcceptC
         context.tracker.spawn(async move {
             let _permit = permit;
             let _per_ip = per_ip;
+            let metrics = relay.metrics.clone();
+            metrics.sessions_total.inc();
+            metrics.sessions_current.inc();
             serve_connection(socket, peer, implicit_tls, relay, shutdown).await;
+            metrics.sessions_current.dec();
         });
     }
 }

@@ -23,6 +23,7 @@ use tracing::Instrument;
 use crate::auth::{self, Credentials, SaslError};
 use crate::config::{Asset, AssetAccess, HeaderFromPolicy, User};
 use crate::error::RelayError;
+use crate::metrics::{Metrics, Outcome};
 use crate::received::Trace;
 use crate::relay::Relay;
 use crate::replies::{relayed, Say};
@@ -57,6 +58,8 @@ struct Transaction {
     upstream: Upstream,
     sender: String,
     recipients: Vec<String>,
+    /// From the parsed header block, for the log line.
+    message_id: Option<String>,
 }
 
 /// An authenticated upstream connection kept between transactions of one session.
@@ -250,10 +253,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 .await;
             let flow = match input {
                 Input::Line(line) => self.handle_line(&line).await,
-                Input::TooLong => self.reject(Say::CommandLineTooLong),
+                Input::TooLong => {
+                    self.relay.metrics.limit_hit("command_line");
+                    self.reject(Say::CommandLineTooLong)
+                }
                 Input::Closed => Flow::Close,
                 Input::TimedOut => {
                     tracing::info!("client timed out");
+                    self.relay.metrics.limit_hit("timeout");
                     self.say(Say::CommandTimeout);
                     Flow::Close
                 }
@@ -282,6 +289,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         self.errors += 1;
         if self.errors >= self.relay.config.limits.max_errors {
             tracing::info!(errors = self.errors, "too many errors, disconnecting");
+            self.relay.metrics.limit_hit("errors");
             self.say(Say::TooManyErrors);
             return Flow::Close;
         }
@@ -463,6 +471,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         let throttle = &self.relay.auth_throttle;
         if throttle.check(ip, &username) == Verdict::LockedOut {
             tracing::warn!(mechanism, user = %username, "login refused: locked out after too many failures");
+            self.relay.metrics.limit_hit("auth_lockout");
             return self.reject(Say::AuthLockedOut);
         }
         match self.relay.users.verify(credentials).await {
@@ -488,6 +497,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 }
                 // Slows guessing down; other sessions are not affected.
                 tokio::time::sleep(delay).await;
+                self.relay.metrics.auth_failures.inc();
                 self.reject(Say::AuthFailed)
             }
         }
@@ -554,25 +564,34 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             return self.reject(Say::NestedMail);
         }
         if self.transactions >= self.relay.config.limits.max_transactions {
+            self.relay.metrics.limit_hit("transactions");
             self.say(Say::TooManyTransactions);
             return Flow::Close;
         }
         let envelope = match MailParams::parse(params, self.relay.config.limits.max_message_size) {
             Ok(envelope) => envelope,
-            Err(say) => return self.reject(say),
+            Err(say) => {
+                if matches!(say, Say::MessageTooBigDeclared { .. }) {
+                    self.relay.metrics.limit_hit("message_size");
+                    self.relay.metrics.transaction(Outcome::PolicyRejected);
+                }
+                return self.reject(say);
+            }
         };
         let asset = match self.asset_for(&from, &user) {
             Ok(asset) => asset,
             Err(say) => {
                 tracing::warn!(sender = %from, user = %user.name, reply = %say.reply(), "sender refused");
+                self.relay.metrics.transaction(Outcome::PolicyRejected);
                 return self.reject(say);
             }
         };
 
         let mut upstream = match self.upstream_for(&asset).await {
             Ok(upstream) => upstream,
-            Err(say) => {
-                self.send(&say);
+            Err(reply) => {
+                self.relay.metrics.transaction(Outcome::TempFailed);
+                self.send(&reply);
                 return Flow::Continue;
             }
         };
@@ -603,6 +622,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                         upstream,
                         sender: from,
                         recipients: Vec::new(),
+                        message_id: None,
                     }));
                 } else {
                     self.park_upstream(&asset, upstream);
@@ -677,8 +697,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         loop {
             let attempt = async {
                 let token = relay.tokens.access_token(&asset.name).await?;
+                let connecting = Instant::now();
                 let mut upstream = Upstream::connect(&asset.upstream, &relay.upstream).await?;
-                match upstream.authenticate(&asset.email, &token.token).await {
+                Metrics::observe(
+                    &relay.metrics.upstream_connect_seconds,
+                    connecting.elapsed(),
+                );
+                let authenticating = Instant::now();
+                let authenticated = upstream.authenticate(&asset.email, &token.token).await;
+                Metrics::observe(
+                    &relay.metrics.upstream_auth_seconds,
+                    authenticating.elapsed(),
+                );
+                match authenticated {
                     Ok(()) => Ok(upstream),
                     Err(err) => Err((err, Some(token))),
                 }
@@ -768,6 +799,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             return self.reject(Say::NeedMail);
         };
         if transaction.recipients.len() >= max_recipients {
+            self.relay.metrics.limit_hit("recipients");
             self.say(Say::TooManyRecipients);
             return Flow::Continue;
         }
@@ -824,12 +856,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         let outcome = self.stream_message(&mut transaction).await;
         let asset = transaction.asset.name.clone();
         let recipients = transaction.recipients.len();
+        let metrics = self.relay.metrics.clone();
+        let message_id = transaction.message_id.clone().unwrap_or_default();
         let log_done = |outcome: &str, reply: &Reply, size: u64| {
             tracing::info!(
                 asset = %asset,
                 from = %transaction.sender,
                 recipients,
                 size,
+                message_id = %message_id,
                 took_ms = started.elapsed().as_millis() as u64,
                 reply = %reply,
                 "{outcome}"
@@ -838,11 +873,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         match outcome {
             Streamed::Complete { size } => match transaction.upstream.finish_data().await {
                 Ok(reply) => {
-                    let outcome = if reply.is_positive() {
-                        "message relayed"
-                    } else {
-                        "message refused by upstream"
+                    let (outcome, counted) = match reply.code / 100 {
+                        2 => ("message relayed", Outcome::Delivered),
+                        4 => ("message deferred by upstream", Outcome::TempFailed),
+                        _ => ("message refused by upstream", Outcome::PermFailed),
                     };
+                    metrics.transaction(counted);
+                    if counted == Outcome::Delivered {
+                        metrics.bytes_relayed.inc_by(size);
+                    }
                     log_done(outcome, &reply, size);
                     self.send(&relayed(reply));
                     self.park_upstream(&transaction.asset, transaction.upstream);
@@ -855,6 +894,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                         possible_duplicate = true,
                         "upstream connection lost after the end of data: the message may or may not have been delivered"
                     );
+                    metrics.transaction(Outcome::PossibleDuplicate);
                     log_done("message outcome unknown", &reply, size);
                     self.send(&reply);
                 }
@@ -863,12 +903,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 // The upstream gets no terminator: dropping the connection makes it discard
                 // the partial message.
                 let reply = say.reply();
+                match say {
+                    Say::MessageTooBig { .. } => metrics.limit_hit("message_size"),
+                    Say::DataLineTooLong { .. } => metrics.limit_hit("data_line"),
+                    _ => {}
+                }
+                metrics.transaction(Outcome::PolicyRejected);
                 log_done("message refused", &reply, size);
                 self.send(&reply);
             }
             Streamed::UpstreamFailed { error, size } => {
                 let reply = Say::UpstreamLost.reply();
                 tracing::warn!(asset = %asset, error = %error, "upstream failed during DATA");
+                metrics.transaction(Outcome::TempFailed);
                 log_done("message not relayed", &reply, size);
                 self.send(&reply);
             }
@@ -910,7 +957,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         out.extend_from_slice(trace.header(SystemTime::now()).as_bytes());
         let mut upstream_error: Option<UpstreamError> = None;
         let mut too_big = false;
-        let mut header_gate = HeaderGate::new(config.server.header_from);
+        let mut header_gate = HeaderGate::new();
         let data_deadline = Instant::now() + config.timeouts.data_total;
         let mut refused: Option<Say<'static>> = None;
         loop {
@@ -924,7 +971,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 match header_gate.pass(&mut out, scan.finished) {
                     GateState::Collecting | GateState::Open => {}
                     GateState::Decide(headers) => {
-                        refused = self.check_header_from(&headers, &transaction.asset);
+                        let (refusal, message_id) =
+                            self.inspect_headers(&headers, &transaction.asset);
+                        refused = refusal;
+                        transaction.message_id = message_id;
                         out = headers;
                     }
                 }
@@ -986,13 +1036,32 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
-    /// The header-From policy: every From: address must be one the asset serves.
-    fn check_header_from(&self, headers: &[u8], asset: &Asset) -> Option<Say<'static>> {
+    /// Reads the header block once: the Message-ID for the log, and the header-From
+    /// policy (every From: address must be one the asset serves).
+    fn inspect_headers(
+        &self,
+        headers: &[u8],
+        asset: &Asset,
+    ) -> (Option<Say<'static>>, Option<String>) {
+        let parsed = mail_parser::MessageParser::new().parse_headers(headers);
+        let message_id = parsed
+            .as_ref()
+            .and_then(|message| message.message_id())
+            .map(str::to_string);
+        (self.check_header_from(parsed.as_ref(), asset), message_id)
+    }
+
+    fn check_header_from(
+        &self,
+        parsed: Option<&mail_parser::Message<'_>>,
+        asset: &Asset,
+    ) -> Option<Say<'static>> {
         let config = &self.relay.config;
         let policy = config.server.header_from;
-        let parsed = mail_parser::MessageParser::new().parse_headers(headers);
+        if policy == HeaderFromPolicy::Off {
+            return None;
+        }
         let addresses: Vec<String> = parsed
-            .as_ref()
             .and_then(|message| message.from())
             .map(|from| {
                 from.iter()
@@ -1043,9 +1112,9 @@ struct HeaderGate {
 }
 
 impl HeaderGate {
-    fn new(policy: HeaderFromPolicy) -> Self {
+    fn new() -> Self {
         HeaderGate {
-            collected: (policy != HeaderFromPolicy::Off).then(Vec::new),
+            collected: Some(Vec::new()),
         }
     }
 

@@ -20,6 +20,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::config::{Asset, Config, RefreshTokenSource};
+use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::service_account::ServiceAccountKey;
 use crate::store::{StoreFingerprint, StoredToken, TokenStore};
@@ -175,6 +176,7 @@ pub struct TokenManager {
     slots: HashMap<String, Arc<AssetSlot>>,
     store: Arc<TokenStore>,
     retry_after: Duration,
+    metrics: Option<Arc<Metrics>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,7 +209,17 @@ impl TokenManager {
             slots,
             store: Arc::new(store),
             retry_after: config.timeouts.token_retry,
+            metrics: None,
         })
+    }
+
+    /// Counts refreshes and asset readiness in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        for asset in self.slots.keys() {
+            metrics.set_asset_ready(asset, true);
+        }
+        self.metrics = Some(metrics);
+        self
     }
 
     /// A valid access token for `asset`: the cached one while it has more than a minute to
@@ -237,7 +249,16 @@ impl TokenManager {
                 return Err(failure.error.clone());
             }
         }
-        match self.refresh(&slot.asset, &mut state).await {
+        let result = self.refresh(&slot.asset, &mut state).await;
+        if let Some(metrics) = &self.metrics {
+            metrics.token_refresh(&slot.asset.name, result.is_ok());
+            let needs_operator = result
+                .as_ref()
+                .err()
+                .is_some_and(TokenError::needs_operator);
+            metrics.set_asset_ready(&slot.asset.name, !needs_operator);
+        }
+        match result {
             Ok(token) => {
                 if let Some(failure) = state.failure.take() {
                     tracing::info!(asset = %slot.asset.name, previous_error = %failure.error, "asset credentials work again");

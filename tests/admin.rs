@@ -1,0 +1,92 @@
+//! The admin listener: liveness, readiness that follows the assets' credential state, and
+//! Prometheus metrics that count what the relay did.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use smtp_oauth_relay::sandbox::token_issuer::IssuerMode;
+use smtp_oauth_relay::server::RelayHandle;
+use tokio_util::sync::CancellationToken;
+
+async fn get(base: &str, path: &str) -> (u16, String) {
+    let response = reqwest::get(format!("{base}{path}")).await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let env = Env::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(smtp_oauth_relay::admin::serve(
+        listener,
+        RelayHandle::new(env.relay.clone()),
+        shutdown.clone(),
+    ));
+
+    assert_eq!(get(&base, "/healthz").await, (200, "ok\n".to_string()));
+    let (status, body) = get(&base, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(get(&base, "/nope").await.0, 404);
+
+    let mut client = env.logged_in(SCANNER).await;
+    client
+        .send_mail(SUPPORT_EMAIL, &["x@example.net"], &message("metrics"))
+        .await
+        .expect_code(250);
+    client
+        .cmd("MAIL FROM:<stranger@elsewhere.net>")
+        .await
+        .expect_code(550);
+    client.auth_plain(SCANNER.0, "wrong").await;
+    client.quit().await;
+
+    let (status, metrics) = get(&base, "/metrics").await;
+    assert_eq!(status, 200);
+    for expected in [
+        "smtp_oauth_relay_transactions_total{outcome=\"delivered\"} 1",
+        "smtp_oauth_relay_transactions_total{outcome=\"rejected_by_policy\"} 1",
+        "smtp_oauth_relay_token_refreshes_total{asset=\"support\",result=\"ok\"} 1",
+        "smtp_oauth_relay_upstream_connect_seconds_count 1",
+        "smtp_oauth_relay_upstream_auth_seconds_count 1",
+        "smtp_oauth_relay_asset_ready{asset=\"support\"} 1",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "missing {expected:?} in\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("smtp_oauth_relay_sessions_total"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(SUPPORT_SECRET) && !metrics.contains("ya29."));
+
+    // Every asset needs re-authorization: not ready. One would not be enough.
+    env.issuer.set_mode(IssuerMode::InvalidGrant);
+    env.tokens.revoke_all();
+    let mut client = env.logged_in(ADMIN).await;
+    client
+        .cmd(&format!("MAIL FROM:<{SALES_EMAIL}>"))
+        .await
+        .expect_code(454);
+    let (status, body) = get(&base, "/readyz").await;
+    assert_eq!(status, 200, "one usable asset left: {body}");
+    assert!(body.contains("asset sales: needs attention"), "{body}");
+    client
+        .cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}>"))
+        .await
+        .expect_code(454);
+    let (status, body) = get(&base, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let (_, metrics) = get(&base, "/metrics").await;
+    assert!(
+        metrics.contains("smtp_oauth_relay_asset_ready{asset=\"support\"} 0"),
+        "{metrics}"
+    );
+    shutdown.cancel();
+    env.stop().await;
+}
