@@ -632,6 +632,13 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Parses config text; `path` is only used to name the file in errors.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let expanded = expand_env(text, |name| std::env::var(name).ok()).map_err(|problems| {
+        ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        }
+    })?;
+    let text = expanded.as_str();
     let lines = LineIndex::new(text);
     let raw: RawConfig = toml::from_str(text).map_err(|err| ConfigError::Invalid {
         path: path.to_path_buf(),
@@ -655,6 +662,95 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         path: path.to_path_buf(),
         problems: check.problems,
     })
+}
+
+/// Replaces `${NAME}` with the environment variable NAME, line by line so TOML line
+/// numbers stay right. `$${` is a literal `${`. Inside a "basic string" the value is
+/// escaped for TOML, so a secret containing `"` or `\` cannot break the file; comments
+/// are left alone. An unset variable, or one holding a line break, is a problem.
+pub fn expand_env(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, Vec<Problem>> {
+    let mut out = String::with_capacity(text.len());
+    let mut problems = Vec::new();
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        let mut in_basic = false;
+        let mut in_literal = false;
+        let mut chars = line.char_indices().peekable();
+        while let Some((at, c)) = chars.next() {
+            match c {
+                '\\' if in_basic => {
+                    out.push(c);
+                    if let Some((_, escaped)) = chars.next() {
+                        out.push(escaped);
+                    }
+                    continue;
+                }
+                '"' if !in_literal => in_basic = !in_basic,
+                '\'' if !in_basic => in_literal = !in_literal,
+                '#' if !in_basic && !in_literal => {
+                    out.push_str(&line[at..]);
+                    break;
+                }
+                '$' if line[at..].starts_with("$${") => {
+                    out.push_str("${");
+                    chars.next();
+                    chars.next();
+                    continue;
+                }
+                '$' if line[at..].starts_with("${") => {
+                    let Some(end) = line[at..].find('}') else {
+                        problems.push(Problem {
+                            line: Some(index + 1),
+                            field: String::new(),
+                            message: "\"${\" without a closing \"}\"".to_string(),
+                        });
+                        out.push(c);
+                        continue;
+                    };
+                    let name = &line[at + 2..at + end];
+                    match lookup(name) {
+                        Some(value) if value.contains(['\n', '\r']) => problems.push(Problem {
+                            line: Some(index + 1),
+                            field: String::new(),
+                            message: format!("environment variable {name} contains a line break"),
+                        }),
+                        Some(value) if in_basic => {
+                            for v in value.chars() {
+                                match v {
+                                    '"' => out.push_str("\\\""),
+                                    '\\' => out.push_str("\\\\"),
+                                    other => out.push(other),
+                                }
+                            }
+                        }
+                        Some(value) => out.push_str(&value),
+                        None => problems.push(Problem {
+                            line: Some(index + 1),
+                            field: String::new(),
+                            message: format!("environment variable {name} is not set"),
+                        }),
+                    }
+                    // Skip past the closing brace.
+                    while let Some((position, _)) = chars.peek() {
+                        if *position > at + end {
+                            break;
+                        }
+                        chars.next();
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            out.push(c);
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
 }
 
 /// Maps byte offsets (TOML spans) to 1-based line numbers.
@@ -1481,4 +1577,78 @@ fn split_host_port(value: &str) -> Option<(String, u16)> {
         return None;
     }
     Some((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "SECRET" => Some("s3\"cr\\et".to_string()),
+            "PORT" => Some("2525".to_string()),
+            "BROKEN" => Some("a\nb".to_string()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn env_expansion_table() {
+        let cases = [
+            ("a = \"${PORT}\"\n", Ok("a = \"2525\"\n")),
+            ("a = ${PORT}\n", Ok("a = 2525\n")),
+            // Escaped for a basic string, raw in a literal string.
+            ("a = \"${SECRET}\"", Ok("a = \"s3\\\"cr\\\\et\"")),
+            ("a = '${PORT}'", Ok("a = '2525'")),
+            ("a = \"$${PORT}\"", Ok("a = \"${PORT}\"")),
+            (
+                "# ${UNSET} in a comment stays\n",
+                Ok("# ${UNSET} in a comment stays\n"),
+            ),
+            ("a = 1 # ${UNSET}", Ok("a = 1 # ${UNSET}")),
+            (
+                "a = \"# not a comment ${PORT}\"",
+                Ok("a = \"# not a comment 2525\""),
+            ),
+        ];
+        for (input, expected) in cases {
+            let got = expand_env(input, env).map_err(|p| p.len());
+            assert_eq!(got, expected.map(str::to_string), "{input:?}");
+        }
+        let problems = expand_env(
+            "x = 1\na = \"${UNSET}\"\nb = \"${BROKEN}\"\nc = \"${OPEN\"",
+            env,
+        )
+        .unwrap_err();
+        let lines: Vec<_> = problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, [Some(2), Some(3), Some(4)]);
+        assert!(problems[0].message.contains("UNSET is not set"));
+    }
+
+    #[test]
+    fn expanded_secret_reaches_the_config() {
+        std::env::set_var("SMTP_OAUTH_RELAY_TEST_SECRET", "from-the-environment");
+        let hash = crate::auth::hash_password(&Secret::new("pw")).unwrap();
+        let text = format!(
+            r#"
+[[user]]
+name = "u"
+password_hash = "{hash}"
+assets = ["a"]
+
+[[asset]]
+name = "a"
+email = "a@example.com"
+client_id = "id"
+client_secret = "${{SMTP_OAUTH_RELAY_TEST_SECRET}}"
+refresh_token = "rt"
+senders = ["a@example.com"]
+"#
+        );
+        let config = parse(&text, Path::new("t.toml")).unwrap();
+        assert_eq!(
+            config.assets[0].client_secret.expose(),
+            "from-the-environment"
+        );
+    }
 }

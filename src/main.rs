@@ -326,8 +326,7 @@ async fn reload_on_sighup(path: PathBuf, relays: RelayHandle) {
                     .and_then(|mut config| {
                         config.server.listen = old.config.server.listen.clone();
                         config.server.listen_tls = old.config.server.listen_tls.clone();
-                        Relay::with_metrics(config, old.metrics.clone())
-                            .map_err(|err| err.to_string())
+                        Relay::reloaded(config, &old).map_err(|err| err.to_string())
                     });
             match reloaded {
                 Ok(relay) => {

@@ -17,7 +17,8 @@ pub struct Relay {
     pub tokens: TokenManager,
     pub upstream: UpstreamSettings,
     pub tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
-    pub auth_throttle: AuthThrottle,
+    /// Shared across reloads, so a SIGHUP does not clear lockouts.
+    pub auth_throttle: Arc<AuthThrottle>,
     /// Shared with the relay that came before a reload, so counters keep counting.
     pub metrics: Arc<Metrics>,
     /// Who a client from `trusted_networks` sends as when it does not log in.
@@ -34,6 +35,29 @@ impl Relay {
     pub fn with_metrics(
         config: Config,
         metrics: Arc<Metrics>,
+    ) -> Result<Relay, HttpClientInitError> {
+        let limits = &config.limits;
+        let auth_throttle = Arc::new(AuthThrottle::new(
+            limits.auth_max_failures,
+            limits.auth_lockout,
+            limits.auth_failure_delay,
+        ));
+        Relay::build(config, metrics, auth_throttle)
+    }
+
+    /// The relay for a reloaded config: counters and login lockouts carry over.
+    pub fn reloaded(config: Config, previous: &Relay) -> Result<Relay, HttpClientInitError> {
+        Relay::build(
+            config,
+            previous.metrics.clone(),
+            previous.auth_throttle.clone(),
+        )
+    }
+
+    fn build(
+        config: Config,
+        metrics: Arc<Metrics>,
+        auth_throttle: Arc<AuthThrottle>,
     ) -> Result<Relay, HttpClientInitError> {
         let tokens = TokenManager::new(&config)?.with_metrics(metrics.clone());
         let upstream = UpstreamSettings {
@@ -53,12 +77,6 @@ impl Relay {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let limits = &config.limits;
-        let auth_throttle = AuthThrottle::new(
-            limits.auth_max_failures,
-            limits.auth_lockout,
-            limits.auth_failure_delay,
-        );
         let trusted_user = Arc::new(User {
             name: "(trusted network)".to_string(),
             password_hash: String::new(),

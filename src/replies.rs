@@ -99,6 +99,8 @@ pub enum Say<'a> {
     ShuttingDown,
     EncryptionRequired,
     AuthLockedOut,
+    HeaderFromMissing,
+    HeaderBlockTooLarge,
     HeaderFromNotServed {
         from: &'a str,
     },
@@ -290,6 +292,16 @@ impl Say<'_> {
                 454,
                 code(4, 7, 0),
                 "Too many failed logins; try again later",
+            ),
+            Say::HeaderFromMissing => Reply::new(
+                550,
+                code(5, 6, 0),
+                "Message has no From: header address to check; message not sent",
+            ),
+            Say::HeaderBlockTooLarge => Reply::new(
+                552,
+                code(5, 3, 4),
+                "Message header block too large to check (over 100 KiB); message not sent",
             ),
             Say::HeaderFromNotServed { from } => Reply::new(
                 550,

@@ -219,10 +219,10 @@ async fn accept_loop(listener: TcpListener, implicit_tls: bool, context: AcceptC
             continue;
         }
         let relay = context.relays.current();
-        let Some(per_ip) = context
-            .per_ip
-            .try_enter(peer.ip(), relay.config.limits.max_connections_per_ip)
-        else {
+        let Some(per_ip) = context.per_ip.try_enter(
+            peer.ip().to_canonical(),
+            relay.config.limits.max_connections_per_ip,
+        ) else {
             tracing::warn!(%peer, "per-address connection limit reached, refusing");
             relay.metrics.limit_hit("connections_per_ip");
             tokio::spawn(refuse(socket, implicit_tls, Say::TooManyConnections));

@@ -182,6 +182,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         shutdown: CancellationToken,
     ) -> Self {
         let id = relay.next_session_id();
+        // An IPv4 client on a dual-stack listener arrives as ::ffff:a.b.c.d; policy
+        // (loopback, trusted networks, throttling) must see the IPv4 address.
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let trusted = relay
             .config
             .server
@@ -746,7 +749,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             let reply = error.client_reply(&asset.name, mode).reply();
             let tls_trouble = matches!(
                 error,
-                RelayError::Upstream(UpstreamError::NoStartTls { .. } | UpstreamError::Tls { .. })
+                RelayError::Upstream(
+                    UpstreamError::NoStartTls { .. }
+                        | UpstreamError::Tls { .. }
+                        | UpstreamError::Unexpected {
+                            step: "STARTTLS",
+                            ..
+                        }
+                )
             );
             if error.needs_operator() || tls_trouble {
                 tracing::error!(
@@ -970,9 +980,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 // Holds the header block back until it is complete and checked.
                 match header_gate.pass(&mut out, scan.finished) {
                     GateState::Collecting | GateState::Open => {}
-                    GateState::Decide(headers) => {
+                    GateState::Decide(headers, complete) => {
                         let (refusal, message_id) =
-                            self.inspect_headers(&headers, &transaction.asset);
+                            self.inspect_headers(&headers, complete, &transaction.asset);
                         refused = refusal;
                         transaction.message_id = message_id;
                         out = headers;
@@ -1041,6 +1051,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     fn inspect_headers(
         &self,
         headers: &[u8],
+        complete: bool,
         asset: &Asset,
     ) -> (Option<Say<'static>>, Option<String>) {
         let parsed = mail_parser::MessageParser::new().parse_headers(headers);
@@ -1048,18 +1059,28 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             .as_ref()
             .and_then(|message| message.message_id())
             .map(str::to_string);
-        (self.check_header_from(parsed.as_ref(), asset), message_id)
+        (
+            self.check_header_from(parsed.as_ref(), complete, asset),
+            message_id,
+        )
     }
 
     fn check_header_from(
         &self,
         parsed: Option<&mail_parser::Message<'_>>,
+        complete: bool,
         asset: &Asset,
     ) -> Option<Say<'static>> {
         let config = &self.relay.config;
         let policy = config.server.header_from;
         if policy == HeaderFromPolicy::Off {
             return None;
+        }
+        let enforce = policy == HeaderFromPolicy::Enforce;
+        // A From: hidden behind 100 KiB of padding must not slip through.
+        if !complete {
+            tracing::warn!(asset = %asset.name, "header block too large to check the From: address");
+            return enforce.then_some(Say::HeaderBlockTooLarge);
         }
         let addresses: Vec<String> = parsed
             .and_then(|message| message.from())
@@ -1071,7 +1092,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             .unwrap_or_default();
         if addresses.is_empty() {
             tracing::warn!(asset = %asset.name, "message has no From: header address");
-            return None;
+            return enforce.then_some(Say::HeaderFromMissing);
         }
         let stranger = addresses
             .iter()
@@ -1099,8 +1120,9 @@ const MAX_HEADER_BLOCK: usize = 100 * 1024;
 enum GateState {
     /// Still reading headers; nothing may be forwarded yet.
     Collecting,
-    /// The header block is complete: check it, then forward it.
-    Decide(Vec<u8>),
+    /// The header block is complete (or as large as we look at): check it, then
+    /// forward it. The flag says whether its end was seen.
+    Decide(Vec<u8>, bool),
     /// Past the headers (or no policy): forward as it comes.
     Open,
 }
@@ -1131,7 +1153,7 @@ impl HeaderGate {
         if complete || finished || collected.len() > MAX_HEADER_BLOCK {
             let block = std::mem::take(collected);
             self.collected = None;
-            return GateState::Decide(block);
+            return GateState::Decide(block, complete || finished);
         }
         GateState::Collecting
     }

@@ -224,6 +224,28 @@ async fn header_from_enforce_refuses_foreign_from_and_sends_nothing() {
         .expect_code(550);
     assert!(reply.text().contains("ceo@bank.example"), "{reply}");
     assert!(env.gmail.messages().is_empty());
+    // No From: address to check is refused too under enforce.
+    let reply = client
+        .send_mail(
+            SUPPORT_EMAIL,
+            &["x@example.net"],
+            b"Subject: no from\r\n\r\nbody\r\n",
+        )
+        .await
+        .expect_code(550);
+    assert!(reply.text().contains("no From"), "{reply}");
+    // From: hidden behind a huge header block cannot slip through.
+    let mut padded = Vec::new();
+    for i in 0..1200 {
+        padded.extend_from_slice(format!("X-Pad-{i}: {}\r\n", "p".repeat(90)).as_bytes());
+    }
+    padded.extend_from_slice(b"From: ceo@bank.example\r\n\r\nbody\r\n");
+    let reply = client
+        .send_mail(SUPPORT_EMAIL, &["x@example.net"], &padded)
+        .await;
+    // Either the From: was found and refused, or the block was too big to check.
+    assert!(matches!(reply.code, 550 | 552), "{reply}");
+    assert!(env.gmail.messages().is_empty());
     // A From the asset serves passes, byte for byte.
     let good = message("from-ok");
     client
