@@ -81,6 +81,15 @@ pub struct ServerSettings {
     pub trusted_networks: Vec<ipnet::IpNet>,
     pub trusted_assets: AssetAccess,
     pub header_from: HeaderFromPolicy,
+    /// `text` or `json`; `--log-format` / `SMTP_OAUTH_RELAY_LOG_FORMAT` win over it.
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// What to do when the message's From: header names an address the asset does not serve.
@@ -409,6 +418,7 @@ struct RawServer {
     #[serde(default)]
     trusted_assets: Vec<Spanned<String>>,
     header_from: Option<HeaderFromPolicy>,
+    log_format: Option<LogFormat>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -1033,6 +1043,7 @@ fn validate_server(
         trusted_networks,
         trusted_assets,
         header_from: raw.header_from.unwrap_or(HeaderFromPolicy::Off),
+        log_format: raw.log_format,
     })
 }
 

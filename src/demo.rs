@@ -84,6 +84,7 @@ pub fn sandbox_config(
             trusted_networks: Vec::new(),
             trusted_assets: AssetAccess::Only(HashSet::new()),
             header_from: HeaderFromPolicy::Off,
+            log_format: None,
         },
         limits: Limits::default(),
         timeouts: Timeouts::default(),

@@ -30,15 +30,10 @@ struct Cli {
     /// Config file.
     #[arg(long, global = true, env = "SMTP_OAUTH_RELAY_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
     config: PathBuf,
-    /// Log format; the filter comes from RUST_LOG (default "info").
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        env = "SMTP_OAUTH_RELAY_LOG_FORMAT",
-        default_value = "text"
-    )]
-    log_format: LogFormat,
+    /// Log format (text or json; default: the config's server.log_format, else text);
+    /// the filter comes from RUST_LOG (default "info").
+    #[arg(long, global = true, value_enum, env = "SMTP_OAUTH_RELAY_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -94,7 +89,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // `serve` reads the config first, so the config can choose the log format.
+    let serving_config = matches!(cli.command, Command::Serve { sandbox: false, .. });
+    if !serving_config {
+        init_logging(cli.log_format.unwrap_or(LogFormat::Text));
+    }
     tls::install_default_provider();
     match cli.command {
         Command::HashPassword => hash_password(),
@@ -120,7 +119,7 @@ fn main() -> ExitCode {
             listen,
             admin_listen,
             ..
-        } => with_runtime(serve(cli.config, listen, admin_listen)),
+        } => with_runtime(serve(cli.config, listen, admin_listen, cli.log_format)),
     }
 }
 
@@ -158,8 +157,19 @@ async fn serve(
     config_path: PathBuf,
     listen: Vec<SocketAddr>,
     admin_listen: Option<SocketAddr>,
+    log_format: Option<LogFormat>,
 ) -> ExitCode {
-    let mut config = match load_config(&config_path) {
+    let config = load_config(&config_path);
+    let from_config = config
+        .as_ref()
+        .ok()
+        .and_then(|config| config.server.log_format)
+        .map(|format| match format {
+            config::LogFormat::Text => LogFormat::Text,
+            config::LogFormat::Json => LogFormat::Json,
+        });
+    init_logging(log_format.or(from_config).unwrap_or(LogFormat::Text));
+    let mut config = match config {
         Ok(config) => config,
         Err(code) => return code,
     };

@@ -60,6 +60,9 @@ struct Transaction {
     recipients: Vec<String>,
     /// From the parsed header block, for the log line.
     message_id: Option<String>,
+    /// Getting an authenticated upstream at MAIL FROM (token, connect, TLS, AUTH); near
+    /// zero when the session's previous connection was reused.
+    upstream_setup: Duration,
 }
 
 /// An authenticated upstream connection kept between transactions of one session.
@@ -590,6 +593,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             }
         };
 
+        let setup_started = Instant::now();
         let mut upstream = match self.upstream_for(&asset).await {
             Ok(upstream) => upstream,
             Err(reply) => {
@@ -626,6 +630,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                         sender: from,
                         recipients: Vec::new(),
                         message_id: None,
+                        upstream_setup: setup_started.elapsed(),
                     }));
                 } else {
                     self.park_upstream(&asset, upstream);
@@ -875,7 +880,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 recipients,
                 size,
                 message_id = %message_id,
-                took_ms = started.elapsed().as_millis() as u64,
+                upstream_setup_ms = transaction.upstream_setup.as_millis() as u64,
+                transfer_ms = started.elapsed().as_millis() as u64,
                 reply = %reply,
                 "{outcome}"
             );
