@@ -4,32 +4,9 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use base64::Engine;
 use common::*;
 use smtp_oauth_relay::sandbox::token_issuer::IssuerMode;
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
 
 // A current-thread runtime: every task of the relay and its fakes runs on this thread, so
 // the thread-local subscriber sees all their events.
@@ -91,7 +68,7 @@ async fn a_full_session_at_trace_level_logs_no_secret() {
     tracing::debug!(config = ?env.relay.config, "config dump");
     env.stop().await;
 
-    let log = String::from_utf8_lossy(&captured.0.lock().unwrap()).to_string();
+    let log = captured.text();
     // The capture works: the test would see a secret if one were logged.
     assert!(log.contains("message relayed"), "log capture is empty");
     assert!(
