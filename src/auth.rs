@@ -68,20 +68,32 @@ pub fn decode_login_text(decoded: Vec<u8>) -> Result<String, SaslError> {
 }
 
 /// The configured users, by name.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Users {
     by_name: HashMap<String, Arc<User>>,
+    verified: VerifiedCache,
 }
 
 impl Users {
     pub fn new(by_name: HashMap<String, Arc<User>>) -> Self {
-        Users { by_name }
+        Users {
+            by_name,
+            verified: VerifiedCache::new(),
+        }
     }
 
     /// The user when the password matches; None otherwise (unknown user or wrong password,
     /// indistinguishable from outside).
     pub async fn verify(&self, credentials: Credentials) -> Option<Arc<User>> {
         let user = self.by_name.get(&credentials.username).cloned();
+        let cache_key = user
+            .as_ref()
+            .and_then(|user| self.verified.key(user, &credentials.password));
+        if let (Some(user), Some(key)) = (&user, &cache_key) {
+            if self.verified.contains(key) {
+                return Some(user.clone());
+            }
+        }
         let hash = match &user {
             Some(user) => user.password_hash.clone(),
             None => dummy_hash().to_string(),
@@ -91,10 +103,73 @@ impl Users {
             .await
             .unwrap_or(false);
         if matches {
+            if let Some(key) = cache_key {
+                self.verified.insert(key);
+            }
             user
         } else {
             None
         }
+    }
+}
+
+/// Remembers successful logins so a client that opens many sessions pays for argon2 once.
+///
+/// Entries are HMAC-SHA256 values under a random key that exists only in this process's
+/// memory, over the user name, the password and the stored hash: the cache holds nothing
+/// that helps recover a password, and a changed password hash (a reload builds a new
+/// `Users` anyway) never matches an old entry. Only successes are cached, so failures
+/// always cost the full argon2 time.
+#[derive(Debug, Default)]
+struct VerifiedCache {
+    key: Option<ring::hmac::Key>,
+    entries: std::sync::Mutex<std::collections::HashSet<Vec<u8>>>,
+}
+
+/// Plenty for a site's users and their devices; when full the cache starts over.
+const MAX_CACHED_LOGINS: usize = 4096;
+
+impl VerifiedCache {
+    fn new() -> Self {
+        let rng = ring::rand::SystemRandom::new();
+        VerifiedCache {
+            // Without randomness there is no safe key: the cache is then simply off.
+            key: ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng).ok(),
+            entries: std::sync::Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    fn key(&self, user: &User, password: &Secret) -> Option<Vec<u8>> {
+        let key = self.key.as_ref()?;
+        let mut context = ring::hmac::Context::with_key(key);
+        for part in [
+            user.name.as_bytes(),
+            password.expose().as_bytes(),
+            user.password_hash.as_bytes(),
+        ] {
+            // Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
+            context.update(&(part.len() as u64).to_be_bytes());
+            context.update(part);
+        }
+        Some(context.sign().as_ref().to_vec())
+    }
+
+    fn contains(&self, key: &[u8]) -> bool {
+        self.lock().contains(key)
+    }
+
+    fn insert(&self, key: Vec<u8>) {
+        let mut entries = self.lock();
+        if entries.len() >= MAX_CACHED_LOGINS {
+            entries.clear();
+        }
+        entries.insert(key);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Vec<u8>>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -190,5 +265,11 @@ mod tests {
         assert!(users.verify(attempt("scanner", "right")).await.is_some());
         assert!(users.verify(attempt("scanner", "wrong")).await.is_none());
         assert!(users.verify(attempt("nobody", "right")).await.is_none());
+        // Cached after the first success, and still exact: a wrong password never hits.
+        assert_eq!(users.verified.lock().len(), 1);
+        assert!(users.verify(attempt("scanner", "right")).await.is_some());
+        assert!(users.verify(attempt("scanner", "wrong")).await.is_none());
+        assert!(users.verify(attempt("scanner", "righ")).await.is_none());
+        assert_eq!(users.verified.lock().len(), 1);
     }
 }

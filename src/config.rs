@@ -40,6 +40,7 @@ pub struct Config {
     pub tokens: TokenSettings,
     /// The admin HTTP listener (`/healthz`, `/readyz`, `/metrics`), off when None.
     pub admin_listen: Option<SocketAddr>,
+    pub pool: crate::pool::PoolSettings,
 }
 
 /// Where refresh tokens obtained by `authorize` live.
@@ -378,6 +379,7 @@ struct RawConfig {
     timeouts: Option<RawTimeouts>,
     tokens: Option<RawTokens>,
     admin: Option<RawAdmin>,
+    pool: Option<RawPool>,
     #[serde(default, rename = "user")]
     users: Vec<Spanned<RawUser>>,
     #[serde(default, rename = "asset")]
@@ -444,6 +446,20 @@ struct RawLimits {
     auth_lockout_secs: Option<u64>,
     auth_failure_delay_ms: Option<u64>,
 }
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    enabled: Option<bool>,
+    size: Option<usize>,
+    idle_secs: Option<u64>,
+}
+
+/// A few warm connections per mailbox carry a burst of one-message clients; Gmail
+/// allows many more concurrent sessions than that.
+const DEFAULT_POOL_SIZE: usize = 4;
+/// Gmail drops idle SMTP sessions after a few minutes; we let go well before.
+const DEFAULT_POOL_IDLE: u64 = 60;
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -888,6 +904,14 @@ fn validate(raw: RawConfig, check: &mut Checker) -> Option<Config> {
         senders,
         tokens,
         admin_listen,
+        pool: {
+            let raw = raw.pool.unwrap_or_default();
+            crate::pool::PoolSettings {
+                enabled: raw.enabled.unwrap_or(true),
+                size: raw.size.unwrap_or(DEFAULT_POOL_SIZE),
+                idle_timeout: Duration::from_secs(raw.idle_secs.unwrap_or(DEFAULT_POOL_IDLE)),
+            }
+        },
     })
 }
 

@@ -93,6 +93,11 @@ pub fn sandbox_config(
         senders,
         // Unused: the sandbox asset's refresh token is inline.
         admin_listen: None,
+        pool: crate::pool::PoolSettings {
+            enabled: true,
+            size: 4,
+            idle_timeout: std::time::Duration::from_secs(60),
+        },
         tokens: TokenSettings {
             path: PathBuf::from("sandbox-state/tokens.json"),
             key: None,

@@ -36,6 +36,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod metrics;
+pub mod pool;
 pub mod received;
 pub mod relay;
 pub mod replies;

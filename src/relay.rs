@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::auth::Users;
 use crate::config::{Config, User};
 use crate::metrics::Metrics;
+use crate::pool::UpstreamPool;
 use crate::throttle::AuthThrottle;
 use crate::token::{HttpClientInitError, TokenManager};
 use crate::upstream::UpstreamSettings;
@@ -17,6 +18,8 @@ pub struct Relay {
     pub tokens: TokenManager,
     pub upstream: UpstreamSettings,
     pub tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
+    /// Warm authenticated upstream connections, per asset.
+    pub pool: UpstreamPool,
     /// Shared across reloads, so a SIGHUP does not clear lockouts.
     pub auth_throttle: Arc<AuthThrottle>,
     /// Shared with the relay that came before a reload, so counters keep counting.
@@ -83,6 +86,7 @@ impl Relay {
             assets: config.server.trusted_assets.clone(),
         });
         Ok(Relay {
+            pool: UpstreamPool::new(config.pool),
             metrics,
             auth_throttle,
             trusted_user,

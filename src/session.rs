@@ -235,7 +235,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             // An open transaction is simply dropped: the upstream never saw the final
             // "." and discards what it had.
             if let Some(idle) = self.idle_upstream.take() {
-                idle.upstream.quit().await;
+                self.release(idle).await;
             }
             tracing::debug!(messages = self.transactions, "disconnected");
         }
@@ -691,10 +691,26 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                     return Ok(upstream);
                 }
             } else {
-                idle.upstream.quit().await;
+                self.release(idle).await;
             }
         }
+        while let Some(mut pooled) = self.relay.pool.take(&asset.name) {
+            // RSET both checks the connection and guarantees a clean transaction state;
+            // a connection that fails it is dropped and the next one tried.
+            if matches!(pooled.command("RSET").await, Ok(reply) if reply.is_positive()) {
+                tracing::debug!(asset = %asset.name, "reusing a pooled upstream connection");
+                return Ok(pooled);
+            }
+            tracing::debug!(asset = %asset.name, "pooled upstream connection is dead, dropping it");
+        }
         self.open_upstream(asset).await
+    }
+
+    /// Hands a connection this session no longer needs to the pool, or closes it.
+    async fn release(&self, idle: IdleUpstream) {
+        if let Some(unwanted) = self.relay.pool.put(&idle.asset, idle.upstream) {
+            unwanted.quit().await;
+        }
     }
 
     async fn open_upstream(&self, asset: &Asset) -> Result<Upstream, Reply> {
@@ -718,7 +734,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                     authenticating.elapsed(),
                 );
                 match authenticated {
-                    Ok(()) => Ok(upstream),
+                    Ok(()) => {
+                        upstream.set_token_expires_at(token.expires_at);
+                        Ok(upstream)
+                    }
                     Err(err) => Err((err, Some(token))),
                 }
                 .map_err(|(err, token)| AttemptError {

@@ -85,9 +85,19 @@ pub struct Upstream {
     target: String,
     command_timeout: Duration,
     final_reply_timeout: Duration,
+    /// When the access token this connection authenticated with expires.
+    token_expires_at: Option<tokio::time::Instant>,
 }
 
 impl Upstream {
+    pub fn token_expires_at(&self) -> Option<tokio::time::Instant> {
+        self.token_expires_at
+    }
+
+    pub fn set_token_expires_at(&mut self, at: tokio::time::Instant) {
+        self.token_expires_at = Some(at);
+    }
+
     /// Connects and secures the connection (TLS verified against the target's roots), and
     /// learns the capabilities offered under TLS. Does not authenticate.
     pub async fn connect(
@@ -119,6 +129,7 @@ impl Upstream {
             target: name,
             command_timeout: settings.command_timeout,
             final_reply_timeout: settings.final_reply_timeout,
+            token_expires_at: None,
         };
         if target.tls == UpstreamTls::Implicit {
             upstream.start_tls(target).await?;

@@ -53,6 +53,9 @@ pub struct Behaviour {
     pub close_during_data: bool,
     /// Read the terminator, then drop the connection without a reply.
     pub close_after_dot: bool,
+    /// Reply to the final dot, then close the connection (as a server ending idle or
+    /// long-lived sessions does), so a client that keeps it for later finds it dead.
+    pub close_after_reply: bool,
     /// Do not advertise (nor accept) STARTTLS, to test downgrade protection.
     pub no_starttls: bool,
     pub greeting_delay: Option<Duration>,
@@ -1071,7 +1074,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
             None => format!("250 2.0.0 OK  {} {}", unix_now().as_secs(), self.tag()),
         };
         self.reply(&text).await?;
-        Ok(true)
+        Ok(!behaviour.close_after_reply)
     }
 
     async fn save(&self, message: &Delivered) -> io::Result<()> {

@@ -52,6 +52,9 @@ pub struct Options {
     pub limits: String,
     /// Lines for the [timeouts] table.
     pub timeouts: String,
+    /// Lines for the [pool] table; empty means the pool is off, so tests see one
+    /// upstream connection per session unless they test the pool.
+    pub pool: String,
     /// Upstream in implicit-TLS mode.
     pub implicit_tls: bool,
     /// The upstream checks tokens against its own registry, so it refuses every token the
@@ -261,6 +264,9 @@ tls_key = "{key}"
 [timeouts]
 {timeout_defaults}{timeouts}
 
+[pool]
+{pool}
+
 [[user]]
 name = "{scanner}"
 password_hash = "{scanner_hash}"
@@ -309,6 +315,11 @@ token_url = "{token_url}"
             server_extra = options.server,
             limits = options.limits,
             timeouts = timeouts,
+            pool = if options.pool.is_empty() {
+                "enabled = false"
+            } else {
+                options.pool.as_str()
+            },
             scanner = SCANNER.0,
             app = APP.0,
             admin = ADMIN.0,
