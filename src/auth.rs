@@ -68,10 +68,21 @@ pub fn decode_login_text(decoded: Vec<u8>) -> Result<String, SaslError> {
 }
 
 /// The configured users, by name.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Users {
     by_name: HashMap<String, Arc<User>>,
     verified: VerifiedCache,
+    /// argon2 takes 19 MiB per check: a burst of logins must not take a gigabyte.
+    checks: tokio::sync::Semaphore,
+}
+
+/// Password checks running at once; more wait their turn (each takes tens of ms).
+const CONCURRENT_PASSWORD_CHECKS: usize = 2;
+
+impl Default for Users {
+    fn default() -> Self {
+        Users::new(HashMap::new())
+    }
 }
 
 impl Users {
@@ -79,6 +90,7 @@ impl Users {
         Users {
             by_name,
             verified: VerifiedCache::new(),
+            checks: tokio::sync::Semaphore::new(CONCURRENT_PASSWORD_CHECKS),
         }
     }
 
@@ -99,6 +111,8 @@ impl Users {
             None => dummy_hash().to_string(),
         };
         let password = credentials.password;
+        // The semaphore is never closed, so acquiring only waits.
+        let _permit = self.checks.acquire().await.ok();
         let matches = tokio::task::spawn_blocking(move || password_matches(&hash, &password))
             .await
             .unwrap_or(false);

@@ -594,8 +594,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         };
 
         let setup_started = Instant::now();
-        let mut upstream = match self.upstream_for(&asset).await {
-            Ok(upstream) => upstream,
+        let (mut upstream, reused) = match self.upstream_for(&asset).await {
+            Ok(found) => found,
             Err(reply) => {
                 self.relay.metrics.transaction(Outcome::TempFailed);
                 self.send(&reply);
@@ -619,7 +619,30 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             }
             line.push_str(" SMTPUTF8");
         }
-        match upstream.command(&line).await {
+        let mut mail_reply = None;
+        if reused {
+            // RSET checks the kept connection and guarantees a clean transaction state;
+            // with PIPELINING it travels in the same packet as MAIL FROM. Nothing is
+            // committed on this connection yet, so if it turns out dead a new one is
+            // opened and the client never notices.
+            mail_reply = mail_on_reused(&mut upstream, &line).await;
+            if mail_reply.is_none() {
+                tracing::debug!(asset = %asset.name, "kept upstream connection is dead, opening a new one");
+                upstream = match self.open_upstream(&asset).await {
+                    Ok(upstream) => upstream,
+                    Err(reply) => {
+                        self.relay.metrics.transaction(Outcome::TempFailed);
+                        self.send(&reply);
+                        return Flow::Continue;
+                    }
+                };
+            }
+        }
+        let mail_reply = match mail_reply {
+            Some(reply) => Ok(reply),
+            None => upstream.command(&line).await,
+        };
+        match mail_reply {
             Ok(reply) => {
                 let accepted = reply.is_positive();
                 self.send(&relayed(reply));
@@ -679,31 +702,20 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             .ok_or_else(|| owned_say(|s| Say::SenderNotServed { sender: s }, sender))
     }
 
-    /// An authenticated upstream for `asset`: the one kept from this session's previous
-    /// message when it is for the same asset, otherwise a new one.
-    async fn upstream_for(&mut self, asset: &Arc<Asset>) -> Result<Upstream, Reply> {
+    /// An authenticated upstream for `asset`, and whether it was kept from earlier (this
+    /// session's previous message, or the pool) and so must be checked before use.
+    async fn upstream_for(&mut self, asset: &Arc<Asset>) -> Result<(Upstream, bool), Reply> {
         if let Some(idle) = self.idle_upstream.take() {
             if idle.asset == asset.name {
-                let mut upstream = idle.upstream;
-                // A cheap probe: a connection the server closed meanwhile is replaced
-                // before the client's MAIL FROM is at stake.
-                if matches!(upstream.command("NOOP").await, Ok(reply) if reply.is_positive()) {
-                    return Ok(upstream);
-                }
-            } else {
-                self.release(idle).await;
+                return Ok((idle.upstream, true));
             }
+            self.release(idle).await;
         }
-        while let Some(mut pooled) = self.relay.pool.take(&asset.name) {
-            // RSET both checks the connection and guarantees a clean transaction state;
-            // a connection that fails it is dropped and the next one tried.
-            if matches!(pooled.command("RSET").await, Ok(reply) if reply.is_positive()) {
-                tracing::debug!(asset = %asset.name, "reusing a pooled upstream connection");
-                return Ok(pooled);
-            }
-            tracing::debug!(asset = %asset.name, "pooled upstream connection is dead, dropping it");
+        if let Some(pooled) = self.relay.pool.take(&asset.name) {
+            tracing::debug!(asset = %asset.name, "reusing a pooled upstream connection");
+            return Ok((pooled, true));
         }
-        self.open_upstream(asset).await
+        Ok((self.open_upstream(asset).await?, false))
     }
 
     /// Hands a connection this session no longer needs to the pool, or closes it.
@@ -1182,6 +1194,25 @@ impl HeaderGate {
         }
         GateState::Collecting
     }
+}
+
+/// RSET and MAIL FROM on a kept connection; None when the connection is not usable.
+async fn mail_on_reused(upstream: &mut Upstream, mail: &str) -> Option<Reply> {
+    if upstream.capabilities().pipelining {
+        let replies = upstream.pipeline(&["RSET", mail]).await.ok()?;
+        let mut replies = replies.into_iter();
+        let reset = replies.next()?;
+        return if reset.is_positive() {
+            replies.next()
+        } else {
+            None
+        };
+    }
+    let reset = upstream.command("RSET").await.ok()?;
+    if !reset.is_positive() {
+        return None;
+    }
+    upstream.command(mail).await.ok()
 }
 
 /// How copying a message ended.

@@ -227,6 +227,24 @@ impl Upstream {
         self.read_reply(self.command_timeout).await
     }
 
+    /// Several commands in one write (RFC 2920 PIPELINING; only when the server
+    /// advertised it), then their replies in order.
+    pub async fn pipeline(&mut self, lines: &[&str]) -> Result<Vec<Reply>, UpstreamError> {
+        let mut bytes = Vec::new();
+        for line in lines {
+            tracing::trace!(upstream = %self.target, "C: {line}");
+            bytes.extend_from_slice(line.as_bytes());
+            bytes.extend_from_slice(b"\r\n");
+        }
+        self.write_all(&bytes).await?;
+        self.flush().await?;
+        let mut replies = Vec::with_capacity(lines.len());
+        for _ in lines {
+            replies.push(self.read_reply(self.command_timeout).await?);
+        }
+        Ok(replies)
+    }
+
     /// Like [`command`](Self::command) for a line that carries a token: never traced.
     async fn send_secret_line(&mut self, line: &str) -> Result<Reply, UpstreamError> {
         tracing::trace!(upstream = %self.target, "C: <credentials redacted>");
