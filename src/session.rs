@@ -1164,8 +1164,9 @@ enum GateState {
     Open,
 }
 
-/// Holds back the header block so a header-From policy can act before anything of the
-/// message reaches the upstream.
+/// Holds back the header block until it is complete, so it is parsed once (Message-ID for
+/// the log) and a header-From policy can act before anything of the message reaches the
+/// upstream.
 struct HeaderGate {
     collected: Option<Vec<u8>>,
 }
