@@ -125,6 +125,8 @@ pub struct Limits {
     pub auth_lockout: Duration,
     /// Each failure in a row adds this much delay before the 535, up to five times it.
     pub auth_failure_delay: Duration,
+    /// Keys each failed-login table (addresses, address+user pairs, user names) may hold.
+    pub auth_throttle_entries: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -445,6 +447,7 @@ struct RawLimits {
     auth_max_failures: Option<u32>,
     auth_lockout_secs: Option<u64>,
     auth_failure_delay_ms: Option<u64>,
+    auth_throttle_entries: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -586,6 +589,7 @@ impl Default for Limits {
             auth_max_failures: DEFAULT_AUTH_MAX_FAILURES,
             auth_lockout: Duration::from_secs(DEFAULT_AUTH_LOCKOUT),
             auth_failure_delay: Duration::from_millis(DEFAULT_AUTH_FAILURE_DELAY_MS),
+            auth_throttle_entries: crate::throttle::DEFAULT_MAX_ENTRIES,
         }
     }
 }
@@ -1103,8 +1107,11 @@ fn validate_limits(raw: RawLimits, check: &mut Checker) -> Limits {
             .auth_failure_delay_ms
             .map(Duration::from_millis)
             .unwrap_or(defaults.auth_failure_delay),
+        auth_throttle_entries: raw
+            .auth_throttle_entries
+            .unwrap_or(defaults.auth_throttle_entries),
     };
-    let minimums: [(&str, u64, u64); 10] = [
+    let minimums: [(&str, u64, u64); 11] = [
         (
             "limits.max_connections_per_ip",
             limits.max_connections_per_ip as u64,
@@ -1128,6 +1135,11 @@ fn validate_limits(raw: RawLimits, check: &mut Checker) -> Limits {
         ("limits.max_auth_line", limits.max_auth_line as u64, 512),
         ("limits.max_errors", limits.max_errors as u64, 1),
         ("limits.max_transactions", limits.max_transactions as u64, 1),
+        (
+            "limits.auth_throttle_entries",
+            limits.auth_throttle_entries as u64,
+            1,
+        ),
     ];
     for (field, value, minimum) in minimums {
         if value < minimum {

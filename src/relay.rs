@@ -44,6 +44,7 @@ impl Relay {
             limits.auth_max_failures,
             limits.auth_lockout,
             limits.auth_failure_delay,
+            limits.auth_throttle_entries,
         ));
         Relay::build(config, metrics, auth_throttle)
     }

@@ -208,6 +208,38 @@ async fn failed_logins_slow_down_then_lock_out() {
     env.stop().await;
 }
 
+/// Failing as a user name from one address must not lock that user out elsewhere: the
+/// right password from an address with no failures of its own still logs in.
+#[tokio::test]
+async fn an_attacker_cannot_lock_a_user_out_from_another_address() {
+    let env = Env::with(Options {
+        limits: "auth_max_failures = 3\nauth_lockout_secs = 600\nauth_failure_delay_ms = 0".into(),
+        ..Options::default()
+    })
+    .await;
+    let attacker_ip: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let mut attacker = Client::connect_from(attacker_ip, env.relay_addr).await;
+    attacker.ehlo().await;
+    for _ in 0..3 {
+        attacker.auth_plain(SCANNER.0, "guess").await.expect_code(535);
+    }
+    // Locked out at the attacker's address, for any user and even the right password.
+    attacker.auth_plain(SCANNER.0, "guess").await.expect_code(454);
+    attacker.auth_plain(SCANNER.0, SCANNER.1).await.expect_code(454);
+    let mut again = Client::connect_from(attacker_ip, env.relay_addr).await;
+    again.ehlo().await;
+    again.auth_plain(APP.0, APP.1).await.expect_code(454);
+
+    // The real scanner, at 127.0.0.1 with no failures, logs in.
+    let mut legitimate = env.client().await;
+    legitimate.ehlo().await;
+    legitimate
+        .auth_plain(SCANNER.0, SCANNER.1)
+        .await
+        .expect_code(235);
+    env.stop().await;
+}
+
 #[tokio::test]
 async fn header_from_enforce_refuses_foreign_from_and_sends_nothing() {
     let env = Env::with(Options {

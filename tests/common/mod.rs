@@ -480,6 +480,21 @@ impl Client {
         client
     }
 
+    /// Connects from a chosen local address (any of 127/8 works on Linux), so a test can
+    /// play a second loopback client that the relay sees as another address.
+    pub async fn connect_from(local: std::net::IpAddr, addr: SocketAddr) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(local, 0)).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        let mut client = Client {
+            stream: MaybeTls::Plain(stream),
+            buf: Vec::new(),
+            greeting: Reply::new(0, None, ""),
+        };
+        client.greeting = client.read_reply().await;
+        client
+    }
+
     /// Connects with TLS from the first byte (the implicit-TLS listener).
     pub async fn connect_tls(addr: SocketAddr, pki: &TestPki) -> Client {
         let tcp = TcpStream::connect(addr).await.unwrap();
