@@ -41,6 +41,10 @@ pub struct Config {
     /// The admin HTTP listener (`/healthz`, `/readyz`, `/metrics`), off when None.
     pub admin_listen: Option<SocketAddr>,
     pub pool: crate::pool::PoolSettings,
+    /// Problems that do not stop the relay but should be fixed (a secret file others can
+    /// read). Logged when found; `serve` logs them again once logging is set up, `check`
+    /// prints them.
+    pub warnings: Vec<String>,
 }
 
 /// Where refresh tokens obtained by `authorize` live.
@@ -657,7 +661,70 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text, path)
+    let mut config = parse(&text, path)?;
+    // A config that keeps its secrets in files (or ${VARIABLES}) may be world-readable,
+    // as deploy/systemd installs it; one with a secret written into it may not.
+    if holds_inline_secret(&text) {
+        if let Some(mode) = exposed_mode(path) {
+            let warning = format!(
+                "config file {path} can be read by group or others (mode {mode:03o}) and has a \
+                 client_secret or refresh_token written into it; run `chmod 600 {path}`, or \
+                 move the secret to client_secret_file / refresh_token_file",
+                path = path.display()
+            );
+            tracing::warn!("{warning}");
+            config.warnings.push(warning);
+        }
+    }
+    Ok(config)
+}
+
+/// Whether the (unexpanded) config text sets `client_secret` or `refresh_token` to a
+/// value of its own rather than a `${VARIABLE}`.
+fn holds_inline_secret(text: &str) -> bool {
+    text.lines().any(|line| {
+        line.split_once('=').is_some_and(|(key, value)| {
+            matches!(key.trim(), "client_secret" | "refresh_token") && !value.contains("${")
+        })
+    })
+}
+
+/// The mode of a secret file when someone besides the relay may read it: the token
+/// store's rule (`mode & 0o077 != 0`, see [`crate::store::open_to_group_or_others`]),
+/// except that read access for a group the relay itself is in is fine. Kubernetes mounts
+/// Secrets as root:fsGroup 0440, the only way a non-root relay can read them.
+fn exposed_mode(path: &Path) -> Option<u32> {
+    let metadata = std::fs::metadata(path).ok()?;
+    let mode = crate::store::open_to_group_or_others(&metadata)?;
+    if mode & 0o037 == 0 && relay_is_in_group_of(&metadata) {
+        return None;
+    }
+    Some(mode)
+}
+
+/// Whether the file's group is one of this process's groups (Linux; elsewhere: no).
+#[cfg(unix)]
+fn relay_is_in_group_of(metadata: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let gid = metadata.gid();
+    // getegid()/getgroups() would need unsafe code, which this crate forbids; Linux
+    // lists the same in /proc.
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .filter_map(|line| {
+            line.strip_prefix("Gid:")
+                .or_else(|| line.strip_prefix("Groups:"))
+        })
+        .flat_map(str::split_whitespace)
+        .any(|group| group.parse::<u32>() == Ok(gid))
+}
+
+#[cfg(not(unix))]
+fn relay_is_in_group_of(_metadata: &std::fs::Metadata) -> bool {
+    false
 }
 
 /// Parses config text; `path` is only used to name the file in errors.
@@ -681,10 +748,15 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let mut check = Checker {
         lines,
         problems: Vec::new(),
+        warnings: Vec::new(),
     };
     let config = validate(raw, &mut check);
     if check.problems.is_empty() {
-        if let Some(config) = config {
+        if let Some(mut config) = config {
+            for warning in &check.warnings {
+                tracing::warn!("{warning}");
+            }
+            config.warnings = check.warnings;
             return Ok(config);
         }
     }
@@ -807,9 +879,22 @@ impl LineIndex {
 struct Checker {
     lines: LineIndex,
     problems: Vec<Problem>,
+    warnings: Vec<String>,
 }
 
 impl Checker {
+    /// Warns when the secret file named by `field` can be read by others. Only the path
+    /// and the mode are named, never the content.
+    fn secret_file(&mut self, path: &Path, field: &str) {
+        if let Some(mode) = exposed_mode(path) {
+            self.warnings.push(format!(
+                "{field}: {path} holds a secret and can be read by group or others (mode \
+                 {mode:03o}); run `chmod 600 {path}`",
+                path = path.display()
+            ));
+        }
+    }
+
     fn at<T>(
         &mut self,
         spanned: &Spanned<T>,
@@ -916,6 +1001,7 @@ fn validate(raw: RawConfig, check: &mut Checker) -> Option<Config> {
                 idle_timeout: Duration::from_secs(raw.idle_secs.unwrap_or(DEFAULT_POOL_IDLE)),
             }
         },
+        warnings: Vec::new(),
     })
 }
 
@@ -1317,6 +1403,7 @@ fn read_secret_file(path: &Spanned<PathBuf>, field: String, check: &mut Checker)
                 );
                 None
             } else {
+                check.secret_file(path.get_ref(), &field);
                 Some(Secret::new(value))
             }
         }
@@ -1368,6 +1455,7 @@ fn validate_asset(raw: &RawAsset, index: usize, check: &mut Checker) -> Option<A
                         );
                     }
                 }
+                check.secret_file(path.get_ref(), &field("client_json"));
                 Some(file)
             }
             Err(message) => {
@@ -1379,7 +1467,10 @@ fn validate_asset(raw: &RawAsset, index: usize, check: &mut Checker) -> Option<A
     };
     let service_account = match &raw.service_account_json {
         Some(path) => match crate::service_account::ServiceAccountKey::from_file(path.get_ref()) {
-            Ok(key) => Some(Arc::new(key)),
+            Ok(key) => {
+                check.secret_file(path.get_ref(), &field("service_account_json"));
+                Some(Arc::new(key))
+            }
             Err(err) => {
                 check.at(path, field("service_account_json"), err.to_string());
                 None

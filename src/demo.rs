@@ -98,6 +98,7 @@ pub fn sandbox_config(
             size: 4,
             idle_timeout: std::time::Duration::from_secs(60),
         },
+        warnings: Vec::new(),
         tokens: TokenSettings {
             path: PathBuf::from("sandbox-state/tokens.json"),
             key: None,

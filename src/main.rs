@@ -173,6 +173,10 @@ async fn serve(
         Ok(config) => config,
         Err(code) => return code,
     };
+    // Found before logging was set up; said again now so they are not lost.
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     if !listen.is_empty() {
         config.server.listen = listen;
     }
@@ -388,6 +392,9 @@ async fn check_command(config_path: PathBuf) -> ExitCode {
         Err(code) => return code,
     };
     println!("config {}: OK", config_path.display());
+    for warning in &config.warnings {
+        println!("warning: {warning}");
+    }
     let tokens = match TokenManager::new(&config) {
         Ok(tokens) => tokens,
         Err(err) => {

@@ -652,27 +652,31 @@ fn to_json(path: &Path, value: &impl Serialize) -> Result<Vec<u8>, StoreError> {
 // ---------------------------------------------------------------------------------------
 
 /// Refuses a file that group or others may access.
-#[cfg(unix)]
 fn check_private(file: &File, path: &Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = file
-        .metadata()
-        .map_err(io_error(path))?
-        .permissions()
-        .mode()
-        & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(StoreError::Permissions {
+    let metadata = file.metadata().map_err(io_error(path))?;
+    match open_to_group_or_others(&metadata) {
+        Some(mode) => Err(StoreError::Permissions {
             path: path.to_path_buf(),
             mode,
-        });
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
+/// The file's permission bits when group or others may access it (`mode & 0o077 != 0`),
+/// else None. The one place this rule lives: the store refuses such a file, the config
+/// warns about secret files like it.
+#[cfg(unix)]
+pub fn open_to_group_or_others(metadata: &fs::Metadata) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = metadata.permissions().mode() & 0o7777;
+    (mode & 0o077 != 0).then_some(mode)
+}
+
+/// Other systems have no such mode bits to check.
 #[cfg(not(unix))]
-fn check_private(_file: &File, _path: &Path) -> Result<(), StoreError> {
-    Ok(())
+pub fn open_to_group_or_others(_metadata: &fs::Metadata) -> Option<u32> {
+    None
 }
 
 /// Mode 0600 from the moment of creation, so there is no window in which the file is
