@@ -8,12 +8,16 @@
 //!
 //! - **Loopback** (the default): a one-shot HTTP listener on the redirect URI's host and
 //!   port (`http://127.0.0.1:<free port>/callback` unless the asset names one) serves the
-//!   browser's redirect, checks `state`, answers a small page and stops listening.
+//!   browser's redirect, checks `state`, answers a small page and stops listening. A
+//!   request with another `state` gets 400 and the listener keeps waiting (until the
+//!   timeout): a stray or forged request cannot end the user's authorization.
 //! - **Paste** (`no_browser`, for headless machines and for Web clients whose redirect URI
 //!   is not on this machine): the user opens the URL anywhere, and pastes the address the
 //!   browser was sent to (or just the code) back into the terminal.
 //!
-//! The code is then exchanged with the PKCE verifier. Nothing secret (client secret,
+//! The code is then exchanged with the PKCE verifier, and [`verify_account`] proves the
+//! grant belongs to the asset's account (`login_hint` asks the provider for that account
+//! in the first place) before the caller stores it over an earlier grant. Nothing secret (client secret,
 //! verifier, code, tokens) is ever written to the output or put in an error message.
 
 use std::borrow::Cow;
@@ -42,8 +46,9 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::config::{Asset, Provider};
+use crate::config::{Asset, Config, Provider};
 use crate::secret::Secret;
+use crate::upstream::{Upstream, UpstreamError, UpstreamSettings};
 
 /// How long the user has to approve in the browser (or paste) before we give up.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -158,6 +163,18 @@ pub enum AuthorizeError {
     Http(String),
     #[error("cannot write to the terminal: {0}")]
     Output(#[source] std::io::Error),
+    #[error(
+        "the consent was given by another account than {email}: {reason}; nothing was stored \
+         (an earlier grant stays in use). Run authorize again and sign in as {email} (a \
+         browser signed in to several accounts may pick another one)"
+    )]
+    WrongAccount { email: String, reason: String },
+    #[error(
+        "cannot verify that the consent was given by {email} ({reason}), so nothing was \
+         stored (an earlier grant stays in use); make sure the asset's upstream is reachable \
+         from here and run authorize again"
+    )]
+    Unverified { email: String, reason: String },
 }
 
 /// Runs the whole consent: builds the URL, gets the code (loopback listener, or paste),
@@ -273,7 +290,10 @@ pub fn consent_url(
     let mut request = client
         .authorize_url(CsrfToken::new_random)
         .add_scopes(asset.scopes.iter().cloned().map(Scope::new))
-        .set_pkce_challenge(challenge);
+        .set_pkce_challenge(challenge)
+        // Google and Microsoft pre-select this account (OpenID Connect Core §3.1.2.1), so
+        // a browser signed in to several accounts offers the right one.
+        .add_extra_param("login_hint", asset.email.clone());
     if asset.provider == Provider::Google {
         // Without these Google returns a refresh token only on the very first consent.
         request = request
@@ -632,6 +652,16 @@ where
 type HttpResponse = Response<Full<Bytes>>;
 type Outcome = Result<AuthorizationCode, AuthorizeError>;
 
+/// What one request to the listener meant for the flow.
+enum Event {
+    /// The callback of this run: the flow ends with it.
+    Done(Outcome),
+    /// A callback whose `state` is not this run's (an old tab, or a forged request from
+    /// anything that can reach the port). Refused with 400, and the flow keeps waiting:
+    /// otherwise anyone could end the user's authorization by sending one request.
+    WrongState,
+}
+
 /// Serves until one request on `path` arrives (other paths get 404), prints a countdown
 /// every [`COUNTDOWN_INTERVAL`], and stops listening when it returns.
 async fn wait_for_redirect<W: Write>(
@@ -642,7 +672,7 @@ async fn wait_for_redirect<W: Write>(
     options: &ConsentOptions,
     output: &mut W,
 ) -> Result<AuthorizationCode, AuthorizeError> {
-    let (tx, mut rx) = mpsc::channel::<Outcome>(1);
+    let (tx, mut rx) = mpsc::channel::<Event>(1);
     let expected = Arc::new(Callback {
         path,
         state: state.clone(),
@@ -665,16 +695,26 @@ async fn wait_for_redirect<W: Write>(
     let mut next_tick = Instant::now() + COUNTDOWN_INTERVAL;
     loop {
         tokio::select! {
-            outcome = rx.recv() => {
-                return match outcome {
-                    Some(outcome) => outcome,
-                    // Every accept loop ended: only possible if accepting keeps failing.
-                    None => Err(AuthorizeError::Listener {
+            event = rx.recv() => match event {
+                Some(Event::Done(outcome)) => return outcome,
+                Some(Event::WrongState) => {
+                    writeln!(
+                        output,
+                        "a request with a state that does not belong to this run was refused; \
+                         still waiting for the browser ({} left)...",
+                        minutes(deadline.saturating_duration_since(Instant::now()))
+                    )
+                    .and_then(|()| output.flush())
+                    .map_err(AuthorizeError::Output)?;
+                }
+                // Every accept loop ended: only possible if accepting keeps failing.
+                None => {
+                    return Err(AuthorizeError::Listener {
                         addr,
                         source: std::io::Error::other("the listener stopped unexpectedly"),
-                    }),
-                };
-            }
+                    })
+                }
+            },
             () = tokio::time::sleep_until(next_tick.min(deadline)) => {
                 let now = Instant::now();
                 if now >= deadline {
@@ -694,7 +734,7 @@ struct Callback {
     state: CsrfToken,
 }
 
-async fn accept_loop(listener: TcpListener, expected: Arc<Callback>, tx: mpsc::Sender<Outcome>) {
+async fn accept_loop(listener: TcpListener, expected: Arc<Callback>, tx: mpsc::Sender<Event>) {
     let mut connections = JoinSet::new();
     loop {
         match listener.accept().await {
@@ -715,9 +755,9 @@ async fn accept_loop(listener: TcpListener, expected: Arc<Callback>, tx: mpsc::S
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     expected: Arc<Callback>,
-    tx: mpsc::Sender<Outcome>,
+    tx: mpsc::Sender<Event>,
 ) {
-    let outcome: Arc<Mutex<Option<Outcome>>> = Arc::new(Mutex::new(None));
+    let outcome: Arc<Mutex<Option<Event>>> = Arc::new(Mutex::new(None));
     let answered = Arc::new(Notify::new());
     let service = {
         let outcome = Arc::clone(&outcome);
@@ -758,8 +798,8 @@ async fn serve_connection(
     }
 }
 
-/// The page for one request, and the flow's outcome if this was the callback.
-fn handle_request(req: &Request<Incoming>, expected: &Callback) -> (HttpResponse, Option<Outcome>) {
+/// The page for one request, and what it means for the flow if it was a callback.
+fn handle_request(req: &Request<Incoming>, expected: &Callback) -> (HttpResponse, Option<Event>) {
     if req.uri().path() != expected.path {
         return (
             page(StatusCode::NOT_FOUND, "Not found", "Nothing here."),
@@ -779,6 +819,18 @@ fn handle_request(req: &Request<Incoming>, expected: &Callback) -> (HttpResponse
     }
     let outcome = parse_query(req.uri().query().unwrap_or(""))
         .and_then(|params| check_callback(&params, &expected.state));
+    if matches!(outcome, Err(AuthorizeError::StateMismatch)) {
+        let mut response = page(
+            StatusCode::BAD_REQUEST,
+            "Not this authorization",
+            "This answer does not belong to the authorization the terminal is waiting for (its \
+             state differs): it was ignored. Open the URL the terminal printed to authorize.",
+        );
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return (response, Some(Event::WrongState));
+    }
     let mut response = match &outcome {
         Ok(_) => page(
             StatusCode::OK,
@@ -796,7 +848,7 @@ fn handle_request(req: &Request<Incoming>, expected: &Callback) -> (HttpResponse
     response
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    (response, Some(outcome))
+    (response, Some(Event::Done(outcome)))
 }
 
 fn page(status: StatusCode, title: &str, text: &str) -> HttpResponse {
@@ -885,6 +937,42 @@ async fn exchange(
         scopes,
         redirect_uri: redirect_uri.to_string(),
     })
+}
+
+/// Proves that the new grant belongs to the asset's account before it replaces anything:
+/// the provider's SMTP server must accept the new access token for the asset's address
+/// (the XOAUTH2 login `check` and the relay do). A token of another account is refused
+/// there, as Gmail refuses a user name that does not match the token.
+pub async fn verify_account(
+    config: &Config,
+    asset: &Asset,
+    consent: &Consent,
+) -> Result<(), AuthorizeError> {
+    let settings = UpstreamSettings {
+        ehlo_name: config.server.hostname.clone(),
+        connect_timeout: config.timeouts.upstream_connect,
+        command_timeout: config.timeouts.upstream_command,
+        final_reply_timeout: config.timeouts.upstream_final_reply,
+    };
+    let unverified = |err: UpstreamError| AuthorizeError::Unverified {
+        email: asset.email.clone(),
+        reason: err.to_string(),
+    };
+    let mut upstream = Upstream::connect(&asset.upstream, &settings)
+        .await
+        .map_err(unverified)?;
+    let login = upstream
+        .authenticate(&asset.email, &consent.access_token)
+        .await;
+    upstream.quit().await;
+    match login {
+        Ok(()) => Ok(()),
+        Err(err) if err.is_credential_rejection() => Err(AuthorizeError::WrongAccount {
+            email: asset.email.clone(),
+            reason: err.to_string(),
+        }),
+        Err(err) => Err(unverified(err)),
+    }
 }
 
 fn no_refresh_token_hint(provider: Provider) -> String {
@@ -1066,6 +1154,7 @@ upstream = "127.0.0.1:1"
         assert_eq!(q["code_challenge_method"], "S256");
         let expected = PkceCodeChallenge::from_code_verifier_sha256(&verifier);
         assert_eq!(q["code_challenge"], expected.as_str());
+        assert_eq!(q["login_hint"], "box@example.com");
         assert!(!q.contains_key("access_type"));
         assert!(!q.contains_key("prompt"));
         // Nothing secret in the URL.

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use smtp_oauth_relay::authorize::{obtain_consent, ConsentOptions};
+use smtp_oauth_relay::authorize::{self, obtain_consent, ConsentOptions};
 use smtp_oauth_relay::config::{self, Config, DEFAULT_CONFIG_PATH};
 use smtp_oauth_relay::config::{Asset, RefreshTokenSource};
 use smtp_oauth_relay::relay::Relay;
@@ -498,6 +498,11 @@ async fn authorize_command(
             return ExitCode::FAILURE;
         }
     };
+    // Only a grant proven to be the asset's account may replace the one in the store.
+    if let Err(err) = authorize::verify_account(&config, &asset, &consent).await {
+        eprintln!("error: {err}");
+        return ExitCode::FAILURE;
+    }
     let store = TokenStore::new(config.tokens.path.clone(), config.tokens.key.clone());
     let now = unix_now();
     let stored = StoredToken {

@@ -107,7 +107,10 @@ struct Table<K> {
 /// What [`Table::bump`] did.
 #[derive(Debug, Clone, Copy)]
 enum Bumped {
-    Counted { count: u32, lockout_started: bool },
+    Counted {
+        count: u32,
+        lockout_started: bool,
+    },
     /// The table is full of entries that must be kept.
     Untracked,
 }
@@ -310,7 +313,10 @@ impl AuthThrottle {
                 );
             }
         }
-        (self.delay_step * steps.min(MAX_DELAY_STEPS), lockout_started)
+        (
+            self.delay_step * steps.min(MAX_DELAY_STEPS),
+            lockout_started,
+        )
     }
 
     pub fn succeeded(&self, ip: IpAddr, user: &str) {
@@ -412,7 +418,11 @@ mod tests {
         // Each of them is refused for this name now, though none reached the limit itself...
         for host in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
             assert_eq!(throttle.check(ip(host), "u"), Verdict::LockedOut, "{host}");
-            assert_eq!(throttle.check(ip(host), "other"), Verdict::Allowed, "{host}");
+            assert_eq!(
+                throttle.check(ip(host), "other"),
+                Verdict::Allowed,
+                "{host}"
+            );
         }
         // ...a fourth host gets one try, then it too has failed recently.
         let fourth = ip("192.0.2.4");
@@ -432,7 +442,10 @@ mod tests {
         throttle.failed(host, "victim");
         // The attacker's own account logging in does not wipe the guesses at another name.
         throttle.succeeded(host, "mine");
-        assert_eq!(throttle.failed(host, "victim"), (Duration::from_millis(300), true));
+        assert_eq!(
+            throttle.failed(host, "victim"),
+            (Duration::from_millis(300), true)
+        );
         assert_eq!(throttle.check(host, "victim"), Verdict::LockedOut);
     }
 
@@ -457,8 +470,15 @@ mod tests {
         // Three addresses of one /64 (and the IPv4-mapped spelling of an IPv4 address).
         throttle.failed(ip("2001:db8:1:2::1"), "u");
         throttle.failed(ip("2001:db8:1:2:ffff::9"), "v");
-        assert!(throttle.failed(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "w").1);
-        assert_eq!(throttle.check(ip("2001:db8:1:2::77"), "x"), Verdict::LockedOut);
+        assert!(
+            throttle
+                .failed(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "w")
+                .1
+        );
+        assert_eq!(
+            throttle.check(ip("2001:db8:1:2::77"), "x"),
+            Verdict::LockedOut
+        );
         // The neighbouring /64 is another host.
         assert_eq!(throttle.check(ip("2001:db8:1:3::1"), "x"), Verdict::Allowed);
         assert_eq!(
@@ -483,12 +503,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn tables_are_capped_and_never_evict_a_lock() {
-        let throttle = AuthThrottle::new(
-            2,
-            Duration::from_secs(600),
-            Duration::from_millis(100),
-            10,
-        );
+        let throttle =
+            AuthThrottle::new(2, Duration::from_secs(600), Duration::from_millis(100), 10);
         // One locked address, then a flood of single failures from other addresses and names.
         let locked = ip("192.0.2.1");
         throttle.failed(locked, "u");

@@ -211,6 +211,8 @@ async fn loopback_flow_end_to_end() {
     assert_eq!(params["access_type"], "offline");
     assert_eq!(params["prompt"], "consent");
     assert_eq!(params["scope"], "https://mail.google.com/");
+    // The provider is asked for the asset's account.
+    assert_eq!(params["login_hint"], EMAIL);
     let redirect_uri = params["redirect_uri"].clone();
     assert!(
         redirect_uri.starts_with("http://127.0.0.1:") && redirect_uri.ends_with("/callback"),
@@ -310,8 +312,10 @@ async fn no_browser_paste_of_a_bare_code_warns_about_state() {
     assert!(text.contains("could not be verified"), "{text}");
 }
 
+/// A callback with another `state` (an old tab, or a forged request from anything that can
+/// reach the port) is refused with 400 and does not end the flow: the right one still can.
 #[tokio::test]
-async fn forged_state_is_refused_and_no_token_issued() {
+async fn a_wrong_state_gets_400_and_the_flow_waits_for_the_right_one() {
     let f = issuer().await;
     f.issuer.set_consent(ConsentMode::WrongState);
     let asset = asset(&f.issuer, "google", "");
@@ -319,18 +323,32 @@ async fn forged_state_is_refused_and_no_token_issued() {
 
     let url = output.consent_url(&f.issuer.auth_url()).await;
     let exchanges_before = f.issuer.refresh_count();
-    let (status, page) = follow(&consent_screen(&url).await).await;
-    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST);
-    assert!(page.contains("state"), "{page}");
-
-    let err = finish(task).await.unwrap_err();
-    assert!(matches!(err, AuthorizeError::StateMismatch), "{err:?}");
+    let forged = consent_screen(&url).await;
+    for _ in 0..2 {
+        let (status, page) = follow(&forged).await;
+        assert_eq!(status, reqwest::StatusCode::BAD_REQUEST);
+        assert!(page.contains("state"), "{page}");
+    }
     assert_eq!(
         f.issuer.refresh_count(),
         exchanges_before,
-        "the code must not be exchanged"
+        "the forged code must not be exchanged"
     );
+    assert!(!task.is_finished(), "a wrong state must not end the flow");
     assert_eq!(f.issuer.current_refresh_tokens(EMAIL), vec![OLD_REFRESH]);
+
+    // The user's own consent still completes the flow.
+    f.issuer.set_consent(ConsentMode::Approve);
+    let (status, page) = follow(&consent_screen(&url).await).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{page}");
+    let consent = finish(task).await.unwrap();
+    assert!(f
+        .issuer
+        .current_refresh_tokens(EMAIL)
+        .contains(&consent.refresh_token.expose().to_string()));
+    let text = output.text();
+    assert!(text.contains("still waiting"), "{text}");
+    assert_no_secret_in(&text, Some(&consent));
 }
 
 #[tokio::test]
@@ -432,6 +450,26 @@ async fn timeout_closes_the_listener() {
         "{err:?}"
     );
     assert!(browser().get(&redirect_uri).send().await.is_err());
+}
+
+#[tokio::test]
+async fn wrong_states_do_not_outlast_the_timeout() {
+    let f = issuer().await;
+    f.issuer.set_consent(ConsentMode::WrongState);
+    let asset = asset(&f.issuer, "google", "");
+    let options = ConsentOptions {
+        timeout: Duration::from_secs(2),
+        ..options(false)
+    };
+    let (task, output) = start(asset, options, BufReader::new(tokio::io::empty()));
+    let url = output.consent_url(&f.issuer.auth_url()).await;
+    let (status, _) = follow(&consent_screen(&url).await).await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST);
+    let err = finish(task).await.unwrap_err();
+    assert!(
+        matches!(err, AuthorizeError::Timeout { secs: 2 }),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]

@@ -229,6 +229,7 @@ async fn authorize_no_browser_paste_flow_stores_a_token_the_relay_uses() {
     assert_eq!(request["client_id"], "support-client");
     assert_eq!(request["code_challenge_method"], "S256");
     assert_eq!(request["access_type"], "offline");
+    assert_eq!(request["login_hint"], SUPPORT_EMAIL);
 
     // The running relay picks it up from the store.
     send_ok(&env, "after-authorize").await;
@@ -300,6 +301,52 @@ async fn authorize_access_denied_fails_and_leaves_the_store_alone() {
     assert_eq!(std::fs::read(env.path("tokens.json")).unwrap(), before);
     // The relay still works with the old token.
     send_ok(&env, "still-old-token").await;
+    env.stop().await;
+}
+
+/// A consent given by another account (a browser signed in to several) is refused before
+/// it reaches the store: the old grant stays, and the relay keeps sending with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorize_for_the_wrong_account_keeps_the_old_grant() {
+    let env = Env::with(store_env()).await;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    env.store()
+        .put(
+            "support",
+            StoredToken::new(
+                Secret::new(SUPPORT_REFRESH),
+                Some(SUPPORT_EMAIL.into()),
+                vec![GMAIL_SCOPE.into()],
+                now,
+            ),
+        )
+        .unwrap();
+    let before = std::fs::read(env.path("tokens.json")).unwrap();
+    env.issuer.set_consent_email("intruder@example.net");
+
+    let config = config_arg(&env);
+    let mut cli = Cli::spawn(
+        &["authorize", "support", "--no-browser", "--config", &config],
+        None,
+    );
+    let url = cli.line_starting_with(&env.issuer.auth_url()).await;
+    let location = consent_redirect(&url).await;
+    assert!(location.contains("code="), "{location}");
+    cli.write_stdin(&format!("{location}\n")).await;
+    let finished = cli.finish().await;
+    let all = finished.all();
+    assert!(!finished.status.success(), "{all}");
+    assert!(finished.stderr.contains("another account"), "{all}");
+    assert!(finished.stderr.contains(SUPPORT_EMAIL), "{all}");
+    assert!(!all.contains("ya29."), "{all}");
+    // The provider was asked for the right account in the first place.
+    let request = env.issuer.last_authorization_request().unwrap();
+    assert_eq!(request["login_hint"], SUPPORT_EMAIL);
+    assert_eq!(std::fs::read(env.path("tokens.json")).unwrap(), before);
+    send_ok(&env, "still-the-old-grant").await;
     env.stop().await;
 }
 

@@ -221,11 +221,20 @@ async fn an_attacker_cannot_lock_a_user_out_from_another_address() {
     let mut attacker = Client::connect_from(attacker_ip, env.relay_addr).await;
     attacker.ehlo().await;
     for _ in 0..3 {
-        attacker.auth_plain(SCANNER.0, "guess").await.expect_code(535);
+        attacker
+            .auth_plain(SCANNER.0, "guess")
+            .await
+            .expect_code(535);
     }
     // Locked out at the attacker's address, for any user and even the right password.
-    attacker.auth_plain(SCANNER.0, "guess").await.expect_code(454);
-    attacker.auth_plain(SCANNER.0, SCANNER.1).await.expect_code(454);
+    attacker
+        .auth_plain(SCANNER.0, "guess")
+        .await
+        .expect_code(454);
+    attacker
+        .auth_plain(SCANNER.0, SCANNER.1)
+        .await
+        .expect_code(454);
     let mut again = Client::connect_from(attacker_ip, env.relay_addr).await;
     again.ehlo().await;
     again.auth_plain(APP.0, APP.1).await.expect_code(454);

@@ -109,7 +109,10 @@ fn a_readable_client_secret_file_is_warned_about_by_name_only() {
     assert!(warned[0].contains("asset[0].client_secret_file"), "{log}");
     assert!(warned[0].contains("644"), "{log}");
     assert!(warned[0].contains("chmod 600"), "{log}");
-    assert!(!log.contains(CLIENT_SECRET) && !log.contains(REFRESH), "{log}");
+    assert!(
+        !log.contains(CLIENT_SECRET) && !log.contains(REFRESH),
+        "{log}"
+    );
     // The 0600 refresh token file is fine; the 0644 config holds no secret itself.
     assert!(!log.contains("refresh-token"), "{log}");
     assert!(!log.contains("relay.toml"), "{log}");
@@ -153,8 +156,11 @@ fn readable_refresh_token_and_json_files_are_warned_about() {
     );
     // Group-readable by a group the test itself is in is what Kubernetes' fsGroup does:
     // not a warning. Others reading it is.
-    let text = config_text(&format!("client_json = \"{}\"", client_json.display()), &secret)
-        .replace("client_id = \"client-1\"\n", "");
+    let text = config_text(
+        &format!("client_json = \"{}\"", client_json.display()),
+        &secret,
+    )
+    .replace("client_id = \"client-1\"\n", "");
     let config_path = write(dir.path(), "relay2.toml", &text, 0o600);
     let (config, _) = load_logged(&config_path);
     assert!(config.warnings.is_empty(), "{:?}", config.warnings);
