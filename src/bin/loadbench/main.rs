@@ -1,0 +1,108 @@
+//! Native load benchmark of the relay (issue 6).
+//!
+//! In this one process: the fake token issuer and a fake Gmail (real STARTTLS, real XOAUTH2
+//! check) from the library's sandbox, on their own tokio runtime ("bench-upstream" threads),
+//! and a native SMTP load client on another ("bench-client" threads). The relay runs as a
+//! separate child process, the release `smtp-oauth-relay` binary next to this one, with a
+//! generated config, so its CPU time (`/proc/PID/stat`) and memory (`/proc/PID/status`) are
+//! measured on their own. Every scenario runs twice: through the relay (plain SMTP + AUTH PLAIN
+//! on loopback), and directly against the fake Gmail with the client doing STARTTLS and
+//! AUTH XOAUTH2 itself (the reference). Each run gets a fresh fake Gmail (it keeps delivered
+//! messages in memory) and a fresh relay process (so VmHWM is that run's peak).
+//!
+//! ```sh
+//! cargo build --release --bins && cargo run --release --bin loadbench -- [--quick]
+//! ```
+//!
+//! `main` runs the list: `scenarios` (what is measured), `setup` (issuer, PKI, relay config),
+//! `runs` (one measured run, the memory tests), `relay_process`, `procfs` (CPU and memory),
+//! `client` (the SMTP load client), `results` and `report` (the Markdown tables).
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark tool: setup failures abort with a clear message
+
+mod client;
+mod procfs;
+mod relay_process;
+mod report;
+mod results;
+mod runs;
+mod scenarios;
+mod setup;
+
+use std::time::Duration;
+
+use procfs::ensure_fd_limit;
+use report::{print_header, print_results};
+use scenarios::{full_scenarios, quick_scenarios, Target};
+use setup::Bench;
+
+const EMAIL: &str = "bench@example.com";
+const RCPT: &str = "someone@example.org";
+const USER: &str = "bench";
+const PASSWORD: &str = "bench-password-1";
+const CLIENT_ID: &str = "bench-client.apps.googleusercontent.com";
+const CLIENT_SECRET: &str = "GOCSPX-bench-secret";
+const REFRESH_TOKEN: &str = "1//0bench-refresh-token";
+/// Messages per client connection before QUIT and a new connection, for relay and direct
+/// alike: the relay's default `max_transactions`.
+const REUSE_LIMIT: usize = 100;
+/// Longest wait for any one reply; a stuck run fails instead of hanging.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
+const KIB: usize = 1024;
+const MIB: usize = 1024 * 1024;
+/// Thread name prefixes, to split this process's CPU time between the roles.
+const CLIENT_THREADS: &str = "bench-client";
+const UPSTREAM_THREADS: &str = "bench-upstream";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    if let Some(bad) = args.iter().find(|a| *a != "--quick") {
+        eprintln!("usage: loadbench [--quick]   (unknown argument {bad:?})");
+        std::process::exit(2);
+    }
+    let command = format!(
+        "cargo build --release --bins && cargo run --release --bin loadbench{}",
+        if quick { " -- --quick" } else { "" }
+    );
+    println!("# smtp-oauth-relay load benchmark\n");
+    println!("command: `{command}`");
+
+    smtp_oauth_relay::tls::install_default_provider();
+    let fd_note = ensure_fd_limit(4096);
+    let upstream_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(UPSTREAM_THREADS)
+        .enable_all()
+        .build()
+        .expect("cannot build the upstream runtime");
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(CLIENT_THREADS)
+        .enable_all()
+        .build()
+        .expect("cannot build the client runtime");
+
+    let bench = client_rt.block_on(Bench::setup(upstream_rt.handle().clone()));
+    print_header(&bench, quick, &fd_note);
+
+    let scenarios = if quick {
+        quick_scenarios()
+    } else {
+        full_scenarios()
+    };
+    let mut rows = Vec::new();
+    for scenario in &scenarios {
+        eprintln!("running {} ...", scenario.name);
+        let relay = client_rt.block_on(bench.run(scenario, Target::Relay));
+        let direct = client_rt.block_on(bench.run(scenario, Target::Direct));
+        rows.push((scenario, relay, direct));
+    }
+    eprintln!("running memory: one 50 MB message ...");
+    let big = client_rt.block_on(bench.big_message(50_000_000));
+    let idle_sessions = 1000;
+    eprintln!("running memory: {idle_sessions} idle sessions ...");
+    let idle = client_rt.block_on(bench.idle_sessions(idle_sessions));
+
+    print_results(&rows, &big, &idle);
+    client_rt.block_on(async { bench.shutdown.cancel() });
+}
