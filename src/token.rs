@@ -839,8 +839,7 @@ fn classify_refusal(
         .as_deref()
         .map(provider_text)
         .unwrap_or_else(|| "no description".to_string());
-    let temporary =
-        status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
+    let temporary = status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
     let code = refusal.error.as_str();
     match kind {
         _ if temporary => {}
@@ -893,7 +892,12 @@ fn provider_text(text: &str) -> String {
 /// Whether a reloaded asset may keep the token state of the asset of the same name: the
 /// same account, client, token endpoint, scopes and refresh-token source (the same store,
 /// for a store asset; the same key, for a service account).
-fn same_credentials(old: &Asset, old_store: &TokenStore, new: &Asset, new_store: &TokenStore) -> bool {
+fn same_credentials(
+    old: &Asset,
+    old_store: &TokenStore,
+    new: &Asset,
+    new_store: &TokenStore,
+) -> bool {
     let same_key = match (&old.service_account, &new.service_account) {
         (None, None) => true,
         (Some(old), Some(new)) => old.same_key(new),
@@ -1020,15 +1024,39 @@ mod tests {
     fn provider_durations_are_clamped() {
         let lifetime = |json: &str| token_response(json.as_bytes()).map(|r| r.lifetime);
         let day = Some(MAX_TOKEN_LIFETIME);
-        assert_eq!(lifetime(r#"{"access_token":"t","expires_in":18446744073709551615}"#), day);
+        assert_eq!(
+            lifetime(r#"{"access_token":"t","expires_in":18446744073709551615}"#),
+            day
+        );
         assert_eq!(lifetime(r#"{"access_token":"t","expires_in":1e19}"#), day);
-        assert_eq!(lifetime(r#"{"access_token":"t","expires_in":"99999999999999999999999"}"#), day);
-        assert_eq!(lifetime(r#"{"access_token":"t","expires_in":"NaN"}"#), Some(DEFAULT_TOKEN_LIFETIME));
-        assert_eq!(lifetime(r#"{"access_token":"t","expires_in":-5}"#), Some(Duration::ZERO));
-        assert_eq!(lifetime(r#"{"access_token":"t","expires_in":"3599"}"#), Some(Duration::from_secs(3599)));
-        assert_eq!(lifetime(r#"{"access_token":"t","expires_in":3599.5}"#), Some(Duration::from_secs_f64(3599.5)));
-        assert_eq!(lifetime(r#"{"access_token":"t"}"#), Some(DEFAULT_TOKEN_LIFETIME));
-        assert_eq!(lifetime(r#"{"access_token":"t","expires_in":null}"#), Some(DEFAULT_TOKEN_LIFETIME));
+        assert_eq!(
+            lifetime(r#"{"access_token":"t","expires_in":"99999999999999999999999"}"#),
+            day
+        );
+        assert_eq!(
+            lifetime(r#"{"access_token":"t","expires_in":"NaN"}"#),
+            Some(DEFAULT_TOKEN_LIFETIME)
+        );
+        assert_eq!(
+            lifetime(r#"{"access_token":"t","expires_in":-5}"#),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            lifetime(r#"{"access_token":"t","expires_in":"3599"}"#),
+            Some(Duration::from_secs(3599))
+        );
+        assert_eq!(
+            lifetime(r#"{"access_token":"t","expires_in":3599.5}"#),
+            Some(Duration::from_secs_f64(3599.5))
+        );
+        assert_eq!(
+            lifetime(r#"{"access_token":"t"}"#),
+            Some(DEFAULT_TOKEN_LIFETIME)
+        );
+        assert_eq!(
+            lifetime(r#"{"access_token":"t","expires_in":null}"#),
+            Some(DEFAULT_TOKEN_LIFETIME)
+        );
         assert_eq!(lifetime(r#"{"access_token":""}"#), None);
 
         let after = |value: &str| {

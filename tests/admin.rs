@@ -152,7 +152,10 @@ async fn readyz_answers_while_a_refresh_is_in_flight() {
     let sending = tokio::spawn(async move {
         let mut client = Client::connect(relay_addr).await;
         client.ehlo().await;
-        client.auth_plain(SCANNER.0, SCANNER.1).await.expect_code(235);
+        client
+            .auth_plain(SCANNER.0, SCANNER.1)
+            .await
+            .expect_code(235);
         let reply = client.cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}>")).await;
         client.quit().await;
         reply

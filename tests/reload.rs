@@ -65,6 +65,18 @@ async fn sighup_reloads_users_and_refuses_a_bad_config() {
     }
     assert!(up, "relay did not start");
     assert_eq!(login_reply(addr, SCANNER.0, SCANNER.1).await, 235);
+    let mut client = Client::connect(addr).await;
+    client.ehlo().await;
+    client
+        .auth_plain(SCANNER.0, SCANNER.1)
+        .await
+        .expect_code(235);
+    client
+        .send_mail(SUPPORT_EMAIL, &["x@example.net"], &message("before-reload"))
+        .await
+        .expect_code(250);
+    client.quit().await;
+    assert_eq!(env.issuer.refresh_count(), 1);
 
     // Give the scanner the app's password hash: after the reload only that one works.
     let app_hash = common_hash_of(&env.config_text, APP.0);
@@ -96,6 +108,13 @@ async fn sighup_reloads_users_and_refuses_a_bad_config() {
         .await
         .expect_code(250);
     client.quit().await;
+    // The support asset's credentials did not change: its access token survived both
+    // reloads.
+    assert_eq!(
+        env.issuer.refresh_count(),
+        1,
+        "a reload threw the token state away"
+    );
 
     signal(&relay.0, "TERM");
     let mut exited = None;
@@ -144,7 +163,10 @@ async fn reload_keeps_token_state_of_unchanged_assets() {
     let same = config::parse(&env.config_text, &env.path("relay.toml")).unwrap();
     let reloaded = RelayState::reloaded(same, &env.relay).unwrap();
     let again = reloaded.tokens.access_token("support").await.unwrap();
-    assert!(!again.fresh, "the cached token was thrown away by the reload");
+    assert!(
+        !again.fresh,
+        "the cached token was thrown away by the reload"
+    );
     assert_eq!(again.token, first.token);
     reloaded.tokens.access_token("sales").await.unwrap();
     assert_eq!(env.issuer.refresh_count(), 2, "a reload caused a refresh");
@@ -153,7 +175,14 @@ async fn reload_keeps_token_state_of_unchanged_assets() {
     env.relay.tokens.invalidate("support", &first.token).await;
     assert!(reloaded.tokens.access_token("support").await.unwrap().fresh);
     assert_eq!(env.issuer.refresh_count(), 3);
-    assert!(!env.relay.tokens.access_token("support").await.unwrap().fresh);
+    assert!(
+        !env.relay
+            .tokens
+            .access_token("support")
+            .await
+            .unwrap()
+            .fresh
+    );
     assert_eq!(env.issuer.refresh_count(), 3);
 
     // The sales asset gets another refresh token: its state starts afresh; support's not.

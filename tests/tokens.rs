@@ -1003,7 +1003,10 @@ async fn http_token_uri_from_a_file_must_be_loopback() {
     ))
     .unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("plain http is only allowed on loopback"), "{text}");
+    assert!(
+        text.contains("plain http is only allowed on loopback"),
+        "{text}"
+    );
     assert!(text.contains("client_json"), "{text}");
 
     let mut key: serde_json::Value =
@@ -1025,7 +1028,10 @@ upstream_ca = "@CA@"
     );
     let err = parse(asset).unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("plain http is only allowed on loopback"), "{text}");
+    assert!(
+        text.contains("plain http is only allowed on loopback"),
+        "{text}"
+    );
     assert!(text.contains("service_account_json"), "{text}");
 
     // A loopback http token_uri in a key file stays fine (the sandbox, tests).
