@@ -7,7 +7,7 @@
 //! session can tell the client "temporary, try later" and the operator what to fix; no
 //! failure ever discards a refresh token.
 //!
-//! What the token endpoint says is classified by [`classify_refusal`]: only `invalid_grant`
+//! What the token endpoint says is classified by `classify_refusal`: only `invalid_grant`
 //! means "re-authorize", only the client/config error codes of RFC 6749 §5.2 mean "fix the
 //! client"; any 5xx or 429, and every other error code, is a provider hiccup that clients
 //! retry. Every duration a provider supplies (`expires_in`, `Retry-After`) is clamped
