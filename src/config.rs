@@ -1551,23 +1551,41 @@ fn validate_asset(raw: &RawAsset, index: usize, check: &mut Checker) -> Option<A
         (None, None) => Some(RefreshTokenSource::Store),
     };
 
-    let file_token_url = client_file.as_ref().map(|f| f.token_uri.clone());
-    let file_auth_url = client_file.as_ref().map(|f| f.auth_uri.clone());
+    // A URL the asset does not set comes from a file it names (checked like one written in
+    // the config: a key file from elsewhere must not send credentials over plain http) or
+    // from the provider preset.
+    let from_client_json = |url: &str| {
+        raw.client_json
+            .as_ref()
+            .map(|path| UrlSource::File(path, "client_json", url.to_string()))
+    };
+    let from_key_file = |url: &str| {
+        raw.service_account_json
+            .as_ref()
+            .map(|path| UrlSource::File(path, "service_account_json", url.to_string()))
+    };
+    let from_preset = |url: &str| Some(UrlSource::Preset(url.to_string()));
     let token_url = pick_url(
         &raw.token_url,
-        file_token_url
-            .as_deref()
-            .or(service_account.as_ref().map(|key| key.token_uri.as_str()))
-            .or(preset.as_ref().map(|p| p.token_url.as_str())),
+        client_file
+            .as_ref()
+            .and_then(|f| from_client_json(&f.token_uri))
+            .or_else(|| {
+                service_account
+                    .as_ref()
+                    .and_then(|key| from_key_file(&key.token_uri))
+            })
+            .or_else(|| preset.as_ref().and_then(|p| from_preset(&p.token_url))),
         &field("token_url"),
         &raw.name,
         check,
     );
     let auth_url = pick_url(
         &raw.auth_url,
-        file_auth_url
-            .as_deref()
-            .or(preset.as_ref().map(|p| p.auth_url.as_str())),
+        client_file
+            .as_ref()
+            .and_then(|f| from_client_json(&f.auth_uri))
+            .or_else(|| preset.as_ref().and_then(|p| from_preset(&p.auth_url))),
         &field("auth_url"),
         &raw.name,
         check,
@@ -1656,19 +1674,48 @@ fn validate_asset(raw: &RawAsset, index: usize, check: &mut Checker) -> Option<A
     })
 }
 
-/// An OAuth endpoint: https, or plain http only on a loopback address (tests, the sandbox).
+/// Where an OAuth endpoint URL the asset does not set itself comes from.
+enum UrlSource<'a> {
+    /// A file the asset names (`client_json`, `service_account_json`): the field and the URL.
+    File(&'a Spanned<PathBuf>, &'static str, String),
+    /// The provider's preset.
+    Preset(String),
+}
+
+/// An OAuth endpoint: https, or plain http only on a loopback address (tests, the sandbox),
+/// whatever its source.
 fn pick_url(
     value: &Option<Spanned<String>>,
-    preset: Option<&str>,
+    fallback: Option<UrlSource<'_>>,
     field: &str,
     asset_name: &Spanned<String>,
     check: &mut Checker,
 ) -> Option<String> {
     let Some(value) = value else {
-        if preset.is_none() {
-            check.at(asset_name, field, "provider \"custom\" needs this URL");
-        }
-        return preset.map(str::to_string);
+        return match fallback {
+            None => {
+                check.at(asset_name, field, "provider \"custom\" needs this URL");
+                None
+            }
+            Some(UrlSource::File(path, file_field, url)) => match check_endpoint_url(&url) {
+                Ok(()) => Some(url),
+                Err(message) => {
+                    check.at(
+                        path,
+                        format!("{field} (from {file_field})"),
+                        format!("{} ({file_field}): {message}", path.get_ref().display()),
+                    );
+                    None
+                }
+            },
+            Some(UrlSource::Preset(url)) => match check_endpoint_url(&url) {
+                Ok(()) => Some(url),
+                Err(message) => {
+                    check.at(asset_name, field, message);
+                    None
+                }
+            },
+        };
     };
     match check_endpoint_url(value.get_ref()) {
         Ok(()) => Some(value.get_ref().clone()),

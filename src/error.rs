@@ -29,6 +29,14 @@ impl RelayError {
     /// The reply for the client whose transaction needed `asset`.
     pub fn client_reply<'a>(&self, asset: &'a str, mode: CredentialFailure) -> Say<'a> {
         if self.needs_operator() {
+            // A store or file the relay cannot use says nothing about the mail: it stays
+            // queued whatever `credential_failure` says.
+            let mode = match self {
+                RelayError::Token(err) if !err.is_credential_refusal() => {
+                    CredentialFailure::Temporary
+                }
+                _ => mode,
+            };
             return Say::CredentialsNeedReauthorization { asset, mode };
         }
         match self {

@@ -46,15 +46,19 @@ impl Relay {
             limits.auth_failure_delay,
             limits.auth_throttle_entries,
         ));
-        Relay::build(config, metrics, auth_throttle)
+        let tokens = TokenManager::new(&config)?;
+        Relay::build(config, metrics, auth_throttle, tokens)
     }
 
-    /// The relay for a reloaded config: counters and login lockouts carry over.
+    /// The relay for a reloaded config: counters, login lockouts and the token state of
+    /// assets whose credentials did not change carry over.
     pub fn reloaded(config: Config, previous: &Relay) -> Result<Relay, HttpClientInitError> {
+        let tokens = TokenManager::reloaded(&config, &previous.tokens)?;
         Relay::build(
             config,
             previous.metrics.clone(),
             previous.auth_throttle.clone(),
+            tokens,
         )
     }
 
@@ -62,8 +66,9 @@ impl Relay {
         config: Config,
         metrics: Arc<Metrics>,
         auth_throttle: Arc<AuthThrottle>,
+        tokens: TokenManager,
     ) -> Result<Relay, HttpClientInitError> {
-        let tokens = TokenManager::new(&config)?.with_metrics(metrics.clone());
+        let tokens = tokens.with_metrics(metrics.clone());
         let upstream = UpstreamSettings {
             ehlo_name: config.server.hostname.clone(),
             connect_timeout: config.timeouts.upstream_connect,

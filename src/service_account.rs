@@ -90,6 +90,16 @@ struct Claims<'a> {
 }
 
 impl ServiceAccountKey {
+    /// Whether `other` is the same key of the same service account (as after a config
+    /// reload that re-read an unchanged key file): compares the public half, so no secret
+    /// material is compared or kept around for it.
+    pub fn same_key(&self, other: &ServiceAccountKey) -> bool {
+        self.client_email == other.client_email
+            && self.token_uri == other.token_uri
+            && self.private_key_id == other.private_key_id
+            && self.key_pair.public().as_ref() == other.key_pair.public().as_ref()
+    }
+
     /// The JSON file Google Cloud Console gives for a service-account key.
     pub fn from_file(path: &Path) -> Result<Self, ServiceAccountError> {
         // Read as a Secret right away: the text holds the private key.

@@ -334,6 +334,17 @@ impl TokenStore {
         &self.path
     }
 
+    /// Whether `other` reads and writes the same store the same way (path and key): a
+    /// reload that keeps both keeps the assets' token state.
+    pub fn same_place(&self, other: &TokenStore) -> bool {
+        let same_key = match (&self.key, &other.key) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.0 == b.0,
+            _ => false,
+        };
+        self.path == other.path && same_key
+    }
+
     /// All entries. A missing file is an empty store; an unreadable, corrupt or undecryptable
     /// file is an error — never silently treated as empty (that would lose every token at the
     /// next write).

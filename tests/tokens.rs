@@ -743,3 +743,312 @@ async fn rotation_does_not_overwrite_a_grant_stored_meanwhile() {
     );
     env.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Issue 9: what a token endpoint's errors mean, provider-supplied durations, the rotation
+// that could not be saved, URLs from files
+// ---------------------------------------------------------------------------------------
+
+/// A provider hiccup (5xx, 429, an OAuth error code that is not about the credentials) is
+/// temporary: 454 even with `credential_failure = "permanent"`, the asset stays ready, and
+/// it is logged as a warning, never as "needs the operator".
+#[tokio::test]
+async fn transient_token_endpoint_errors_are_temporary_even_when_failures_are_permanent() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(captured.clone())
+        .finish();
+    let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry());
+    let _guard = tracing::subscriber::set_default(subscriber);
+    tracing::callsite::rebuild_interest_cache();
+
+    let env = Env::with(Options {
+        server: "credential_failure = \"permanent\"".into(),
+        ..Options::default()
+    })
+    .await;
+    for (status, error) in [
+        (503, "temporarily_unavailable"),
+        (429, "rate_limit_exceeded"),
+        (500, "invalid_client"),
+        (503, "invalid_grant"),
+        (400, "some_future_error_code"),
+    ] {
+        env.issuer
+            .set_mode(IssuerMode::OAuthError { status, error });
+        let reply = mail_from(&env, SCANNER, SUPPORT_EMAIL).await;
+        assert_eq!(reply.code, 454, "HTTP {status} {error}: {reply}");
+        assert!(reply.to_string().contains("4.7.0"), "{reply}");
+        assert!(reply.text().contains("try again later"), "{reply}");
+        let error_seen = env
+            .relay
+            .tokens
+            .status("support")
+            .await
+            .unwrap()
+            .last_error
+            .expect("the failure is remembered");
+        assert!(
+            matches!(error_seen, TokenError::Unavailable { .. }),
+            "HTTP {status} {error}: {error_seen:?}"
+        );
+        assert!(!error_seen.needs_operator(), "{error_seen:?}");
+    }
+    let metrics = env.relay.metrics.render();
+    assert!(
+        metrics.contains("smtp_oauth_relay_asset_ready{asset=\"support\"} 1"),
+        "{metrics}"
+    );
+
+    // The credential errors keep their meaning.
+    env.issuer.set_mode(IssuerMode::OAuthError {
+        status: 401,
+        error: "invalid_client",
+    });
+    let reply = mail_from(&env, SCANNER, SUPPORT_EMAIL).await;
+    assert_eq!(reply.code, 535, "{reply}");
+    assert!(matches!(
+        env.relay.tokens.status("support").await.unwrap().last_error,
+        Some(TokenError::ClientRejected { .. })
+    ));
+    env.issuer.set_mode(IssuerMode::Normal);
+    send_ok(&env, SCANNER, SUPPORT_EMAIL, "recovered").await;
+    env.stop().await;
+
+    let log = captured.text();
+    let temporary: Vec<&str> = log
+        .lines()
+        .filter(|line| !line.contains("sandbox"))
+        .filter(|line| {
+            line.contains("temporarily_unavailable") || line.contains("some_future_error_code")
+        })
+        .collect();
+    assert!(!temporary.is_empty(), "no log line for the hiccups:\n{log}");
+    assert!(
+        temporary
+            .iter()
+            .all(|line| line.contains("WARN") && !line.contains("re-authorization")),
+        "a provider hiccup is a warning, not an operator problem:\n{log}"
+    );
+}
+
+/// `credential_failure = "permanent"` is for credentials the provider refused, never for
+/// a token store or file the relay cannot use: that mail must stay in the client's queue.
+#[tokio::test]
+async fn store_errors_never_bounce_even_when_failures_are_permanent() {
+    let right = StoreKey::generate().unwrap();
+    let wrong = StoreKey::generate().unwrap();
+    let env = Env::with(Options {
+        server: "credential_failure = \"permanent\"".into(),
+        ..encrypted_options(&wrong)
+    })
+    .await;
+    TokenStore::new(
+        env.path("tokens.json"),
+        Some(StoreKey::parse(&right).unwrap()),
+    )
+    .put("support", grant(SUPPORT_REFRESH, SUPPORT_EMAIL))
+    .unwrap();
+    let reply = mail_from(&env, SCANNER, SUPPORT_EMAIL).await;
+    assert_names_asset(&reply, "support");
+    assert!(matches!(
+        env.relay.tokens.status("support").await.unwrap().last_error,
+        Some(TokenError::Store { .. })
+    ));
+    env.stop().await;
+}
+
+/// `Instant + Duration::from_secs(u64::MAX)` overflows: a provider's expires_in must never
+/// panic the session (nor every later session of the asset).
+#[tokio::test]
+async fn huge_expires_in_is_clamped_instead_of_panicking() {
+    let env = Env::start().await;
+    env.issuer.set_expires_in(u64::MAX);
+    send_ok(&env, SCANNER, SUPPORT_EMAIL, "huge-expires-in-1").await;
+    send_ok(&env, SCANNER, SUPPORT_EMAIL, "huge-expires-in-2").await;
+    assert_eq!(env.issuer.refresh_count(), 1, "the clamped token is cached");
+    let valid_for = env
+        .relay
+        .tokens
+        .status("support")
+        .await
+        .unwrap()
+        .access_token_valid_for
+        .unwrap();
+    assert!(valid_for <= Duration::from_secs(24 * 3600), "{valid_for:?}");
+    assert_eq!(env.gmail.messages().len(), 2);
+    env.stop().await;
+}
+
+/// Saving a rotated refresh token fails (the relay keeps it in memory), then `authorize`
+/// stores a new grant: the next refresh must use the new grant, not the old lineage, and
+/// must not replace it in the store.
+#[tokio::test]
+async fn unsaved_rotation_does_not_replace_a_grant_authorized_later() {
+    let env = Env::with(store_options()).await;
+    env.store()
+        .put("support", grant(SUPPORT_REFRESH, SUPPORT_EMAIL))
+        .unwrap();
+    env.issuer.set_rotate_refresh_tokens(true);
+    // Writers lock `<store>.lock`; a directory there makes every write fail while reads
+    // (which take no lock) keep working. (Tests may run as root: modes would not stop it.)
+    let lock = env.path("tokens.json.lock");
+    let _ = std::fs::remove_file(&lock);
+    std::fs::create_dir(&lock).unwrap();
+
+    send_ok(&env, SCANNER, SUPPORT_EMAIL, "rotation-not-saved").await;
+    let old_lineage = env.issuer.current_refresh_tokens(SUPPORT_EMAIL);
+    assert_eq!(old_lineage.len(), 1);
+    let unsaved = old_lineage[0].clone();
+    assert_ne!(unsaved, SUPPORT_REFRESH);
+    assert_eq!(
+        env.store()
+            .get("support")
+            .unwrap()
+            .unwrap()
+            .refresh_token
+            .expose(),
+        SUPPORT_REFRESH,
+        "the save failed"
+    );
+
+    // `authorize` runs and stores a new grant.
+    std::fs::remove_dir(&lock).unwrap();
+    let second = "1//support-authorized-later-Qp12";
+    env.issuer.add_account(IssuerAccount {
+        client_id: "support-client".into(),
+        client_secret: SUPPORT_SECRET.into(),
+        refresh_token: second.into(),
+        email: SUPPORT_EMAIL.into(),
+    });
+    env.store()
+        .put("support", grant(second, SUPPORT_EMAIL))
+        .unwrap();
+
+    // The cached access token is refused upstream: the relay refreshes.
+    env.tokens.revoke_all();
+    send_ok(&env, SCANNER, SUPPORT_EMAIL, "after-authorize").await;
+
+    let valid = env.issuer.current_refresh_tokens(SUPPORT_EMAIL);
+    assert!(
+        valid.contains(&unsaved),
+        "the relay used the old lineage instead of the new grant: {valid:?}"
+    );
+    assert!(
+        !valid.iter().any(|t| t == second),
+        "the new grant was not used"
+    );
+    let stored = env.store().get("support").unwrap().unwrap();
+    assert_ne!(stored.refresh_token.expose(), unsaved);
+    assert!(
+        valid.contains(&stored.refresh_token.expose().to_string()),
+        "the store holds the new grant's rotation"
+    );
+    env.stop().await;
+}
+
+/// The relay retries saving a rotation it could not save, as soon as the store works again.
+#[tokio::test]
+async fn unsaved_rotation_is_saved_at_the_next_refresh() {
+    let env = Env::with(store_options()).await;
+    env.store()
+        .put("support", grant(SUPPORT_REFRESH, SUPPORT_EMAIL))
+        .unwrap();
+    env.issuer.set_rotate_refresh_tokens(true);
+    let lock = env.path("tokens.json.lock");
+    let _ = std::fs::remove_file(&lock);
+    std::fs::create_dir(&lock).unwrap();
+    send_ok(&env, SCANNER, SUPPORT_EMAIL, "rotation-not-saved").await;
+    std::fs::remove_dir(&lock).unwrap();
+    env.issuer.set_rotate_refresh_tokens(false);
+    env.tokens.revoke_all();
+    send_ok(&env, SCANNER, SUPPORT_EMAIL, "rotation-saved-later").await;
+    let valid = env.issuer.current_refresh_tokens(SUPPORT_EMAIL);
+    let stored = env.store().get("support").unwrap().unwrap();
+    assert_eq!(valid, vec![stored.refresh_token.expose().to_string()]);
+    env.stop().await;
+}
+
+/// Plain http to a token endpoint is allowed on loopback only, also when the URL comes from
+/// a client JSON or a service-account key file rather than the config itself.
+#[tokio::test]
+async fn http_token_uri_from_a_file_must_be_loopback() {
+    let env = Env::start().await;
+    let dir = env.path("");
+    let parse = |asset: String| {
+        let text = format!("{}\n{asset}", env.config_text)
+            .replace("@DIR@", dir.to_str().unwrap())
+            .replace("@UPSTREAM@", &env.gmail.addr().to_string())
+            .replace("@UPSTREAM_TLS@", "starttls")
+            .replace("@CA@", env.path("ca.pem").to_str().unwrap())
+            .replace("@TOKEN_URL@", "http://oauth.example.net/token");
+        config::parse(&text, &env.path("x.toml"))
+    };
+    let insecure = "http://oauth.example.net/token";
+
+    std::fs::write(
+        env.path("insecure-client.json"),
+        INSTALLED_JSON
+            .replace("@AUTH_URL@", "https://accounts.example.net/auth")
+            .replace("@TOKEN_URL@", insecure),
+    )
+    .unwrap();
+    let err = parse(client_json_asset(
+        "insecure",
+        "insecure@example.net",
+        "insecure-client.json",
+        "",
+    ))
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("plain http is only allowed on loopback"),
+        "{text}"
+    );
+    assert!(text.contains("client_json"), "{text}");
+
+    let mut key: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("service-account.json")).unwrap())
+            .unwrap();
+    key["token_uri"] = serde_json::Value::String(insecure.to_string());
+    std::fs::write(env.path("insecure-sa.json"), key.to_string()).unwrap();
+    let asset = format!(
+        r#"
+[[asset]]
+name = "insecure-sa"
+email = "{DELEGATED}"
+service_account_json = "@DIR@/insecure-sa.json"
+senders = ["{DELEGATED}"]
+upstream = "@UPSTREAM@"
+upstream_tls = "@UPSTREAM_TLS@"
+upstream_ca = "@CA@"
+"#
+    );
+    let err = parse(asset).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("plain http is only allowed on loopback"),
+        "{text}"
+    );
+    assert!(text.contains("service_account_json"), "{text}");
+
+    // A loopback http token_uri in a key file stays fine (the sandbox, tests).
+    key["token_uri"] = serde_json::Value::String(env.issuer.token_url());
+    std::fs::write(env.path("loopback-sa.json"), key.to_string()).unwrap();
+    let asset = format!(
+        r#"
+[[asset]]
+name = "loopback-sa"
+email = "{DELEGATED}"
+service_account_json = "@DIR@/loopback-sa.json"
+senders = ["{DELEGATED}"]
+upstream = "@UPSTREAM@"
+upstream_tls = "@UPSTREAM_TLS@"
+upstream_ca = "@CA@"
+"#
+    );
+    parse(asset).unwrap();
+    env.stop().await;
+}

@@ -91,6 +91,10 @@ pub enum IssuerMode {
     ServerError,
     /// Accept the request and never answer (until shutdown), to exercise client timeouts.
     Hang,
+    /// Answer every request with a JSON OAuth error (`{"error": error}`) and this HTTP
+    /// status, e.g. `503 temporarily_unavailable` or `429 rate_limit_exceeded`, as a
+    /// provider under load does.
+    OAuthError { status: u16, error: &'static str },
 }
 
 /// Shared registry of valid access tokens, consulted by the fake Gmail.
@@ -515,6 +519,11 @@ async fn handle_token(shared: &IssuerShared, req: Request<Incoming>) -> HttpResp
             tracing::info!(outcome = "hang (forced)", "sandbox token request");
             shared.shutdown.cancelled().await;
             return server_error();
+        }
+        IssuerMode::OAuthError { status, error } => {
+            tracing::info!(outcome = error, status, "sandbox token request (forced)");
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return oauth_error(status, error, "Forced by the test.");
         }
     }
 
