@@ -122,6 +122,9 @@ pub struct Limits {
     pub max_data_line: usize,
     pub max_auth_line: usize,
     pub max_errors: usize,
+    /// NOOP, RSET, VRFY, HELP and refused commands a session may send before it is closed;
+    /// the count starts again after each delivered message.
+    pub max_junk_commands: usize,
     pub max_transactions: usize,
     pub max_connections_per_ip: usize,
     /// Failed logins (per client IP, and per user name) before a temporary lockout.
@@ -136,6 +139,12 @@ pub struct Limits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timeouts {
     pub command: Duration,
+    /// Writing a reply (or a batch of pipelined replies) to the client: a client that does
+    /// not read must not hold its session, and its connection slot, forever.
+    pub client_write: Duration,
+    /// After an overlong command line has been answered, how long its line end may take
+    /// before the connection is closed.
+    pub line_end: Duration,
     pub data_block: Duration,
     /// The whole DATA phase, so a client trickling a byte per block cannot hold a session
     /// (and its upstream connection) forever.
@@ -446,6 +455,7 @@ struct RawLimits {
     max_data_line: Option<usize>,
     max_auth_line: Option<usize>,
     max_errors: Option<usize>,
+    max_junk_commands: Option<usize>,
     max_transactions: Option<usize>,
     max_connections_per_ip: Option<usize>,
     auth_max_failures: Option<u32>,
@@ -485,6 +495,8 @@ struct RawTokens {
 #[serde(deny_unknown_fields)]
 struct RawTimeouts {
     command_secs: Option<u64>,
+    client_write_secs: Option<u64>,
+    line_end_secs: Option<u64>,
     data_block_secs: Option<u64>,
     data_total_secs: Option<u64>,
     upstream_connect_secs: Option<u64>,
@@ -550,6 +562,8 @@ const DEFAULT_MAX_AUTH_LINE: usize = 12288;
 const DEFAULT_MAX_CONNECTIONS: usize = 100;
 /// Postfix's smtpd_hard_error_limit default is 20.
 const DEFAULT_MAX_ERRORS: usize = 20;
+/// Postfix's smtpd_junk_command_limit.
+const DEFAULT_MAX_JUNK_COMMANDS: usize = 100;
 const DEFAULT_MAX_TRANSACTIONS: usize = 100;
 /// One misbehaving host cannot take every slot from the others.
 const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 20;
@@ -560,6 +574,9 @@ const DEFAULT_AUTH_LOCKOUT: u64 = 600;
 const DEFAULT_AUTH_FAILURE_DELAY_MS: u64 = 1000;
 /// RFC 5321 §4.5.3.2.7: a server should wait at least 5 minutes for a command.
 const DEFAULT_COMMAND_TIMEOUT: u64 = 300;
+/// A client that sends the end of an overlong line does so at once; one that does not
+/// within seconds is feeding us an endless line.
+const DEFAULT_LINE_END_TIMEOUT: u64 = 10;
 /// RFC 5321 §4.5.3.2.6: 3 minutes per data block.
 const DEFAULT_DATA_BLOCK_TIMEOUT: u64 = 180;
 /// 30 minutes moves Gmail's largest message at 20 KB/s: slower than that is an attack
@@ -588,6 +605,7 @@ impl Default for Limits {
             max_data_line: DEFAULT_MAX_DATA_LINE,
             max_auth_line: DEFAULT_MAX_AUTH_LINE,
             max_errors: DEFAULT_MAX_ERRORS,
+            max_junk_commands: DEFAULT_MAX_JUNK_COMMANDS,
             max_transactions: DEFAULT_MAX_TRANSACTIONS,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             auth_max_failures: DEFAULT_AUTH_MAX_FAILURES,
@@ -602,6 +620,9 @@ impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
             command: Duration::from_secs(DEFAULT_COMMAND_TIMEOUT),
+            // Postfix bounds writes with the same smtpd_timeout as reads.
+            client_write: Duration::from_secs(DEFAULT_COMMAND_TIMEOUT),
+            line_end: Duration::from_secs(DEFAULT_LINE_END_TIMEOUT),
             data_block: Duration::from_secs(DEFAULT_DATA_BLOCK_TIMEOUT),
             data_total: Duration::from_secs(DEFAULT_DATA_TOTAL_TIMEOUT),
             upstream_connect: Duration::from_secs(DEFAULT_UPSTREAM_CONNECT_TIMEOUT),
@@ -1180,6 +1201,7 @@ fn validate_limits(raw: RawLimits, check: &mut Checker) -> Limits {
         max_data_line: raw.max_data_line.unwrap_or(defaults.max_data_line),
         max_auth_line: raw.max_auth_line.unwrap_or(defaults.max_auth_line),
         max_errors: raw.max_errors.unwrap_or(defaults.max_errors),
+        max_junk_commands: raw.max_junk_commands.unwrap_or(defaults.max_junk_commands),
         max_transactions: raw.max_transactions.unwrap_or(defaults.max_transactions),
         max_connections_per_ip: raw
             .max_connections_per_ip
@@ -1220,6 +1242,11 @@ fn validate_limits(raw: RawLimits, check: &mut Checker) -> Limits {
         ("limits.max_data_line", limits.max_data_line as u64, 1000),
         ("limits.max_auth_line", limits.max_auth_line as u64, 512),
         ("limits.max_errors", limits.max_errors as u64, 1),
+        (
+            "limits.max_junk_commands",
+            limits.max_junk_commands as u64,
+            1,
+        ),
         ("limits.max_transactions", limits.max_transactions as u64, 1),
         (
             "limits.auth_throttle_entries",
@@ -1245,8 +1272,16 @@ fn validate_timeouts(raw: RawTimeouts, check: &mut Checker) -> Timeouts {
         Some(secs) => Duration::from_secs(secs),
         None => default,
     };
+    let command = pick("timeouts.command_secs", raw.command_secs, defaults.command);
     Timeouts {
-        command: pick("timeouts.command_secs", raw.command_secs, defaults.command),
+        command,
+        // Unset, writes get the same bound as reads.
+        client_write: pick("timeouts.client_write_secs", raw.client_write_secs, command),
+        line_end: pick(
+            "timeouts.line_end_secs",
+            raw.line_end_secs,
+            defaults.line_end,
+        ),
         data_block: pick(
             "timeouts.data_block_secs",
             raw.data_block_secs,

@@ -20,6 +20,7 @@
 //! - [`xoauth2`]: the SASL XOAUTH2 encoding and its JSON error challenge.
 //! - [`tls`], [`stream`]: rustls configuration and a plain-or-TLS stream.
 //! - [`relay`]: the state all sessions share. [`received`]: the trace header.
+//! - [`logsafe`]: client-supplied values escaped and capped for log lines.
 //! - [`sandbox`]: an embedded Gmail-like server and token issuer (`serve --sandbox`,
 //!   tests, benchmarks); [`demo`] wires it into a ready-made config. [`check`]: the
 //!   `check` command.
@@ -35,6 +36,7 @@ pub mod check;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod logsafe;
 pub mod metrics;
 pub mod pool;
 pub mod received;

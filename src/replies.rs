@@ -94,7 +94,9 @@ pub enum Say<'a> {
     UpstreamNoTls,
     PossibleDuplicate,
     TooManyErrors,
+    TooManyJunkCommands,
     CommandTimeout,
+    LineNotEnded,
     TooManyConnections,
     ShuttingDown,
     EncryptionRequired,
@@ -276,7 +278,17 @@ impl Say<'_> {
                 "Upstream connection lost before it confirmed the message; try again (a duplicate is possible)",
             ),
             Say::TooManyErrors => Reply::new(421, code(4, 7, 0), "Too many errors, closing connection"),
+            Say::TooManyJunkCommands => Reply::new(
+                421,
+                code(4, 7, 0),
+                "Too many commands that send no mail, closing connection",
+            ),
             Say::CommandTimeout => Reply::new(421, code(4, 4, 2), "Timeout exceeded, closing connection"),
+            Say::LineNotEnded => Reply::new(
+                421,
+                code(4, 4, 2),
+                "Overlong line not ended in time, closing connection",
+            ),
             Say::TooManyConnections => Reply::new(
                 421,
                 code(4, 7, 0),

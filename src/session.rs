@@ -23,6 +23,7 @@ use tracing::Instrument;
 use crate::auth::{self, Credentials, SaslError};
 use crate::config::{Asset, AssetAccess, HeaderFromPolicy, User};
 use crate::error::RelayError;
+use crate::logsafe::Untrusted;
 use crate::metrics::{Metrics, Outcome};
 use crate::received::Trace;
 use crate::relay::Relay;
@@ -74,7 +75,12 @@ struct IdleUpstream {
 /// What reading the next line from the client produced.
 enum Input {
     Line(Vec<u8>),
+    /// The line passed the limit; answer it. What follows of it, up to its line end, is
+    /// dropped by the next read.
     TooLong,
+    /// An overlong line's end did not come within `line_end_secs`.
+    LineNotEnded,
+    /// The client went away, or a write to it failed or timed out.
     Closed,
     TimedOut,
     ShutDown,
@@ -85,6 +91,16 @@ struct ClientConnection<IO> {
     stream: MaybeTls<IO>,
     read_buf: BytesMut,
     write_buf: Vec<u8>,
+    /// Every write to the client is bounded by this: one that does not read its replies
+    /// would otherwise hold the session, and its connection slot, forever.
+    write_timeout: Duration,
+    /// Set once a write timed out: nothing more is written (each try would wait again).
+    write_timed_out: bool,
+    /// How long the end of an overlong line may take.
+    line_end_timeout: Duration,
+    /// While the rest of an already answered overlong line is being dropped: the instant
+    /// its line end must have come by.
+    discard_until: Option<Instant>,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
@@ -95,11 +111,30 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
     /// Replies are queued and written only when we are about to wait for the client, so a
     /// pipelining client gets its replies in one packet (RFC 2920).
     async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.write_buf.is_empty() {
-            self.stream.write_all(&self.write_buf).await?;
-            self.write_buf.clear();
+        if self.write_timed_out {
+            return Err(write_timed_out());
         }
-        self.stream.flush().await
+        let write = async {
+            if !self.write_buf.is_empty() {
+                self.stream.write_all(&self.write_buf).await?;
+                self.write_buf.clear();
+            }
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(self.write_timeout, write).await {
+            Ok(written) => written,
+            Err(_) => {
+                self.write_timed_out = true;
+                Err(write_timed_out())
+            }
+        }
+    }
+
+    /// The last flush and the close (a TLS close_notify is a write too), both bounded.
+    async fn close(&mut self) {
+        if self.flush().await.is_ok() {
+            let _ = tokio::time::timeout(self.write_timeout, self.stream.shutdown()).await;
+        }
     }
 
     /// Reads more bytes into the buffer; Ok(false) when the client closed the connection.
@@ -117,7 +152,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
     }
 
     /// The next line without its CRLF (or bare LF). A line longer than `max` (counting
-    /// its CRLF) is discarded up to its end and reported as TooLong, without buffering it.
+    /// its CRLF) is reported as TooLong as soon as it passes the limit, without buffering
+    /// it, so the client hears about it at once; the next call drops the rest of it up to
+    /// its line end, which must come within the line-end timeout.
     async fn read_line(
         &mut self,
         max: usize,
@@ -125,11 +162,27 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
         shutdown: Option<&CancellationToken>,
     ) -> Input {
         let deadline = Instant::now() + timeout;
-        let mut discarding = false;
         loop {
+            if let Some(line_end_by) = self.discard_until {
+                if let Some(newline) = self.read_buf.iter().position(|&b| b == b'\n') {
+                    self.read_buf.advance(newline + 1);
+                    self.discard_until = None;
+                    continue;
+                }
+                self.read_buf.clear();
+                match self
+                    .fill_or_shutdown(line_end_by.min(deadline), shutdown)
+                    .await
+                {
+                    Ok(true) => continue,
+                    Ok(false) => return Input::Closed,
+                    Err(Input::TimedOut) if line_end_by <= deadline => return Input::LineNotEnded,
+                    Err(input) => return input,
+                }
+            }
             if let Some(newline) = self.read_buf.iter().position(|&b| b == b'\n') {
                 let line = self.read_buf.split_to(newline + 1);
-                if discarding || line.len() > max {
+                if line.len() > max {
                     return Input::TooLong;
                 }
                 let mut line = line.to_vec();
@@ -139,24 +192,40 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
                 }
                 return Input::Line(line);
             }
-            if self.read_buf.len() > max {
-                discarding = true;
+            // No line end yet, and with one the line would be longer than `max`.
+            if self.read_buf.len() >= max {
                 self.read_buf.clear();
+                self.discard_until = Some(Instant::now() + self.line_end_timeout);
+                return Input::TooLong;
             }
-            let filled = match shutdown {
-                Some(shutdown) => tokio::select! {
-                    filled = self.fill(deadline) => filled,
-                    _ = shutdown.cancelled() => return Input::ShutDown,
-                },
-                None => self.fill(deadline).await,
-            };
-            match filled {
+            match self.fill_or_shutdown(deadline, shutdown).await {
                 Ok(true) => {}
                 Ok(false) => return Input::Closed,
                 Err(input) => return input,
             }
         }
     }
+
+    async fn fill_or_shutdown(
+        &mut self,
+        deadline: Instant,
+        shutdown: Option<&CancellationToken>,
+    ) -> Result<bool, Input> {
+        match shutdown {
+            Some(shutdown) => tokio::select! {
+                filled = self.fill(deadline) => filled,
+                _ = shutdown.cancelled() => Err(Input::ShutDown),
+            },
+            None => self.fill(deadline).await,
+        }
+    }
+}
+
+fn write_timed_out() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "the client does not read its replies",
+    )
 }
 
 pub struct Session<IO> {
@@ -170,6 +239,9 @@ pub struct Session<IO> {
     phase: Phase,
     idle_upstream: Option<IdleUpstream>,
     errors: usize,
+    /// Commands that move no mail forward (NOOP, RSET, VRFY, HELP, refused ones) since the
+    /// last delivered message.
+    junk_commands: usize,
     transactions: usize,
     /// The peer is in `trusted_networks`: MAIL without AUTH is allowed.
     trusted: bool,
@@ -194,13 +266,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             .trusted_networks
             .iter()
             .any(|network| network.contains(&peer.ip()));
+        let conn = ClientConnection {
+            stream,
+            read_buf: BytesMut::with_capacity(READ_CHUNK),
+            write_buf: Vec::with_capacity(1024),
+            write_timeout: relay.config.timeouts.client_write,
+            write_timed_out: false,
+            line_end_timeout: relay.config.timeouts.line_end,
+            discard_until: None,
+        };
         Session {
             relay,
-            conn: ClientConnection {
-                stream,
-                read_buf: BytesMut::with_capacity(READ_CHUNK),
-                write_buf: Vec::with_capacity(1024),
-            },
+            conn,
             peer,
             id,
             helo: None,
@@ -209,6 +286,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             phase: Phase::Idle,
             idle_upstream: None,
             errors: 0,
+            junk_commands: 0,
             transactions: 0,
             trusted,
             shutdown,
@@ -230,8 +308,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 hostname: &hostname,
             });
             self.dialogue().await;
-            let _ = self.conn.flush().await;
-            let _ = self.conn.stream.shutdown().await;
+            self.conn.close().await;
+            if self.conn.write_timed_out {
+                tracing::info!("client does not read its replies, disconnected");
+                self.relay.metrics.limit_hit("client_write");
+            }
             // An open transaction is simply dropped: the upstream never saw the final
             // "." and discards what it had.
             if let Some(idle) = self.idle_upstream.take() {
@@ -263,6 +344,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                     self.relay.metrics.limit_hit("command_line");
                     self.reject(Say::CommandLineTooLong)
                 }
+                Input::LineNotEnded => {
+                    tracing::info!("overlong line not ended in time, disconnecting");
+                    self.relay.metrics.limit_hit("line_end");
+                    self.say(Say::LineNotEnded);
+                    Flow::Close
+                }
                 Input::Closed => Flow::Close,
                 Input::TimedOut => {
                     tracing::info!("client timed out");
@@ -289,14 +376,39 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         self.conn.queue(reply);
     }
 
-    /// Replies with an error of the client's making and counts it; too many and we hang up.
+    /// Replies with an error of the client's making and counts it, as an error and as a
+    /// junk command; too many and we hang up.
     fn reject(&mut self, say: Say<'_>) -> Flow {
         self.say(say);
+        match self.count_error() {
+            Flow::Continue => self.count_junk(),
+            Flow::Close => Flow::Close,
+        }
+    }
+
+    /// Counts a refusal (ours, or a permanent one relayed from the upstream).
+    fn count_error(&mut self) -> Flow {
         self.errors += 1;
         if self.errors >= self.relay.config.limits.max_errors {
             tracing::info!(errors = self.errors, "too many errors, disconnecting");
             self.relay.metrics.limit_hit("errors");
             self.say(Say::TooManyErrors);
+            return Flow::Close;
+        }
+        Flow::Continue
+    }
+
+    /// Counts a command that moves no mail forward. Cheap commands are still work, and a
+    /// client looping on them holds a connection slot; Postfix's smtpd_junk_command_limit.
+    fn count_junk(&mut self) -> Flow {
+        self.junk_commands += 1;
+        if self.junk_commands > self.relay.config.limits.max_junk_commands {
+            tracing::info!(
+                commands = self.junk_commands,
+                "too many commands that send no mail, disconnecting"
+            );
+            self.relay.metrics.limit_hit("junk_commands");
+            self.say(Say::TooManyJunkCommands);
             return Flow::Close;
         }
         Flow::Continue
@@ -326,23 +438,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             Command::Rcpt { to, params } => self.rcpt(to, &params).await,
             Command::Data => self.data().await,
             Command::Rset => {
+                if self.count_junk() == Flow::Close {
+                    return Flow::Close;
+                }
                 self.end_transaction().await;
                 self.say(Say::ResetOk);
                 Flow::Continue
             }
-            Command::Noop => {
-                self.say(Say::Ok);
-                Flow::Continue
-            }
-            Command::Vrfy { .. } => {
-                self.say(Say::Vrfy);
-                Flow::Continue
-            }
+            Command::Noop => self.junk_reply(Say::Ok),
+            Command::Vrfy { .. } => self.junk_reply(Say::Vrfy),
             Command::Expn { .. } => self.reject(Say::ExpnDisabled),
-            Command::Help { .. } => {
-                self.say(Say::Help);
-                Flow::Continue
-            }
+            Command::Help { .. } => self.junk_reply(Say::Help),
             Command::Quit => {
                 let hostname = self.relay.config.server.hostname.clone();
                 self.say(Say::Bye {
@@ -351,6 +457,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 Flow::Close
             }
         }
+    }
+
+    /// Answers a harmless command that counts against the junk-command limit.
+    fn junk_reply(&mut self, say: Say<'_>) -> Flow {
+        if self.count_junk() == Flow::Close {
+            return Flow::Close;
+        }
+        self.say(say);
+        Flow::Continue
     }
 
     async fn hello(&mut self, domain: String, extended: bool) -> Flow {
@@ -476,7 +591,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         let ip = self.peer.ip();
         let throttle = &self.relay.auth_throttle;
         if throttle.check(ip, &username) == Verdict::LockedOut {
-            tracing::warn!(mechanism, user = %username, "login refused: locked out after too many failures");
+            tracing::warn!(mechanism, user = %Untrusted(&username), "login refused: locked out after too many failures");
             self.relay.metrics.limit_hit("auth_lockout");
             return self.reject(Say::AuthLockedOut);
         }
@@ -494,12 +609,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 if locked_out {
                     tracing::warn!(
                         mechanism,
-                        user = %username,
+                        user = %Untrusted(&username),
                         lockout_secs = self.relay.config.limits.auth_lockout.as_secs(),
                         "authentication failed; too many failures, locking out this client and user name"
                     );
                 } else {
-                    tracing::warn!(mechanism, user = %username, delay_ms = delay.as_millis() as u64, "authentication failed");
+                    tracing::warn!(mechanism, user = %Untrusted(&username), delay_ms = delay.as_millis() as u64, "authentication failed");
                 }
                 // Slows guessing down; other sessions are not affected.
                 tokio::time::sleep(delay).await;
@@ -550,6 +665,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 String::from_utf8(line).map_err(|_| AuthAbort::Sasl(SaslError::Malformed))
             }
             Input::TooLong => Err(AuthAbort::TooLong),
+            Input::LineNotEnded => Err(AuthAbort::Disconnect(Some(Say::LineNotEnded))),
             Input::TimedOut => Err(AuthAbort::Disconnect(Some(Say::CommandTimeout))),
             Input::Closed | Input::ShutDown => Err(AuthAbort::Disconnect(None)),
         }
@@ -587,7 +703,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         let asset = match self.asset_for(&from, &user) {
             Ok(asset) => asset,
             Err(say) => {
-                tracing::warn!(sender = %from, user = %user.name, reply = %say.reply(), "sender refused");
+                tracing::warn!(sender = %Untrusted(&from), user = %user.name, reply = %say.reply(), "sender refused");
                 self.relay.metrics.transaction(Outcome::PolicyRejected);
                 return self.reject(say);
             }
@@ -858,8 +974,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 if reply.is_positive() {
                     transaction.recipients.push(to);
                 }
-                let reply = relayed(reply);
-                self.send(&reply);
+                // A client that probes address after address the provider refuses is
+                // making errors like any other (Postfix counts them too).
+                let permanent = reply.code / 100 == 5;
+                self.send(&relayed(reply));
+                if permanent {
+                    return self.count_error();
+                }
             }
             Err(err) => {
                 tracing::warn!(asset = %transaction.asset.name, error = %err, "upstream failed at RCPT TO");
@@ -899,7 +1020,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         self.say(Say::StartData);
         self.transactions += 1;
         let started = Instant::now();
-        let outcome = self.stream_message(&mut transaction).await;
+        let mut outcome = self.stream_message(&mut transaction).await;
+        if let Streamed::Complete { size } = outcome {
+            // A failed write of the terminator is not a possible duplicate: the provider
+            // never saw it (a TLS record arrives whole or is useless, and the dot's is the
+            // last one), so it discards the partial message like any other cut-off DATA.
+            if let Err(error) = transaction.upstream.send_terminator().await {
+                outcome = Streamed::UpstreamFailed { error, size };
+            }
+        }
         let asset = transaction.asset.name.clone();
         let recipients = transaction.recipients.len();
         let metrics = self.relay.metrics.clone();
@@ -907,10 +1036,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         let log_done = |outcome: &str, reply: &Reply, size: u64| {
             tracing::info!(
                 asset = %asset,
-                from = %transaction.sender,
+                from = %Untrusted(&transaction.sender),
                 recipients,
                 size,
-                message_id = %message_id,
+                message_id = %Untrusted(&message_id),
                 upstream_setup_ms = transaction.upstream_setup.as_millis() as u64,
                 transfer_ms = started.elapsed().as_millis() as u64,
                 reply = %reply,
@@ -918,7 +1047,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             );
         };
         match outcome {
-            Streamed::Complete { size } => match transaction.upstream.finish_data().await {
+            Streamed::Complete { size } => match transaction.upstream.final_reply().await {
                 Ok(reply) => {
                     let (outcome, counted) = match reply.code / 100 {
                         2 => ("message relayed", Outcome::Delivered),
@@ -928,6 +1057,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                     metrics.transaction(counted);
                     if counted == Outcome::Delivered {
                         metrics.bytes_relayed.inc_by(size);
+                        // Postfix too starts the junk count again after a delivery.
+                        self.junk_commands = 0;
                     }
                     log_done(outcome, &reply, size);
                     self.send(&relayed(reply));
@@ -1136,7 +1267,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             .find(|address| config.senders.lookup(address) != Some(asset.name.as_str()))?;
         tracing::warn!(
             asset = %asset.name,
-            from = %stranger,
+            from = %Untrusted(stranger),
             policy = ?policy,
             "From: header address is not served by the sending asset"
         );

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::config::{UpstreamTarget, UpstreamTls};
+use crate::logsafe::Untrusted;
 use crate::secret::Secret;
 use crate::smtp::ehlo::Capabilities;
 use crate::smtp::reply::{parse_reply, Reply, ReplyParse};
@@ -222,7 +223,8 @@ impl Upstream {
 
     /// Sends one command line (without CRLF) and returns the reply.
     pub async fn command(&mut self, line: &str) -> Result<Reply, UpstreamError> {
-        tracing::trace!(upstream = %self.target, "C: {line}");
+        // The line carries client-supplied addresses.
+        tracing::trace!(upstream = %self.target, "C: {}", Untrusted(line));
         self.write_line(line).await?;
         self.read_reply(self.command_timeout).await
     }
@@ -232,7 +234,7 @@ impl Upstream {
     pub async fn pipeline(&mut self, lines: &[&str]) -> Result<Vec<Reply>, UpstreamError> {
         let mut bytes = Vec::new();
         for line in lines {
-            tracing::trace!(upstream = %self.target, "C: {line}");
+            tracing::trace!(upstream = %self.target, "C: {}", Untrusted(line));
             bytes.extend_from_slice(line.as_bytes());
             bytes.extend_from_slice(b"\r\n");
         }
@@ -265,10 +267,16 @@ impl Upstream {
         self.write_all(bytes).await
     }
 
-    /// Sends the end-of-data terminator and waits (with the final-reply cap) for the verdict.
-    pub async fn finish_data(&mut self) -> Result<Reply, UpstreamError> {
+    /// Sends the end-of-data terminator. Kept apart from [`final_reply`](Self::final_reply)
+    /// because only a failure after the terminator went out leaves the outcome unknown.
+    pub async fn send_terminator(&mut self) -> Result<(), UpstreamError> {
         self.write_all(b".\r\n").await?;
-        self.flush().await?;
+        self.flush().await
+    }
+
+    /// The verdict on the message, after [`send_terminator`](Self::send_terminator), waited
+    /// for with the final-reply cap.
+    pub async fn final_reply(&mut self) -> Result<Reply, UpstreamError> {
         self.read_reply(self.final_reply_timeout).await
     }
 

@@ -525,7 +525,12 @@ async fn two_megabyte_line_in_data_refuses_the_message() {
 
 #[tokio::test]
 async fn thousand_pipelined_noops_get_thousand_replies_in_order() {
-    let env = Env::start().await;
+    // About pipelining, not the junk-command limit (100 by default).
+    let env = Env::with(Options {
+        limits: "max_junk_commands = 2000".into(),
+        ..Options::default()
+    })
+    .await;
     let mut client = env.client().await;
     let mut batch = b"EHLO client.test\r\n".to_vec();
     for _ in 0..1000 {
