@@ -1219,7 +1219,7 @@ fn validate_limits(raw: RawLimits, check: &mut Checker) -> Limits {
             .auth_throttle_entries
             .unwrap_or(defaults.auth_throttle_entries),
     };
-    let minimums: [(&str, u64, u64); 11] = [
+    let minimums: [(&str, u64, u64); 12] = [
         (
             "limits.max_connections_per_ip",
             limits.max_connections_per_ip as u64,
