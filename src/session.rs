@@ -28,6 +28,7 @@ use crate::received::Trace;
 use crate::relay::Relay;
 use crate::replies::{relayed, Say};
 use crate::secret::Secret;
+use crate::smtp::address::{self, CanonicalAddress};
 use crate::smtp::command::{parse_command, Command, CommandError, Param};
 use crate::smtp::data::{DataLimits, DataProblem, DataScanner};
 use crate::smtp::reply::Reply;
@@ -584,7 +585,23 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 return self.reject(say);
             }
         };
-        let asset = match self.asset_for(&from, &user) {
+        // Routing, the upstream's MAIL FROM and the log all use the canonical form, so a
+        // spelling ("boss"@example.com) cannot reach another asset than the address does;
+        // RFC 5321 §4.1.2 asks for the dot-string form anyway. The command parser has
+        // checked the syntax; an address it accepts that still does not canonicalize is
+        // refused rather than routed by its spelling.
+        let canonical = if from.is_empty() {
+            None
+        } else {
+            match address::canonical(&from) {
+                Ok(canonical) => Some(canonical),
+                Err(err) => {
+                    tracing::info!(sender = %from, problem = %err, "sender address has no canonical form");
+                    return self.reject(Say::BadSenderSyntax);
+                }
+            }
+        };
+        let asset = match self.asset_for(canonical.as_ref(), &user) {
             Ok(asset) => asset,
             Err(say) => {
                 tracing::warn!(sender = %from, user = %user.name, reply = %say.reply(), "sender refused");
@@ -592,6 +609,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 return self.reject(say);
             }
         };
+
+        let from = canonical.map_or(from, |canonical| canonical.to_string());
 
         let setup_started = Instant::now();
         let (mut upstream, reused) = match self.upstream_for(&asset).await {
@@ -667,10 +686,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         Flow::Continue
     }
 
-    /// The asset that sends for `sender`, or the refusal for the client.
-    fn asset_for(&self, sender: &str, user: &User) -> Result<Arc<Asset>, Say<'static>> {
+    /// The asset that sends for `sender` (None: the null sender), or the refusal for the
+    /// client.
+    fn asset_for(
+        &self,
+        sender: Option<&CanonicalAddress>,
+        user: &User,
+    ) -> Result<Arc<Asset>, Say<'static>> {
         let config = &self.relay.config;
-        if sender.is_empty() {
+        let Some(sender) = sender else {
             // Bounces from a Postfix in front of us come with a null sender: send them as
             // the one account the user has, if there is exactly one.
             let only = match &user.assets {
@@ -683,14 +707,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             return only
                 .and_then(|name| config.asset(&name).cloned())
                 .ok_or(Say::NullSenderNoAsset);
-        }
+        };
         // Leaked into 'static replies: the texts are built now, sender and user copied.
+        let sender_text = sender.as_str();
         let Some(name) = config.senders.lookup(sender) else {
-            return Err(owned_say(|s| Say::SenderNotServed { sender: s }, sender));
+            return Err(owned_say(|s| Say::SenderNotServed { sender: s }, sender_text));
         };
         if !user.assets.allows(name) {
             let text = Say::SenderNotOwned {
-                sender,
+                sender: sender_text,
                 user: &user.name,
             }
             .reply();
@@ -699,7 +724,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         config
             .asset(name)
             .cloned()
-            .ok_or_else(|| owned_say(|s| Say::SenderNotServed { sender: s }, sender))
+            .ok_or_else(|| owned_say(|s| Say::SenderNotServed { sender: s }, sender_text))
     }
 
     /// An authenticated upstream for `asset`, and whether it was kept from earlier (this
@@ -1084,27 +1109,29 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
 
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     /// Reads the header block once: the Message-ID for the log, and the header-From
-    /// policy (every From: address must be one the asset serves).
+    /// policy (every From: address must be served).
     fn inspect_headers(
         &self,
         headers: &[u8],
         complete: bool,
         asset: &Asset,
     ) -> (Option<Say<'static>>, Option<String>) {
-        let parsed = mail_parser::MessageParser::new().parse_headers(headers);
-        let message_id = parsed
+        let message_id = mail_parser::MessageParser::new()
+            .parse_headers(headers)
             .as_ref()
             .and_then(|message| message.message_id())
             .map(str::to_string);
-        (
-            self.check_header_from(parsed.as_ref(), complete, asset),
-            message_id,
-        )
+        (self.check_header_from(headers, complete, asset), message_id)
     }
 
+    /// The header-From policy. The From fields are read from the raw header block, not
+    /// from mail-parser: it returns only the last From field, and reduces spellings such as
+    /// `"boss"@example.com` to something that matched a domain claim. Every From field is
+    /// read as an RFC 5322 mailbox list and each address looked up by its canonical form,
+    /// the same form the envelope sender is looked up by.
     fn check_header_from(
         &self,
-        parsed: Option<&mail_parser::Message<'_>>,
+        headers: &[u8],
         complete: bool,
         asset: &Asset,
     ) -> Option<Say<'static>> {
@@ -1119,14 +1146,40 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             tracing::warn!(asset = %asset.name, "header block too large to check the From: address");
             return enforce.then_some(Say::HeaderBlockTooLarge);
         }
-        let addresses: Vec<String> = parsed
-            .and_then(|message| message.from())
-            .map(|from| {
-                from.iter()
-                    .filter_map(|addr| addr.address.as_deref().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let fields = address::header_fields(headers, "From");
+        if fields.len() > 1 {
+            // Readers differ on which of several From fields they show.
+            tracing::warn!(
+                asset = %asset.name,
+                fields = fields.len(),
+                policy = ?policy,
+                "message has more than one From: header"
+            );
+            if enforce {
+                return Some(Say::HeaderFromRepeated);
+            }
+        }
+        let mut addresses: Vec<CanonicalAddress> = Vec::new();
+        for field in &fields {
+            match address::mailbox_list(field) {
+                Ok(list) => addresses.extend(list),
+                Err(err) => {
+                    // Debug formatting escapes control characters; the length is capped
+                    // so a huge field cannot flood the log.
+                    let shown: String = field.trim().chars().take(MAX_LOGGED_FIELD).collect();
+                    tracing::warn!(
+                        asset = %asset.name,
+                        from = ?shown,
+                        problem = %err,
+                        policy = ?policy,
+                        "From: header cannot be read as a plain mailbox list"
+                    );
+                    if enforce {
+                        return Some(Say::HeaderFromUnreadable);
+                    }
+                }
+            }
+        }
         if addresses.is_empty() {
             tracing::warn!(asset = %asset.name, "message has no From: header address");
             return enforce.then_some(Say::HeaderFromMissing);
@@ -1143,12 +1196,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         match policy {
             HeaderFromPolicy::Enforce => Some(owned_say(
                 |from| Say::HeaderFromNotServed { from },
-                stranger,
+                stranger.as_str(),
             )),
             HeaderFromPolicy::Log | HeaderFromPolicy::Off => None,
         }
     }
 }
+
+/// How much of an unreadable From: field a log line shows.
+const MAX_LOGGED_FIELD: usize = 256;
 
 /// The header block is at most this big before we decide anyway (Postfix's
 /// header_size_limit is 100 KiB; what is not a header by then never will be).
