@@ -48,7 +48,9 @@ impl SenderPattern {
                 // Stored canonical, as lookups are: a claim of "boss"@example.com is a
                 // claim of boss@example.com.
                 match address::canonical(text) {
-                    Ok(address) => Ok(SenderPattern::Address(address.as_str().to_ascii_lowercase())),
+                    Ok(address) => Ok(SenderPattern::Address(
+                        address.as_str().to_ascii_lowercase(),
+                    )),
                     Err(err) => Err(format!("\"{text}\" is not an address ({err})")),
                 }
             }
@@ -158,7 +160,11 @@ mod tests {
             assert_eq!(lookup(&map, sender), Some("boss"), "{sender}");
         }
         // Other mailboxes of the domain, quoted or not, belong to the domain claim.
-        for sender in ["\"bo\\\"ss\"@example.com", "\"boss \"@example.com", "\"boss.\"@example.com"] {
+        for sender in [
+            "\"bo\\\"ss\"@example.com",
+            "\"boss \"@example.com",
+            "\"boss.\"@example.com",
+        ] {
             assert_eq!(lookup(&map, sender), Some("domain"), "{sender}");
         }
         // A claim spelled with quotes is the plain address.

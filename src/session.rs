@@ -24,6 +24,7 @@ use crate::auth::{self, Credentials, SaslError};
 use crate::config::{Asset, AssetAccess, HeaderFromPolicy, User};
 use crate::error::RelayError;
 use crate::metrics::{Metrics, Outcome};
+use crate::pool::refuses_authentication;
 use crate::received::Trace;
 use crate::relay::Relay;
 use crate::replies::{relayed, Say};
@@ -66,10 +67,13 @@ struct Transaction {
     upstream_setup: Duration,
 }
 
-/// An authenticated upstream connection kept between transactions of one session.
+/// An authenticated upstream connection kept between transactions of one session. It is
+/// reused only under the shared pool's rule (`pool::reusable`: idle age, token margin).
 struct IdleUpstream {
     asset: String,
     upstream: Upstream,
+    /// When its last transaction ended.
+    parked_at: Instant,
 }
 
 /// What reading the next line from the client produced.
@@ -642,11 +646,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         if reused {
             // RSET checks the kept connection and guarantees a clean transaction state;
             // with PIPELINING it travels in the same packet as MAIL FROM. Nothing is
-            // committed on this connection yet, so if it turns out dead a new one is
-            // opened and the client never notices.
-            mail_reply = mail_on_reused(&mut upstream, &line).await;
-            if mail_reply.is_none() {
-                tracing::debug!(asset = %asset.name, "kept upstream connection is dead, opening a new one");
+            // committed on this connection yet, so if it turns out dead (or its
+            // authentication gone) a new one is opened and the client never notices.
+            let reused_reply = mail_on_reused(&mut upstream, &line).await;
+            if let Err(why) = &reused_reply {
+                tracing::debug!(asset = %asset.name, why, "kept upstream connection is unusable, opening a new one");
+                // Dropped without QUIT: it is dead or its session is over.
                 upstream = match self.open_upstream(&asset).await {
                     Ok(upstream) => upstream,
                     Err(reply) => {
@@ -656,6 +661,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                     }
                 };
             }
+            mail_reply = reused_reply.ok();
         }
         let mail_reply = match mail_reply {
             Some(reply) => Ok(reply),
@@ -711,7 +717,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         // Leaked into 'static replies: the texts are built now, sender and user copied.
         let sender_text = sender.as_str();
         let Some(name) = config.senders.lookup(sender) else {
-            return Err(owned_say(|s| Say::SenderNotServed { sender: s }, sender_text));
+            return Err(owned_say(
+                |s| Say::SenderNotServed { sender: s },
+                sender_text,
+            ));
         };
         if !user.assets.allows(name) {
             let text = Say::SenderNotOwned {
@@ -732,9 +741,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     async fn upstream_for(&mut self, asset: &Arc<Asset>) -> Result<(Upstream, bool), Reply> {
         if let Some(idle) = self.idle_upstream.take() {
             if idle.asset == asset.name {
-                return Ok((idle.upstream, true));
+                if self.relay.pool.is_reusable(&idle.upstream, idle.parked_at) {
+                    return Ok((idle.upstream, true));
+                }
+                tracing::debug!(asset = %asset.name, "kept upstream connection idle too long or its token expiring, opening a new one");
+                idle.upstream.quit().await;
+            } else {
+                self.release(idle).await;
             }
-            self.release(idle).await;
         }
         if let Some(pooled) = self.relay.pool.take(&asset.name) {
             tracing::debug!(asset = %asset.name, "reusing a pooled upstream connection");
@@ -745,7 +759,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
 
     /// Hands a connection this session no longer needs to the pool, or closes it.
     async fn release(&self, idle: IdleUpstream) {
-        if let Some(unwanted) = self.relay.pool.put(&idle.asset, idle.upstream) {
+        if let Some(unwanted) = self
+            .relay
+            .pool
+            .put(&idle.asset, idle.upstream, idle.parked_at)
+        {
             unwanted.quit().await;
         }
     }
@@ -844,6 +862,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         self.idle_upstream = Some(IdleUpstream {
             asset: asset.name.clone(),
             upstream,
+            parked_at: Instant::now(),
         });
     }
 
@@ -1253,23 +1272,31 @@ impl HeaderGate {
     }
 }
 
-/// RSET and MAIL FROM on a kept connection; None when the connection is not usable.
-async fn mail_on_reused(upstream: &mut Upstream, mail: &str) -> Option<Reply> {
-    if upstream.capabilities().pipelining {
-        let replies = upstream.pipeline(&["RSET", mail]).await.ok()?;
+/// RSET and MAIL FROM on a kept connection; Err (why, for the log) when the connection is
+/// not usable: RSET fails or is refused, or MAIL is refused for authentication
+/// (`pool::refuses_authentication`), the provider having ended the authenticated session.
+async fn mail_on_reused(upstream: &mut Upstream, mail: &str) -> Result<Reply, &'static str> {
+    const DEAD: &str = "no answer to RSET or MAIL";
+    const RESET_REFUSED: &str = "RSET refused";
+    let reply = if upstream.capabilities().pipelining {
+        let replies = upstream.pipeline(&["RSET", mail]).await.map_err(|_| DEAD)?;
         let mut replies = replies.into_iter();
-        let reset = replies.next()?;
-        return if reset.is_positive() {
-            replies.next()
-        } else {
-            None
-        };
+        let reset = replies.next().ok_or(DEAD)?;
+        if !reset.is_positive() {
+            return Err(RESET_REFUSED);
+        }
+        replies.next().ok_or(DEAD)?
+    } else {
+        let reset = upstream.command("RSET").await.map_err(|_| DEAD)?;
+        if !reset.is_positive() {
+            return Err(RESET_REFUSED);
+        }
+        upstream.command(mail).await.map_err(|_| DEAD)?
+    };
+    if refuses_authentication(&reply) {
+        return Err("MAIL refused for authentication");
     }
-    let reset = upstream.command("RSET").await.ok()?;
-    if !reset.is_positive() {
-        return None;
-    }
-    upstream.command(mail).await.ok()
+    Ok(reply)
 }
 
 /// How copying a message ended.

@@ -46,9 +46,24 @@ fn example_config_loads() {
     );
     assert_eq!(config.users["postfix"].assets, AssetAccess::All);
 
-    assert_eq!(config.senders.lookup(&canonical("scanner@example.com").unwrap()), Some("office"));
-    assert_eq!(config.senders.lookup(&canonical("Anyone@Example.com").unwrap()), Some("office"));
-    assert_eq!(config.senders.lookup(&canonical("someone@example.net").unwrap()), None);
+    assert_eq!(
+        config
+            .senders
+            .lookup(&canonical("scanner@example.com").unwrap()),
+        Some("office")
+    );
+    assert_eq!(
+        config
+            .senders
+            .lookup(&canonical("Anyone@Example.com").unwrap()),
+        Some("office")
+    );
+    assert_eq!(
+        config
+            .senders
+            .lookup(&canonical("someone@example.net").unwrap()),
+        None
+    );
 
     assert_eq!(
         config.server.listen,

@@ -61,9 +61,15 @@ async fn envelope_sender_is_routed_by_its_canonical_form() {
             .cmd(&format!("MAIL FROM:<{spelling}>"))
             .await
             .expect_code(553);
-        assert!(reply.text().contains("not owned by user scanner"), "{spelling}: {reply}");
         assert!(
-            reply.text().to_ascii_lowercase().contains("<boss@example.com>"),
+            reply.text().contains("not owned by user scanner"),
+            "{spelling}: {reply}"
+        );
+        assert!(
+            reply
+                .text()
+                .to_ascii_lowercase()
+                .contains("<boss@example.com>"),
             "{spelling}: {reply}"
         );
     }
@@ -71,13 +77,21 @@ async fn envelope_sender_is_routed_by_its_canonical_form() {
     // A quoted local part that is a dot-atom is the plain address, and the upstream is
     // given the plain spelling.
     scanner
-        .send_mail("\"support\"@Example.com", &["x@example.net"], &message("quoted-support"))
+        .send_mail(
+            "\"support\"@Example.com",
+            &["x@example.net"],
+            &message("quoted-support"),
+        )
         .await
         .expect_code(250);
     // A quoted local part that is not a dot-atom stays quoted: it is another mailbox than
     // any bare address, so it cannot reach an exact claim; the domain claim covers it.
     scanner
-        .send_mail("\"john..doe\"@example.com", &["x@example.net"], &message("quoted-other"))
+        .send_mail(
+            "\"john..doe\"@example.com",
+            &["x@example.net"],
+            &message("quoted-other"),
+        )
         .await
         .expect_code(250);
     let delivered = env.gmail.messages();
@@ -114,12 +128,21 @@ async fn header_from_enforce_checks_the_canonical_form_of_every_from_address() {
         ("From: Boss <\"boss\"@example.com>\r\n", "boss@example.com"),
         ("From: boss(x)@example.com\r\n", "boss@example.com"),
         ("From: \"bo\\ss\"@example.com\r\n", "boss@example.com"),
-        ("From: <@relay.example:boss@example.com>\r\n", "boss@example.com"),
+        (
+            "From: <@relay.example:boss@example.com>\r\n",
+            "boss@example.com",
+        ),
         ("From: boss @ Example . COM\r\n", "boss@example.com"),
         ("From: Boss\r\n <boss@example.com>\r\n", "boss@example.com"),
         ("From : boss@example.com\r\n", "boss@example.com"),
-        ("From: support@example.com, boss@example.com\r\n", "boss@example.com"),
-        ("From: \"bo\\\"ss\"@example.org\r\n", "\"bo\\\"ss\"@example.org"),
+        (
+            "From: support@example.com, boss@example.com\r\n",
+            "boss@example.com",
+        ),
+        (
+            "From: \"bo\\\"ss\"@example.org\r\n",
+            "\"bo\\\"ss\"@example.org",
+        ),
         // Only the last From: was checked; RFC 5322 allows exactly one.
         (
             "From: boss@example.com\r\nFrom: support@example.com\r\n",
@@ -133,8 +156,14 @@ async fn header_from_enforce_checks_the_canonical_form_of_every_from_address() {
         // the address, an unterminated quote.
         ("From: Team: boss@example.com;\r\n", "cannot be read"),
         ("From: =?utf-8?q?boss?=@example.com\r\n", "cannot be read"),
-        ("From: support@example.com <boss@example.com>\r\n", "cannot be read"),
-        ("From: \"Support <support@example.com>\r\n", "cannot be read"),
+        (
+            "From: support@example.com <boss@example.com>\r\n",
+            "cannot be read",
+        ),
+        (
+            "From: \"Support <support@example.com>\r\n",
+            "cannot be read",
+        ),
         ("From:\r\n", "no From"),
     ];
     for (from, needle) in refused {

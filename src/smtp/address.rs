@@ -591,7 +591,10 @@ mod tests {
         let cases = [
             ("\"john doe\"@example.com", "\"john doe\"@example.com"),
             ("\"bo\\\"ss\"@example.com", "\"bo\\\"ss\"@example.com"),
-            ("\"back\\\\slash\"@example.com", "\"back\\\\slash\"@example.com"),
+            (
+                "\"back\\\\slash\"@example.com",
+                "\"back\\\\slash\"@example.com",
+            ),
             ("\"a..b\"@example.com", "\"a..b\"@example.com"),
             ("\".boss\"@example.com", "\".boss\"@example.com"),
             ("\"boss.\"@example.com", "\"boss.\"@example.com"),
@@ -674,7 +677,10 @@ mod tests {
             (" John Q. Public <john@example.com>", &["john@example.com"]),
             (" <\"boss\"@example.com>", &["boss@example.com"]),
             (" boss(x)@example.com", &["boss@example.com"]),
-            (" Boss <@relay.example:boss@example.com>", &["boss@example.com"]),
+            (
+                " Boss <@relay.example:boss@example.com>",
+                &["boss@example.com"],
+            ),
             (
                 " <@a.example,,@b.example:boss@example.com>",
                 &["boss@example.com"],
@@ -710,7 +716,10 @@ mod tests {
             (" <boss@example.com> evil@x.org", AddressError::Syntax),
             (" <boss@example.com", AddressError::Syntax),
             (" <>", AddressError::Syntax),
-            (" Boss <@relay.example boss@example.com>", AddressError::Syntax),
+            (
+                " Boss <@relay.example boss@example.com>",
+                AddressError::Syntax,
+            ),
             (" a@x.org b@y.org", AddressError::Syntax),
             (" =?utf-8?q?boss?=@example.com", AddressError::EncodedWord),
             (" Boss <boss@example.com>)", AddressError::BadCharacter),
@@ -728,7 +737,10 @@ mod tests {
             header_fields(block, "From"),
             vec![" a@x.org", " b@y.org", " c@z.org,\td@z.org"]
         );
-        assert_eq!(header_fields(b"Subject: x\r\n", "From"), Vec::<String>::new());
+        assert_eq!(
+            header_fields(b"Subject: x\r\n", "From"),
+            Vec::<String>::new()
+        );
         assert_eq!(
             header_fields(b"From: \xffboss@example.com\r\n\r\n", "From"),
             vec![" \u{fffd}boss@example.com"]
