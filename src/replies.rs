@@ -106,6 +106,12 @@ pub enum Say<'a> {
     HeaderFromNotServed {
         from: &'a str,
     },
+    /// RFC 5322 §3.6 allows exactly one From: field; readers differ on which of several
+    /// they show, so no single one can be checked.
+    HeaderFromRepeated,
+    /// The From: field is not a plain mailbox list (a group, an encoded word as the
+    /// address, unbalanced quotes, bytes that are not UTF-8): nothing to vouch for.
+    HeaderFromUnreadable,
     /// A reply already built (its text needed values this enum cannot borrow).
     Prebuilt(Reply),
 }
@@ -319,6 +325,16 @@ impl Say<'_> {
                 550,
                 code(5, 7, 1),
                 format!("From: header address <{from}> is not served by the sending account; message not sent"),
+            ),
+            Say::HeaderFromRepeated => Reply::new(
+                550,
+                code(5, 6, 0),
+                "Message has more than one From: header; message not sent",
+            ),
+            Say::HeaderFromUnreadable => Reply::new(
+                550,
+                code(5, 6, 0),
+                "From: header address cannot be read as a plain mailbox list; message not sent",
             ),
 
             Say::ShuttingDown => Reply::new(

@@ -5,8 +5,18 @@
 //! `*`), and two assets claiming the same pattern is a config error, so the answer never
 //! depends on the order of the file. Matching ignores ASCII case: mail systems treat
 //! addresses that way in practice even though RFC 5321 lets local parts be case-sensitive.
+//!
+//! Claims and lookups both use the canonical form of an address ([`CanonicalAddress`]):
+//! `"boss"@example.com` and `boss(x)@example.com` are `boss@example.com`, so a spelling
+//! cannot slip past an exact claim into a domain claim. A quoted local part that is not a
+//! dot-atom (`"john doe"@example.com`) stays quoted in its canonical form; it is routed by
+//! that form rather than refused, because it is a real, distinct mailbox of its domain
+//! (a domain claim covers every local part) and a quoted canonical form can never equal a
+//! bare one, so it can never reach another asset's exact claim.
 
 use std::collections::HashMap;
+
+use crate::smtp::address::{self, CanonicalAddress};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SenderPattern {
@@ -35,7 +45,14 @@ impl SenderPattern {
                     && !domain.is_empty()
                     && !text.contains(char::is_whitespace) =>
             {
-                Ok(SenderPattern::Address(text.to_ascii_lowercase()))
+                // Stored canonical, as lookups are: a claim of "boss"@example.com is a
+                // claim of boss@example.com.
+                match address::canonical(text) {
+                    Ok(address) => Ok(SenderPattern::Address(
+                        address.as_str().to_ascii_lowercase(),
+                    )),
+                    Err(err) => Err(format!("\"{text}\" is not an address ({err})")),
+                }
             }
             _ => Err(format!(
                 "\"{text}\" is not an address, \"@domain\" or \"*\""
@@ -77,16 +94,15 @@ impl SenderMap {
         }
     }
 
-    /// The asset serving `sender` (an envelope address without brackets), if any.
-    pub fn lookup(&self, sender: &str) -> Option<&str> {
-        let sender = sender.to_ascii_lowercase();
-        if let Some(asset) = self.addresses.get(&sender) {
+    /// The asset serving `sender`, if any. Taking the canonical form (not text) makes
+    /// every caller canonicalize first: the envelope sender and each header From address
+    /// are decided on the same form.
+    pub fn lookup(&self, sender: &CanonicalAddress) -> Option<&str> {
+        if let Some(asset) = self.addresses.get(&sender.as_str().to_ascii_lowercase()) {
             return Some(asset);
         }
-        if let Some((_, domain)) = sender.rsplit_once('@') {
-            if let Some(asset) = self.domains.get(domain) {
-                return Some(asset);
-            }
+        if let Some(asset) = self.domains.get(sender.domain()) {
+            return Some(asset);
         }
         self.any.as_deref()
     }
@@ -120,15 +136,45 @@ mod tests {
             ("x@elsewhere.net", Some("fallback")),
         ];
         for (sender, expected) in cases {
-            assert_eq!(map.lookup(sender), expected, "{sender}");
+            assert_eq!(lookup(&map, sender), expected, "{sender}");
         }
+    }
+
+    fn lookup<'a>(map: &'a SenderMap, sender: &str) -> Option<&'a str> {
+        map.lookup(&address::canonical(sender).unwrap())
+    }
+
+    #[test]
+    fn spellings_of_an_exactly_claimed_address_find_its_asset() {
+        let map = map(&[
+            ("@example.com", "domain"),
+            ("boss@example.com", "boss"),
+            ("\"odd\"@example.org", "odd"),
+        ]);
+        for sender in [
+            "\"boss\"@example.com",
+            "\"bo\\ss\"@example.com",
+            "boss(comment)@EXAMPLE.com",
+            "\"BOSS\"@example.com",
+        ] {
+            assert_eq!(lookup(&map, sender), Some("boss"), "{sender}");
+        }
+        // Other mailboxes of the domain, quoted or not, belong to the domain claim.
+        for sender in [
+            "\"bo\\\"ss\"@example.com",
+            "\"boss \"@example.com",
+            "\"boss.\"@example.com",
+        ] {
+            assert_eq!(lookup(&map, sender), Some("domain"), "{sender}");
+        }
+        // A claim spelled with quotes is the plain address.
+        assert_eq!(lookup(&map, "odd@example.org"), Some("odd"));
     }
 
     #[test]
     fn unserved_sender_has_no_asset() {
         let map = map(&[("@example.com", "a")]);
-        assert_eq!(map.lookup("x@example.org"), None);
-        assert_eq!(map.lookup(""), None);
+        assert_eq!(lookup(&map, "x@example.org"), None);
     }
 
     #[test]
@@ -142,7 +188,15 @@ mod tests {
 
     #[test]
     fn bad_patterns_are_rejected() {
-        for bad in ["", "@", "user", "a b@example.com", "@exa@mple"] {
+        for bad in [
+            "",
+            "@",
+            "user",
+            "a b@example.com",
+            "@exa@mple",
+            "a..b@example.com",
+            "boss@exa!mple.com",
+        ] {
             assert!(SenderPattern::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -25,10 +25,12 @@ use crate::config::{Asset, AssetAccess, HeaderFromPolicy, User};
 use crate::error::RelayError;
 use crate::logsafe::Untrusted;
 use crate::metrics::{Metrics, Outcome};
+use crate::pool::refuses_authentication;
 use crate::received::Trace;
 use crate::relay::Relay;
 use crate::replies::{relayed, Say};
 use crate::secret::Secret;
+use crate::smtp::address::{self, CanonicalAddress};
 use crate::smtp::command::{parse_command, Command, CommandError, Param};
 use crate::smtp::data::{DataLimits, DataProblem, DataScanner};
 use crate::smtp::reply::Reply;
@@ -66,10 +68,13 @@ struct Transaction {
     upstream_setup: Duration,
 }
 
-/// An authenticated upstream connection kept between transactions of one session.
+/// An authenticated upstream connection kept between transactions of one session. It is
+/// reused only under the shared pool's rule (`pool::reusable`: idle age, token margin).
 struct IdleUpstream {
     asset: String,
     upstream: Upstream,
+    /// When its last transaction ended.
+    parked_at: Instant,
 }
 
 /// What reading the next line from the client produced.
@@ -700,7 +705,23 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 return self.reject(say);
             }
         };
-        let asset = match self.asset_for(&from, &user) {
+        // Routing, the upstream's MAIL FROM and the log all use the canonical form, so a
+        // spelling ("boss"@example.com) cannot reach another asset than the address does;
+        // RFC 5321 §4.1.2 asks for the dot-string form anyway. The command parser has
+        // checked the syntax; an address it accepts that still does not canonicalize is
+        // refused rather than routed by its spelling.
+        let canonical = if from.is_empty() {
+            None
+        } else {
+            match address::canonical(&from) {
+                Ok(canonical) => Some(canonical),
+                Err(err) => {
+                    tracing::info!(sender = %from, problem = %err, "sender address has no canonical form");
+                    return self.reject(Say::BadSenderSyntax);
+                }
+            }
+        };
+        let asset = match self.asset_for(canonical.as_ref(), &user) {
             Ok(asset) => asset,
             Err(say) => {
                 tracing::warn!(sender = %Untrusted(&from), user = %user.name, reply = %say.reply(), "sender refused");
@@ -708,6 +729,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 return self.reject(say);
             }
         };
+
+        let from = canonical.map_or(from, |canonical| canonical.to_string());
 
         let setup_started = Instant::now();
         let (mut upstream, reused) = match self.upstream_for(&asset).await {
@@ -739,11 +762,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         if reused {
             // RSET checks the kept connection and guarantees a clean transaction state;
             // with PIPELINING it travels in the same packet as MAIL FROM. Nothing is
-            // committed on this connection yet, so if it turns out dead a new one is
-            // opened and the client never notices.
-            mail_reply = mail_on_reused(&mut upstream, &line).await;
-            if mail_reply.is_none() {
-                tracing::debug!(asset = %asset.name, "kept upstream connection is dead, opening a new one");
+            // committed on this connection yet, so if it turns out dead (or its
+            // authentication gone) a new one is opened and the client never notices.
+            let reused_reply = mail_on_reused(&mut upstream, &line).await;
+            if let Err(why) = &reused_reply {
+                tracing::debug!(asset = %asset.name, why, "kept upstream connection is unusable, opening a new one");
+                // Dropped without QUIT: it is dead or its session is over.
                 upstream = match self.open_upstream(&asset).await {
                     Ok(upstream) => upstream,
                     Err(reply) => {
@@ -753,6 +777,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                     }
                 };
             }
+            mail_reply = reused_reply.ok();
         }
         let mail_reply = match mail_reply {
             Some(reply) => Ok(reply),
@@ -783,10 +808,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         Flow::Continue
     }
 
-    /// The asset that sends for `sender`, or the refusal for the client.
-    fn asset_for(&self, sender: &str, user: &User) -> Result<Arc<Asset>, Say<'static>> {
+    /// The asset that sends for `sender` (None: the null sender), or the refusal for the
+    /// client.
+    fn asset_for(
+        &self,
+        sender: Option<&CanonicalAddress>,
+        user: &User,
+    ) -> Result<Arc<Asset>, Say<'static>> {
         let config = &self.relay.config;
-        if sender.is_empty() {
+        let Some(sender) = sender else {
             // Bounces from a Postfix in front of us come with a null sender: send them as
             // the one account the user has, if there is exactly one.
             let only = match &user.assets {
@@ -799,14 +829,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             return only
                 .and_then(|name| config.asset(&name).cloned())
                 .ok_or(Say::NullSenderNoAsset);
-        }
+        };
         // Leaked into 'static replies: the texts are built now, sender and user copied.
+        let sender_text = sender.as_str();
         let Some(name) = config.senders.lookup(sender) else {
-            return Err(owned_say(|s| Say::SenderNotServed { sender: s }, sender));
+            return Err(owned_say(
+                |s| Say::SenderNotServed { sender: s },
+                sender_text,
+            ));
         };
         if !user.assets.allows(name) {
             let text = Say::SenderNotOwned {
-                sender,
+                sender: sender_text,
                 user: &user.name,
             }
             .reply();
@@ -815,7 +849,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         config
             .asset(name)
             .cloned()
-            .ok_or_else(|| owned_say(|s| Say::SenderNotServed { sender: s }, sender))
+            .ok_or_else(|| owned_say(|s| Say::SenderNotServed { sender: s }, sender_text))
     }
 
     /// An authenticated upstream for `asset`, and whether it was kept from earlier (this
@@ -823,9 +857,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     async fn upstream_for(&mut self, asset: &Arc<Asset>) -> Result<(Upstream, bool), Reply> {
         if let Some(idle) = self.idle_upstream.take() {
             if idle.asset == asset.name {
-                return Ok((idle.upstream, true));
+                if self.relay.pool.is_reusable(&idle.upstream, idle.parked_at) {
+                    return Ok((idle.upstream, true));
+                }
+                tracing::debug!(asset = %asset.name, "kept upstream connection idle too long or its token expiring, opening a new one");
+                idle.upstream.quit().await;
+            } else {
+                self.release(idle).await;
             }
-            self.release(idle).await;
         }
         if let Some(pooled) = self.relay.pool.take(&asset.name) {
             tracing::debug!(asset = %asset.name, "reusing a pooled upstream connection");
@@ -836,7 +875,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
 
     /// Hands a connection this session no longer needs to the pool, or closes it.
     async fn release(&self, idle: IdleUpstream) {
-        if let Some(unwanted) = self.relay.pool.put(&idle.asset, idle.upstream) {
+        if let Some(unwanted) = self
+            .relay
+            .pool
+            .put(&idle.asset, idle.upstream, idle.parked_at)
+        {
             unwanted.quit().await;
         }
     }
@@ -935,6 +978,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         self.idle_upstream = Some(IdleUpstream {
             asset: asset.name.clone(),
             upstream,
+            parked_at: Instant::now(),
         });
     }
 
@@ -1215,27 +1259,29 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
 
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     /// Reads the header block once: the Message-ID for the log, and the header-From
-    /// policy (every From: address must be one the asset serves).
+    /// policy (every From: address must be served).
     fn inspect_headers(
         &self,
         headers: &[u8],
         complete: bool,
         asset: &Asset,
     ) -> (Option<Say<'static>>, Option<String>) {
-        let parsed = mail_parser::MessageParser::new().parse_headers(headers);
-        let message_id = parsed
+        let message_id = mail_parser::MessageParser::new()
+            .parse_headers(headers)
             .as_ref()
             .and_then(|message| message.message_id())
             .map(str::to_string);
-        (
-            self.check_header_from(parsed.as_ref(), complete, asset),
-            message_id,
-        )
+        (self.check_header_from(headers, complete, asset), message_id)
     }
 
+    /// The header-From policy. The From fields are read from the raw header block, not
+    /// from mail-parser: it returns only the last From field, and reduces spellings such as
+    /// `"boss"@example.com` to something that matched a domain claim. Every From field is
+    /// read as an RFC 5322 mailbox list and each address looked up by its canonical form,
+    /// the same form the envelope sender is looked up by.
     fn check_header_from(
         &self,
-        parsed: Option<&mail_parser::Message<'_>>,
+        headers: &[u8],
         complete: bool,
         asset: &Asset,
     ) -> Option<Say<'static>> {
@@ -1250,14 +1296,40 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             tracing::warn!(asset = %asset.name, "header block too large to check the From: address");
             return enforce.then_some(Say::HeaderBlockTooLarge);
         }
-        let addresses: Vec<String> = parsed
-            .and_then(|message| message.from())
-            .map(|from| {
-                from.iter()
-                    .filter_map(|addr| addr.address.as_deref().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let fields = address::header_fields(headers, "From");
+        if fields.len() > 1 {
+            // Readers differ on which of several From fields they show.
+            tracing::warn!(
+                asset = %asset.name,
+                fields = fields.len(),
+                policy = ?policy,
+                "message has more than one From: header"
+            );
+            if enforce {
+                return Some(Say::HeaderFromRepeated);
+            }
+        }
+        let mut addresses: Vec<CanonicalAddress> = Vec::new();
+        for field in &fields {
+            match address::mailbox_list(field) {
+                Ok(list) => addresses.extend(list),
+                Err(err) => {
+                    // Debug formatting escapes control characters; the length is capped
+                    // so a huge field cannot flood the log.
+                    let shown: String = field.trim().chars().take(MAX_LOGGED_FIELD).collect();
+                    tracing::warn!(
+                        asset = %asset.name,
+                        from = ?shown,
+                        problem = %err,
+                        policy = ?policy,
+                        "From: header cannot be read as a plain mailbox list"
+                    );
+                    if enforce {
+                        return Some(Say::HeaderFromUnreadable);
+                    }
+                }
+            }
+        }
         if addresses.is_empty() {
             tracing::warn!(asset = %asset.name, "message has no From: header address");
             return enforce.then_some(Say::HeaderFromMissing);
@@ -1274,12 +1346,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         match policy {
             HeaderFromPolicy::Enforce => Some(owned_say(
                 |from| Say::HeaderFromNotServed { from },
-                stranger,
+                stranger.as_str(),
             )),
             HeaderFromPolicy::Log | HeaderFromPolicy::Off => None,
         }
     }
 }
+
+/// How much of an unreadable From: field a log line shows.
+const MAX_LOGGED_FIELD: usize = 256;
 
 /// The header block is at most this big before we decide anyway (Postfix's
 /// header_size_limit is 100 KiB; what is not a header by then never will be).
@@ -1328,23 +1403,31 @@ impl HeaderGate {
     }
 }
 
-/// RSET and MAIL FROM on a kept connection; None when the connection is not usable.
-async fn mail_on_reused(upstream: &mut Upstream, mail: &str) -> Option<Reply> {
-    if upstream.capabilities().pipelining {
-        let replies = upstream.pipeline(&["RSET", mail]).await.ok()?;
+/// RSET and MAIL FROM on a kept connection; Err (why, for the log) when the connection is
+/// not usable: RSET fails or is refused, or MAIL is refused for authentication
+/// (`pool::refuses_authentication`), the provider having ended the authenticated session.
+async fn mail_on_reused(upstream: &mut Upstream, mail: &str) -> Result<Reply, &'static str> {
+    const DEAD: &str = "no answer to RSET or MAIL";
+    const RESET_REFUSED: &str = "RSET refused";
+    let reply = if upstream.capabilities().pipelining {
+        let replies = upstream.pipeline(&["RSET", mail]).await.map_err(|_| DEAD)?;
         let mut replies = replies.into_iter();
-        let reset = replies.next()?;
-        return if reset.is_positive() {
-            replies.next()
-        } else {
-            None
-        };
+        let reset = replies.next().ok_or(DEAD)?;
+        if !reset.is_positive() {
+            return Err(RESET_REFUSED);
+        }
+        replies.next().ok_or(DEAD)?
+    } else {
+        let reset = upstream.command("RSET").await.map_err(|_| DEAD)?;
+        if !reset.is_positive() {
+            return Err(RESET_REFUSED);
+        }
+        upstream.command(mail).await.map_err(|_| DEAD)?
+    };
+    if refuses_authentication(&reply) {
+        return Err("MAIL refused for authentication");
     }
-    let reset = upstream.command("RSET").await.ok()?;
-    if !reset.is_positive() {
-        return None;
-    }
-    upstream.command(mail).await.ok()
+    Ok(reply)
 }
 
 /// How copying a message ended.

@@ -7,6 +7,7 @@ use std::path::Path;
 use smtp_oauth_relay::config::{
     self, AssetAccess, Limits, Provider, RefreshTokenSource, Timeouts, UpstreamTls,
 };
+use smtp_oauth_relay::smtp::address::canonical;
 
 const EXAMPLE: &str = "config/relay.example.toml";
 
@@ -45,9 +46,24 @@ fn example_config_loads() {
     );
     assert_eq!(config.users["postfix"].assets, AssetAccess::All);
 
-    assert_eq!(config.senders.lookup("scanner@example.com"), Some("office"));
-    assert_eq!(config.senders.lookup("Anyone@Example.com"), Some("office"));
-    assert_eq!(config.senders.lookup("someone@example.net"), None);
+    assert_eq!(
+        config
+            .senders
+            .lookup(&canonical("scanner@example.com").unwrap()),
+        Some("office")
+    );
+    assert_eq!(
+        config
+            .senders
+            .lookup(&canonical("Anyone@Example.com").unwrap()),
+        Some("office")
+    );
+    assert_eq!(
+        config
+            .senders
+            .lookup(&canonical("someone@example.net").unwrap()),
+        None
+    );
 
     assert_eq!(
         config.server.listen,

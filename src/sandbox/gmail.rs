@@ -67,6 +67,10 @@ pub struct Behaviour {
     /// After the 354, read what has arrived and then stop reading and never reply: a hung
     /// server whose TCP window fills up. The connection stays open until shutdown.
     pub stall_during_data: bool,
+    /// An authenticated session lasts only as long as its access token: once the token is
+    /// revoked (`AccessTokens::revoke_all`, standing in for expiry), MAIL on the connection
+    /// gets `530 5.7.0`, as providers that end sessions at token expiry answer.
+    pub session_ends_with_token: bool,
 }
 
 #[derive(Clone)]
@@ -384,6 +388,8 @@ struct Session<'a, S> {
     tls: bool,
     helo: Option<String>,
     auth_user: Option<String>,
+    /// The access token the connection authenticated with.
+    auth_token: Option<String>,
     txn: Transaction,
 }
 
@@ -406,6 +412,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
             tls,
             helo: None,
             auth_user: None,
+            auth_token: None,
             txn: Transaction::default(),
         }
     }
@@ -695,6 +702,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
                 "sandbox Gmail: XOAUTH2 accepted",
             );
             self.auth_user = Some(user);
+            self.auth_token = Some(token);
             return self.reply("235 2.7.0 Accepted").await;
         }
         tracing::info!(
@@ -727,7 +735,12 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         if !self.require_tls().await? || !self.require_helo().await? {
             return Ok(());
         }
-        if self.auth_user.is_none() {
+        let token_gone = self.behaviour().session_ends_with_token
+            && match (&self.auth_user, &self.auth_token) {
+                (Some(user), Some(token)) => !self.shared.config.tokens.is_valid(user, token),
+                _ => false,
+            };
+        if self.auth_user.is_none() || token_gone {
             let text = multiline(
                 "530",
                 &[
