@@ -1314,12 +1314,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             match address::mailbox_list(field) {
                 Ok(list) => addresses.extend(list),
                 Err(err) => {
-                    // Debug formatting escapes control characters; the length is capped
-                    // so a huge field cannot flood the log.
-                    let shown: String = field.trim().chars().take(MAX_LOGGED_FIELD).collect();
                     tracing::warn!(
                         asset = %asset.name,
-                        from = ?shown,
+                        from = %Untrusted(field.trim()),
                         problem = %err,
                         policy = ?policy,
                         "From: header cannot be read as a plain mailbox list"
@@ -1339,7 +1336,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             .find(|address| config.senders.lookup(address) != Some(asset.name.as_str()))?;
         tracing::warn!(
             asset = %asset.name,
-            from = %Untrusted(stranger),
+            from = %Untrusted(stranger.as_str()),
             policy = ?policy,
             "From: header address is not served by the sending asset"
         );
@@ -1352,9 +1349,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         }
     }
 }
-
-/// How much of an unreadable From: field a log line shows.
-const MAX_LOGGED_FIELD: usize = 256;
 
 /// The header block is at most this big before we decide anyway (Postfix's
 /// header_size_limit is 100 KiB; what is not a header by then never will be).
