@@ -5,8 +5,8 @@
 //! reviewed against RFC 5321's "4xx keeps the mail in the client's queue") in one screen.
 
 use crate::config::CredentialFailure;
+use crate::oauth::token::TokenError;
 use crate::replies::Say;
-use crate::token::TokenError;
 use crate::upstream::UpstreamError;
 
 #[derive(Debug, thiserror::Error)]

@@ -1,58 +1,70 @@
 //! smtp-oauth-relay: lets mail software that only knows a user name and a password send
-//! through Gmail / Google Workspace (and other OAuth-only providers) by speaking
-//! `AUTH XOAUTH2` upstream on its behalf.
+//! through Gmail / Google Workspace and Microsoft 365 by speaking `AUTH XOAUTH2` upstream
+//! on its behalf.
 //!
-//! # Architecture
+//! # The path of a message
 //!
-//! A message travels: client → [`server`] (listeners, connection limit, shutdown) →
-//! [`session`] (the SMTP dialogue state machine) → [`upstream`] (TLS + XOAUTH2 client) →
-//! the provider. Alongside:
+//! ```text
+//! client ──▶ server ──▶ session ─────────────▶ upstream ──▶ provider
+//!            listeners   EHLO/AUTH/MAIL/DATA     client, pool
+//!            limits      users, senders          (TLS + XOAUTH2)
+//!                        replies                 ▲
+//!                                  oauth::token ─┘ access tokens
+//!                                  credentials     (store, secrets, service accounts)
+//!                                  config          (validated settings, beside all)
+//! ```
 //!
-//! - [`smtp`]: pure protocol code with no I/O: command parser, reply type and parser, the
-//!   DATA scanner that finds the end of a message and stops SMTP smuggling, EHLO
-//!   capabilities. This is what the fuzz targets exercise.
+//! - [`server`]: listeners, connection limits, drain on shutdown; hands each connection
+//!   to a [`session`], the SMTP dialogue with one client.
+//! - [`users`]: local users and argon2id; [`senders`]: envelope sender → asset;
+//!   [`throttle`]: failed-login counting; [`received`]: the trace header.
+//! - [`upstream`]: the provider leg: SMTP client (STARTTLS/implicit TLS + XOAUTH2) and
+//!   the warm connection pool.
+//! - [`oauth`]: the access-token manager (refresh, rotation, back-off) and the consent
+//!   flow `authorize` runs; [`credentials`]: secrets, the encrypted token store, service
+//!   account keys.
 //! - [`replies`]: every reply text the relay writes itself; [`error`] maps failures
 //!   towards the provider onto those replies in one place.
+//! - [`smtp`]: pure protocol code with no I/O (commands, replies, the DATA scanner, EHLO
+//!   capabilities, addresses, SASL, XOAUTH2). This is what the fuzz targets exercise.
 //! - [`config`]: TOML → validated [`config::Config`], every problem reported with file,
-//!   line and field before anything binds. [`senders`] maps envelope senders to assets.
-//! - [`auth`]: local users (argon2id) and SASL PLAIN/LOGIN decoding.
-//! - [`token`]: per-asset access-token cache with single-flight refresh (oauth2 crate).
-//! - [`xoauth2`]: the SASL XOAUTH2 encoding and its JSON error challenge.
-//! - [`tls`], [`stream`]: rustls configuration and a plain-or-TLS stream.
-//! - [`relay`]: the state all sessions share. [`received`]: the trace header.
-//! - [`logsafe`]: client-supplied values escaped and capped for log lines.
-//! - [`sandbox`]: an embedded Gmail-like server and token issuer (`serve --sandbox`,
-//!   tests, benchmarks); [`demo`] wires it into a ready-made config. [`check`]: the
-//!   `check` command.
+//!   line and field before anything binds.
+//! - [`relay`]: the state all sessions share; [`admin`], [`metrics`]: probes and
+//!   Prometheus counters; [`tls`], [`stream`]: rustls configs and a plain-or-TLS stream;
+//!   [`logsafe`]: client-supplied values escaped for log lines.
+//! - [`cli`]: the command bodies (`check`, the sandbox config); [`sandbox`]: an embedded
+//!   Gmail-like server and token issuer (`serve --sandbox`, tests, benchmarks).
 //!
-//! Secrets live in [`secret::Secret`], which never prints its value.
+//! # Layering rules
+//!
+//! - `smtp/` is pure: no I/O, no imports from the crate but leaf value types
+//!   ([`credentials::secret::Secret`]). What is fuzzed is what is in `smtp/`.
+//! - `config/` holds value types only and never imports a runtime service (pool,
+//!   upstream client, token manager, session).
+//! - Only `replies`/`error` turn failures into reply text; connection code returns errors.
+//! - The `sandbox` fakes never share parsing code with production: an oracle must not
+//!   share the code it checks.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod auth;
-pub mod authorize;
-pub mod check;
+pub mod cli;
 pub mod config;
-pub mod demo;
+pub mod credentials;
 pub mod error;
 pub mod logsafe;
 pub mod metrics;
-pub mod pool;
+pub mod oauth;
 pub mod received;
 pub mod relay;
 pub mod replies;
 pub mod sandbox;
-pub mod secret;
 pub mod senders;
 pub mod server;
-pub mod service_account;
 pub mod session;
 pub mod smtp;
-pub mod store;
 pub mod stream;
 pub mod throttle;
 pub mod tls;
-pub mod token;
 pub mod upstream;
-pub mod xoauth2;
+pub mod users;

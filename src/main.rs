@@ -10,16 +10,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use smtp_oauth_relay::authorize::{self, obtain_consent, ConsentOptions};
+use smtp_oauth_relay::cli::{check, demo};
 use smtp_oauth_relay::config::{self, Config, DEFAULT_CONFIG_PATH};
 use smtp_oauth_relay::config::{Asset, RefreshTokenSource};
+use smtp_oauth_relay::credentials::secret::Secret;
+use smtp_oauth_relay::credentials::store::{StoredToken, TokenStore};
+use smtp_oauth_relay::oauth::consent::{self, obtain_consent, ConsentOptions};
+use smtp_oauth_relay::oauth::token::TokenManager;
 use smtp_oauth_relay::relay::Relay;
 use smtp_oauth_relay::sandbox::SandboxUpstream;
-use smtp_oauth_relay::secret::Secret;
 use smtp_oauth_relay::server::{self, Listeners, RelayHandle};
-use smtp_oauth_relay::store::{StoredToken, TokenStore};
-use smtp_oauth_relay::token::TokenManager;
-use smtp_oauth_relay::{admin, auth, check, demo, tls};
+use smtp_oauth_relay::{admin, tls, users};
 
 /// sysexits.h: the config is wrong (EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
@@ -437,7 +438,7 @@ fn hash_password() -> ExitCode {
         eprintln!("error: the password is empty");
         return ExitCode::FAILURE;
     }
-    match auth::hash_password(&Secret::new(password)) {
+    match users::hash_password(&Secret::new(password)) {
         Ok(hash) => {
             println!("{hash}");
             ExitCode::SUCCESS
@@ -499,7 +500,7 @@ async fn authorize_command(
         }
     };
     // Only a grant proven to be the asset's account may replace the one in the store.
-    if let Err(err) = authorize::verify_account(&config, &asset, &consent).await {
+    if let Err(err) = consent::verify_account(&config, &asset, &consent).await {
         eprintln!("error: {err}");
         return ExitCode::FAILURE;
     }
@@ -514,7 +515,7 @@ async fn authorize_command(
     };
     let saved = tokio::task::spawn_blocking(move || {
         store.put(&asset_name, stored)?;
-        Ok::<_, smtp_oauth_relay::store::StoreError>(store)
+        Ok::<_, smtp_oauth_relay::credentials::store::StoreError>(store)
     })
     .await;
     let store_path = match saved {

@@ -4,13 +4,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::auth::Users;
 use crate::config::{Config, User};
 use crate::metrics::Metrics;
-use crate::pool::UpstreamPool;
+use crate::oauth::token::{HttpClientInitError, TokenManager};
 use crate::throttle::AuthThrottle;
-use crate::token::{HttpClientInitError, TokenManager};
+use crate::upstream::pool::UpstreamPool;
 use crate::upstream::UpstreamSettings;
+use crate::users::Users;
 
 pub struct Relay {
     pub config: Arc<Config>,

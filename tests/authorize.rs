@@ -13,14 +13,14 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use smtp_oauth_relay::authorize::{
+use smtp_oauth_relay::config::{self, Asset};
+use smtp_oauth_relay::credentials::secret::Secret;
+use smtp_oauth_relay::oauth::consent::{
     obtain_consent, AuthorizeError, Consent, ConsentOptions, DEFAULT_TIMEOUT,
 };
-use smtp_oauth_relay::config::{self, Asset};
 use smtp_oauth_relay::sandbox::token_issuer::{
     AccessTokens, ConsentMode, IssuerAccount, TokenIssuer,
 };
-use smtp_oauth_relay::secret::Secret;
 
 const EMAIL: &str = "box@example.com";
 const CLIENT_ID: &str = "desktop-client";
@@ -30,7 +30,7 @@ const OLD_REFRESH: &str = "1//old-refresh-token";
 fn password_hash() -> &'static str {
     static HASH: OnceLock<String> = OnceLock::new();
     HASH.get_or_init(|| {
-        smtp_oauth_relay::auth::hash_password(&Secret::new("app-password")).unwrap()
+        smtp_oauth_relay::users::hash_password(&Secret::new("app-password")).unwrap()
     })
 }
 

@@ -12,9 +12,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use common::*;
+use smtp_oauth_relay::credentials::secret::Secret;
+use smtp_oauth_relay::credentials::store::StoredToken;
 use smtp_oauth_relay::sandbox::token_issuer::{ConsentMode, GMAIL_SCOPE};
-use smtp_oauth_relay::secret::Secret;
-use smtp_oauth_relay::store::StoredToken;
 
 const BIN: &str = env!("CARGO_BIN_EXE_smtp-oauth-relay");
 /// How long any single step of the child may take.

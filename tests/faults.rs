@@ -393,9 +393,10 @@ async fn invalid_client_gives_454_and_check_says_to_check_the_client_credentials
     // What `check` prints for the asset (the same hint goes to the log).
     let asset = env.relay.config.asset("support").unwrap();
     let result =
-        smtp_oauth_relay::check::check_asset(&env.relay.config, &env.relay.tokens, asset).await;
+        smtp_oauth_relay::cli::check::check_asset(&env.relay.config, &env.relay.tokens, asset)
+            .await;
     let mut out = Vec::new();
-    assert!(!smtp_oauth_relay::check::report(&[result], &mut out));
+    assert!(!smtp_oauth_relay::cli::check::report(&[result], &mut out));
     let out = String::from_utf8(out).unwrap();
     assert!(out.contains("client_id/client_secret"), "{out}");
     assert!(

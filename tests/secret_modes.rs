@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use smtp_oauth_relay::config;
-use smtp_oauth_relay::secret::Secret;
+use smtp_oauth_relay::credentials::secret::Secret;
 
 const CLIENT_SECRET: &str = "GOCSPX-file-secret-Hh41";
 const REFRESH: &str = "1//refresh-in-a-file-Tt09";
@@ -63,7 +63,7 @@ fn write(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
 /// A config whose asset reads its client secret and refresh token from files; `secret` is
 /// `client_secret_file = ...` or an inline `client_secret = ...`.
 fn config_text(secret: &str, refresh_file: &Path) -> String {
-    let hash = smtp_oauth_relay::auth::hash_password(&Secret::new("pw")).unwrap();
+    let hash = smtp_oauth_relay::users::hash_password(&Secret::new("pw")).unwrap();
     format!(
         r#"
 [[user]]

@@ -8,8 +8,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 
-use smtp_oauth_relay::secret::Secret;
-use smtp_oauth_relay::store::{StoreError, StoreKey, StoredToken, TokenStore};
+use smtp_oauth_relay::credentials::secret::Secret;
+use smtp_oauth_relay::credentials::store::{StoreError, StoreKey, StoredToken, TokenStore};
 
 const TOKEN_A: &str = "1//0gRefreshTokenOfAssetA-very-secret";
 const TOKEN_B: &str = "1//0gRefreshTokenOfAssetB-very-secret";

@@ -12,13 +12,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use smtp_oauth_relay::config::{self, ConfigError, RefreshTokenSource};
+use smtp_oauth_relay::credentials::secret::Secret;
+use smtp_oauth_relay::credentials::store::{StoreKey, StoredToken, TokenStore};
+use smtp_oauth_relay::oauth::token::TokenError;
 use smtp_oauth_relay::sandbox::token_issuer::{
     IssuerAccount, IssuerMode, ServiceAccount, GMAIL_SCOPE,
 };
-use smtp_oauth_relay::secret::Secret;
 use smtp_oauth_relay::smtp::reply::Reply;
-use smtp_oauth_relay::store::{StoreKey, StoredToken, TokenStore};
-use smtp_oauth_relay::token::TokenError;
 
 fn now() -> u64 {
     SystemTime::now()
@@ -362,9 +362,9 @@ async fn service_account_asset_sends_as_the_delegated_mailbox() {
 
     let config = &env.relay.config;
     let asset = config.asset("undelegated").unwrap();
-    let result = smtp_oauth_relay::check::check_asset(config, &env.relay.tokens, asset).await;
+    let result = smtp_oauth_relay::cli::check::check_asset(config, &env.relay.tokens, asset).await;
     let mut report = Vec::new();
-    assert!(!smtp_oauth_relay::check::report(
+    assert!(!smtp_oauth_relay::cli::check::report(
         std::slice::from_ref(&result),
         &mut report
     ));
@@ -603,9 +603,9 @@ async fn wrong_store_key_is_a_clear_store_error() {
 
     let config = &env.relay.config;
     let asset = config.asset("support").unwrap();
-    let result = smtp_oauth_relay::check::check_asset(config, &env.relay.tokens, asset).await;
+    let result = smtp_oauth_relay::cli::check::check_asset(config, &env.relay.tokens, asset).await;
     let mut report = Vec::new();
-    assert!(!smtp_oauth_relay::check::report(
+    assert!(!smtp_oauth_relay::cli::check::report(
         std::slice::from_ref(&result),
         &mut report
     ));

@@ -1,7 +1,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use smtp_oauth_relay::auth::{decode_login_text, decode_plain, decode_response, SaslError};
+use smtp_oauth_relay::smtp::sasl::{decode_login_text, decode_plain, decode_response, SaslError};
 
 /// What the session does with one AUTH PLAIN / LOGIN line the client sent.
 fn check_line(line: &str) {

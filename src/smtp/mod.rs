@@ -11,6 +11,8 @@ pub mod command;
 pub mod data;
 pub mod ehlo;
 pub mod reply;
+pub mod sasl;
+pub mod xoauth2;
 
 pub use address::{canonical, mailbox_list, AddressError, CanonicalAddress};
 pub use command::{parse_command, Command, CommandError, Param};

@@ -13,11 +13,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use smtp_oauth_relay::config;
+use smtp_oauth_relay::credentials::secret::Secret;
 use smtp_oauth_relay::relay::Relay;
 use smtp_oauth_relay::sandbox::gmail::{FakeGmail, FakeGmailConfig};
 use smtp_oauth_relay::sandbox::pki::TestPki;
 use smtp_oauth_relay::sandbox::token_issuer::{AccessTokens, IssuerAccount, TokenIssuer};
-use smtp_oauth_relay::secret::Secret;
 use smtp_oauth_relay::server::{self, Listeners};
 use smtp_oauth_relay::smtp::reply::{parse_reply, Reply, ReplyParse};
 use smtp_oauth_relay::stream::MaybeTls;
@@ -38,7 +38,7 @@ fn hashes() -> &'static [String; 3] {
     static HASHES: OnceLock<[String; 3]> = OnceLock::new();
     HASHES.get_or_init(|| {
         [SCANNER, APP, ADMIN].map(|(_, password)| {
-            smtp_oauth_relay::auth::hash_password(&Secret::new(password)).unwrap()
+            smtp_oauth_relay::users::hash_password(&Secret::new(password)).unwrap()
         })
     })
 }
@@ -373,8 +373,8 @@ token_url = "{token_url}"
     }
 
     /// The token store the relay uses (path and key from the config).
-    pub fn store(&self) -> smtp_oauth_relay::store::TokenStore {
-        smtp_oauth_relay::store::TokenStore::new(
+    pub fn store(&self) -> smtp_oauth_relay::credentials::store::TokenStore {
+        smtp_oauth_relay::credentials::store::TokenStore::new(
             self.relay.config.tokens.path.clone(),
             self.relay.config.tokens.key.clone(),
         )

@@ -9,10 +9,10 @@ use base64::Engine as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use smtp_oauth_relay::credentials::secret::Secret;
 use smtp_oauth_relay::sandbox::gmail::{FakeGmail, FakeGmailConfig};
 use smtp_oauth_relay::sandbox::pki::TestPki;
 use smtp_oauth_relay::sandbox::token_issuer::{AccessTokens, IssuerAccount, TokenIssuer};
-use smtp_oauth_relay::secret::Secret;
 
 use crate::procfs::clock_ticks;
 use crate::{CLIENT_ID, CLIENT_SECRET, EMAIL, MIB, PASSWORD, REFRESH_TOKEN, USER};
@@ -76,7 +76,7 @@ impl Bench {
         };
         let dir = ScratchDir::create();
         std::fs::write(dir.path().join("ca.pem"), &pki.ca_cert_pem).expect("cannot write ca.pem");
-        let password_hash = smtp_oauth_relay::auth::hash_password(&Secret::new(PASSWORD))
+        let password_hash = smtp_oauth_relay::users::hash_password(&Secret::new(PASSWORD))
             .expect("cannot hash the password");
         let access_token = fetch_token(&issuer.token_url()).await;
         let direct_tls =

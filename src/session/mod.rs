@@ -20,22 +20,22 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::auth::{self, Credentials, SaslError};
 use crate::config::{Asset, AssetAccess, HeaderFromPolicy, User};
+use crate::credentials::secret::Secret;
 use crate::error::RelayError;
 use crate::logsafe::Untrusted;
 use crate::metrics::{Metrics, Outcome};
-use crate::pool::refuses_authentication;
 use crate::received::Trace;
 use crate::relay::Relay;
 use crate::replies::{relayed, Say};
-use crate::secret::Secret;
 use crate::smtp::address::{self, CanonicalAddress};
 use crate::smtp::command::{parse_command, Command, CommandError, Param};
 use crate::smtp::data::{DataLimits, DataProblem, DataScanner};
 use crate::smtp::reply::Reply;
+use crate::smtp::sasl::{self, Credentials, SaslError};
 use crate::stream::MaybeTls;
 use crate::throttle::Verdict;
+use crate::upstream::pool::refuses_authentication;
 use crate::upstream::{Upstream, UpstreamError};
 
 /// How much we read from the client at once; also bounds the chunks sent upstream.
@@ -634,8 +634,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             Some(response) => response,
             None => self.sasl_exchange("").await?,
         };
-        let decoded = auth::decode_response(&response)?;
-        Ok(auth::decode_plain(&decoded)?)
+        let decoded = sasl::decode_response(&response)?;
+        Ok(sasl::decode_plain(&decoded)?)
     }
 
     async fn auth_login(&mut self, initial: Option<String>) -> Result<Credentials, AuthAbort> {
@@ -644,10 +644,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             // base64("Username:")
             None => self.sasl_exchange("VXNlcm5hbWU6").await?,
         };
-        let username = auth::decode_login_text(auth::decode_response(&username)?)?;
+        let username = sasl::decode_login_text(sasl::decode_response(&username)?)?;
         // base64("Password:")
         let password = self.sasl_exchange("UGFzc3dvcmQ6").await?;
-        let password = auth::decode_login_text(auth::decode_response(&password)?)?;
+        let password = sasl::decode_login_text(sasl::decode_response(&password)?)?;
         if username.is_empty() {
             return Err(AuthAbort::Sasl(SaslError::Malformed));
         }
@@ -1447,11 +1447,11 @@ impl From<SaslError> for AuthAbort {
 
 struct AttemptError {
     error: RelayError,
-    token: Option<crate::token::AccessToken>,
+    token: Option<crate::oauth::token::AccessToken>,
 }
 
-impl From<crate::token::TokenError> for AttemptError {
-    fn from(err: crate::token::TokenError) -> Self {
+impl From<crate::oauth::token::TokenError> for AttemptError {
+    fn from(err: crate::oauth::token::TokenError) -> Self {
         AttemptError {
             error: RelayError::Token(err),
             token: None,

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::secret::Secret;
+use crate::credentials::secret::Secret;
 use crate::senders::{SenderMap, SenderPattern};
 use crate::smtp::data::BareLineEndings;
 use crate::tls;
@@ -40,7 +40,7 @@ pub struct Config {
     pub tokens: TokenSettings,
     /// The admin HTTP listener (`/healthz`, `/readyz`, `/metrics`), off when None.
     pub admin_listen: Option<SocketAddr>,
-    pub pool: crate::pool::PoolSettings,
+    pub pool: crate::upstream::pool::PoolSettings,
     /// Problems that do not stop the relay but should be fixed (a secret file others can
     /// read). Logged when found; `serve` logs them again once logging is set up, `check`
     /// prints them.
@@ -52,7 +52,7 @@ pub struct Config {
 pub struct TokenSettings {
     pub path: PathBuf,
     /// Encrypts the store at rest when set (from `key_file` or the environment).
-    pub key: Option<crate::store::StoreKey>,
+    pub key: Option<crate::credentials::store::StoreKey>,
 }
 
 /// The environment variable that may hold the token-store key (instead of `key_file`).
@@ -298,7 +298,7 @@ pub struct Asset {
     pub refresh_token: RefreshTokenSource,
     /// Set for a Google service account with domain-wide delegation: tokens come from a
     /// signed JWT, no client secret and no refresh token.
-    pub service_account: Option<Arc<crate::service_account::ServiceAccountKey>>,
+    pub service_account: Option<Arc<crate::credentials::service_account::ServiceAccountKey>>,
     pub auth_url: String,
     pub token_url: String,
     pub scopes: Vec<String>,
@@ -711,12 +711,12 @@ fn holds_inline_secret(text: &str) -> bool {
 }
 
 /// The mode of a secret file when someone besides the relay may read it: the token
-/// store's rule (`mode & 0o077 != 0`, see [`crate::store::open_to_group_or_others`]),
+/// store's rule (`mode & 0o077 != 0`, see [`crate::credentials::store::open_to_group_or_others`]),
 /// except that read access for a group the relay itself is in is fine. Kubernetes mounts
 /// Secrets as root:fsGroup 0440, the only way a non-root relay can read them.
 fn exposed_mode(path: &Path) -> Option<u32> {
     let metadata = std::fs::metadata(path).ok()?;
-    let mode = crate::store::open_to_group_or_others(&metadata)?;
+    let mode = crate::credentials::store::open_to_group_or_others(&metadata)?;
     if mode & 0o037 == 0 && relay_is_in_group_of(&metadata) {
         return None;
     }
@@ -1016,7 +1016,7 @@ fn validate(raw: RawConfig, check: &mut Checker) -> Option<Config> {
         admin_listen,
         pool: {
             let raw = raw.pool.unwrap_or_default();
-            crate::pool::PoolSettings {
+            crate::upstream::pool::PoolSettings {
                 enabled: raw.enabled.unwrap_or(true),
                 size: raw.size.unwrap_or(DEFAULT_POOL_SIZE),
                 idle_timeout: Duration::from_secs(raw.idle_secs.unwrap_or(DEFAULT_POOL_IDLE)),
@@ -1028,7 +1028,7 @@ fn validate(raw: RawConfig, check: &mut Checker) -> Option<Config> {
 
 fn validate_tokens(raw: RawTokens, check: &mut Checker) -> TokenSettings {
     let key = match &raw.key_file {
-        Some(path) => match crate::store::StoreKey::from_file(path.get_ref()) {
+        Some(path) => match crate::credentials::store::StoreKey::from_file(path.get_ref()) {
             Ok(key) => Some(key),
             Err(err) => {
                 check.at(path, "tokens.key_file", err.to_string());
@@ -1036,13 +1036,15 @@ fn validate_tokens(raw: RawTokens, check: &mut Checker) -> TokenSettings {
             }
         },
         None => match std::env::var(STORE_KEY_ENV) {
-            Ok(text) if !text.trim().is_empty() => match crate::store::StoreKey::parse(&text) {
-                Ok(key) => Some(key),
-                Err(err) => {
-                    check.general(STORE_KEY_ENV, err.to_string());
-                    None
+            Ok(text) if !text.trim().is_empty() => {
+                match crate::credentials::store::StoreKey::parse(&text) {
+                    Ok(key) => Some(key),
+                    Err(err) => {
+                        check.general(STORE_KEY_ENV, err.to_string());
+                        None
+                    }
                 }
-            },
+            }
             _ => None,
         },
     };
@@ -1501,16 +1503,19 @@ fn validate_asset(raw: &RawAsset, index: usize, check: &mut Checker) -> Option<A
         None => None,
     };
     let service_account = match &raw.service_account_json {
-        Some(path) => match crate::service_account::ServiceAccountKey::from_file(path.get_ref()) {
-            Ok(key) => {
-                check.secret_file(path.get_ref(), &field("service_account_json"));
-                Some(Arc::new(key))
+        Some(path) => {
+            match crate::credentials::service_account::ServiceAccountKey::from_file(path.get_ref())
+            {
+                Ok(key) => {
+                    check.secret_file(path.get_ref(), &field("service_account_json"));
+                    Some(Arc::new(key))
+                }
+                Err(err) => {
+                    check.at(path, field("service_account_json"), err.to_string());
+                    None
+                }
             }
-            Err(err) => {
-                check.at(path, field("service_account_json"), err.to_string());
-                None
-            }
-        },
+        }
         None => None,
     };
     if let (Some(path), true) = (
@@ -1848,7 +1853,7 @@ mod tests {
     #[test]
     fn expanded_secret_reaches_the_config() {
         std::env::set_var("SMTP_OAUTH_RELAY_TEST_SECRET", "from-the-environment");
-        let hash = crate::auth::hash_password(&Secret::new("pw")).unwrap();
+        let hash = crate::users::hash_password(&Secret::new("pw")).unwrap();
         let text = format!(
             r#"
 [[user]]

@@ -47,7 +47,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::{Asset, Config, Provider};
-use crate::secret::Secret;
+use crate::credentials::secret::Secret;
 use crate::upstream::{Upstream, UpstreamError, UpstreamSettings};
 
 /// How long the user has to approve in the browser (or paste) before we give up.

@@ -44,7 +44,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_L
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
-use crate::secret::Secret;
+use crate::credentials::secret::Secret;
 
 /// The only format version this code reads and writes.
 const FORMAT_VERSION: u32 = 1;
@@ -213,7 +213,7 @@ fn hex_value(digit: u8) -> u8 {
 
 impl fmt::Debug for StoreKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "StoreKey({})", crate::secret::REDACTED)
+        write!(f, "StoreKey({})", crate::credentials::secret::REDACTED)
     }
 }
 
@@ -260,7 +260,7 @@ impl StoredToken {
 mod secret_text {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    use crate::secret::Secret;
+    use crate::credentials::secret::Secret;
 
     pub fn serialize<S: Serializer>(secret: &Secret, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(secret.expose())
@@ -778,7 +778,7 @@ mod tests {
         let key = StoreKey([0xab; 32]);
         let text = format!("{key:?}");
         assert!(!text.to_lowercase().contains("abab"), "{text}");
-        assert!(text.contains(crate::secret::REDACTED));
+        assert!(text.contains(crate::credentials::secret::REDACTED));
     }
 
     #[test]

@@ -1900,10 +1900,10 @@ mod tests {
     // ---- Service accounts (JWT bearer) ----
 
     const SA_EMAIL: &str = "relay@test-project.iam.gserviceaccount.com";
-    const SA_KEY: &str = include_str!("../../tests/fixtures/service-account-test-key.pem");
-    const SA_PUB: &str = include_str!("../../tests/fixtures/service-account-test-pub.pem");
-    const SA_CERT: &str = include_str!("../../tests/fixtures/service-account-test-cert.pem");
-    const OTHER_KEY: &str = include_str!("../../tests/fixtures/other-test-key.pem");
+    const SA_KEY: &str = include_str!("../../../tests/fixtures/service-account-test-key.pem");
+    const SA_PUB: &str = include_str!("../../../tests/fixtures/service-account-test-pub.pem");
+    const SA_CERT: &str = include_str!("../../../tests/fixtures/service-account-test-cert.pem");
+    const OTHER_KEY: &str = include_str!("../../../tests/fixtures/other-test-key.pem");
 
     fn sign_jwt(private_key_pem: &str, claims: &serde_json::Value) -> String {
         use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
@@ -1967,7 +1967,7 @@ mod tests {
     #[test]
     fn fixture_json_matches_fixture_key() {
         let json: serde_json::Value =
-            serde_json::from_str(include_str!("../../tests/fixtures/service-account.json"))
+            serde_json::from_str(include_str!("../../../tests/fixtures/service-account.json"))
                 .unwrap();
         assert_eq!(json["type"], "service_account");
         assert_eq!(json["client_email"], SA_EMAIL);

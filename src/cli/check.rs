@@ -6,7 +6,7 @@ use tokio::time::Instant;
 
 use crate::config::{Asset, Config};
 use crate::error::RelayError;
-use crate::token::TokenManager;
+use crate::oauth::token::TokenManager;
 use crate::upstream::{Upstream, UpstreamSettings};
 
 /// The outcome for one asset, printable as one line.

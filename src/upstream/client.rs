@@ -13,12 +13,12 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::config::{UpstreamTarget, UpstreamTls};
+use crate::credentials::secret::Secret;
 use crate::logsafe::Untrusted;
-use crate::secret::Secret;
 use crate::smtp::ehlo::Capabilities;
 use crate::smtp::reply::{parse_reply, Reply, ReplyParse};
+use crate::smtp::xoauth2::{self, ErrorChallenge};
 use crate::stream::MaybeTls;
-use crate::xoauth2::{self, ErrorChallenge};
 
 /// RFC 5321 §4.5.3.1.4 says 512 for a command line; an inline AUTH response that would
 /// push past it must use the two-step form (Gmail answers 555 otherwise).

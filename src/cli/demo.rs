@@ -9,16 +9,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::auth::hash_password;
 use crate::config::{
     Asset, AssetAccess, Config, CredentialFailure, HeaderFromPolicy, Limits, Provider,
     RefreshTokenSource, ServerSettings, Timeouts, TokenSettings, UpstreamTarget, UpstreamTls, User,
 };
+use crate::credentials::secret::Secret;
 use crate::sandbox::SandboxUpstream;
-use crate::secret::Secret;
 use crate::senders::{SenderMap, SenderPattern};
 use crate::smtp::data::BareLineEndings;
 use crate::tls;
+use crate::users::hash_password;
 
 pub const DEMO_USER: &str = "demo";
 pub const DEMO_PASSWORD: &str = "demo";
@@ -31,7 +31,7 @@ pub enum DemoError {
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error("{0}")]
-    Hash(#[from] crate::auth::HashError),
+    Hash(#[from] crate::users::HashError),
 }
 
 /// A relay config whose one asset ("sandbox", serving every sender) delivers to `upstream`.
@@ -93,7 +93,7 @@ pub fn sandbox_config(
         senders,
         // Unused: the sandbox asset's refresh token is inline.
         admin_listen: None,
-        pool: crate::pool::PoolSettings {
+        pool: crate::upstream::pool::PoolSettings {
             enabled: true,
             size: 4,
             idle_timeout: std::time::Duration::from_secs(60),

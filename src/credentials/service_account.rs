@@ -18,7 +18,7 @@ use rustls_pki_types::PrivatePkcs8KeyDer;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::secret::{Secret, REDACTED};
+use crate::credentials::secret::{Secret, REDACTED};
 
 /// Used when the key file has no `token_uri`; every key Google issues names this one.
 const GOOGLE_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
@@ -249,7 +249,7 @@ mod tests {
 
     /// A throwaway RSA-2048 key generated with `openssl genpkey` for these tests only; it
     /// never belonged to a Google service account and grants access to nothing.
-    const TEST_KEY_PEM: &str = include_str!("../tests/fixtures/sa-unit-test-key.pem");
+    const TEST_KEY_PEM: &str = include_str!("../../tests/fixtures/sa-unit-test-key.pem");
 
     fn key_json() -> String {
         serde_json::json!({

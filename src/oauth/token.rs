@@ -26,10 +26,10 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::config::{Asset, Config, RefreshTokenSource};
+use crate::credentials::secret::Secret;
+use crate::credentials::service_account::ServiceAccountKey;
+use crate::credentials::store::{StoreFingerprint, StoredToken, TokenStore};
 use crate::metrics::Metrics;
-use crate::secret::Secret;
-use crate::service_account::ServiceAccountKey;
-use crate::store::{StoreFingerprint, StoredToken, TokenStore};
 
 /// Refresh this long before the provider's expiry, so a token never dies mid-session.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
