@@ -1,15 +1,22 @@
 //! Test harness: a relay on a loopback port in front of the embedded Gmail-like upstream
-//! (real TLS, real XOAUTH2 check) and the fake token endpoint, plus a small SMTP client.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! (real TLS, real XOAUTH2 check) and the fake token endpoint; the SMTP client (`client`),
+//! log capture (`logs`) and message helpers every test binary shares. Each binary includes
+//! it with `#[path = "../common/mod.rs"] mod common;`.
+// Each binary uses part of the harness.
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
+
+mod client;
+mod logs;
+
+pub use client::{Client, ExpectCode, MemoryClient};
+pub use logs::{capture_logs, Captured};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use rustls_pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use smtp_oauth_relay::config;
@@ -19,8 +26,7 @@ use smtp_oauth_relay::sandbox::gmail::{FakeGmail, FakeGmailConfig};
 use smtp_oauth_relay::sandbox::pki::TestPki;
 use smtp_oauth_relay::sandbox::token_issuer::{AccessTokens, IssuerAccount, TokenIssuer};
 use smtp_oauth_relay::server::{self, Listeners};
-use smtp_oauth_relay::smtp::reply::{parse_reply, Reply, ReplyParse};
-use smtp_oauth_relay::stream::MaybeTls;
+use smtp_oauth_relay::smtp::reply::Reply;
 
 pub const SCANNER: (&str, &str) = ("scanner", "scanner-password-1");
 pub const APP: (&str, &str) = ("app", "app-password-2");
@@ -396,6 +402,25 @@ token_url = "{token_url}"
         client
     }
 
+    /// On a new connection: logs in as `user`, sends `message(subject)` from `from` to `to`
+    /// and says QUIT; returns the final reply to the message. Panics if MAIL, RCPT or DATA
+    /// is refused.
+    pub async fn send_as(&self, user: (&str, &str), from: &str, to: &str, subject: &str) -> Reply {
+        let mut client = self.logged_in(user).await;
+        let reply = client.send_mail(from, &[to], &message(subject)).await;
+        client.quit().await;
+        reply
+    }
+
+    /// On a new connection: logs in as `user`, sends `MAIL FROM:<from>` and says QUIT;
+    /// returns the reply to MAIL.
+    pub async fn mail_from_as(&self, user: (&str, &str), from: &str) -> Reply {
+        let mut client = self.logged_in(user).await;
+        let reply = client.cmd(&format!("MAIL FROM:<{from}>")).await;
+        client.quit().await;
+        reply
+    }
+
     /// Stops the relay (which drains its sessions) and returns the upstream fake, still
     /// holding what was delivered; the fakes stop when the returned handle's Env is gone.
     pub async fn stop_and_keep_fakes(mut self) -> FakeGmail {
@@ -449,149 +474,6 @@ impl Drop for Env {
     }
 }
 
-pub trait ExpectCode {
-    fn expect_code(self, code: u16) -> Reply;
-}
-
-impl ExpectCode for Reply {
-    #[track_caller]
-    fn expect_code(self, code: u16) -> Reply {
-        assert_eq!(self.code, code, "unexpected reply: {self}");
-        self
-    }
-}
-
-/// A minimal SMTP client that shows every reply to the test.
-pub struct Client {
-    stream: MaybeTls<TcpStream>,
-    buf: Vec<u8>,
-    pub greeting: Reply,
-}
-
-impl Client {
-    pub async fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let mut client = Client {
-            stream: MaybeTls::Plain(stream),
-            buf: Vec::new(),
-            greeting: Reply::new(0, None, ""),
-        };
-        client.greeting = client.read_reply().await;
-        client
-    }
-
-    /// Connects from a chosen local address (any of 127/8 works on Linux), so a test can
-    /// play a second loopback client that the relay sees as another address.
-    pub async fn connect_from(local: std::net::IpAddr, addr: SocketAddr) -> Client {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(SocketAddr::new(local, 0)).unwrap();
-        let stream = socket.connect(addr).await.unwrap();
-        let mut client = Client {
-            stream: MaybeTls::Plain(stream),
-            buf: Vec::new(),
-            greeting: Reply::new(0, None, ""),
-        };
-        client.greeting = client.read_reply().await;
-        client
-    }
-
-    /// Connects with TLS from the first byte (the implicit-TLS listener).
-    pub async fn connect_tls(addr: SocketAddr, pki: &TestPki) -> Client {
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let connector = tokio_rustls::TlsConnector::from(pki.client_config().unwrap());
-        let name = ServerName::try_from("localhost").unwrap();
-        let tls = connector.connect(name, tcp).await.unwrap();
-        let mut client = Client {
-            stream: MaybeTls::Tls(Box::new(tokio_rustls::TlsStream::Client(tls))),
-            buf: Vec::new(),
-            greeting: Reply::new(0, None, ""),
-        };
-        client.greeting = client.read_reply().await;
-        client
-    }
-
-    pub async fn write(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
-        self.stream.flush().await.unwrap();
-    }
-
-    pub async fn cmd(&mut self, line: &str) -> Reply {
-        self.write(format!("{line}\r\n").as_bytes()).await;
-        self.read_reply().await
-    }
-
-    pub async fn read_reply(&mut self) -> Reply {
-        self.try_read_reply()
-            .await
-            .unwrap_or_else(|| panic!("connection closed while waiting for a reply"))
-    }
-
-    /// None when the server closed the connection.
-    pub async fn try_read_reply(&mut self) -> Option<Reply> {
-        loop {
-            match parse_reply(&self.buf, 4096, 100).unwrap() {
-                ReplyParse::Complete { reply, consumed } => {
-                    self.buf.drain(..consumed);
-                    return Some(reply);
-                }
-                ReplyParse::Incomplete => {}
-            }
-            let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout(Duration::from_secs(30), self.stream.read(&mut chunk))
-                .await
-                .expect("no reply within 30 s")
-                .unwrap_or(0);
-            if n == 0 {
-                return None;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    pub async fn ehlo(&mut self) -> Reply {
-        self.cmd("EHLO client.test").await.expect_code(250)
-    }
-
-    pub async fn auth_plain(&mut self, user: &str, password: &str) -> Reply {
-        use base64::Engine;
-        let response =
-            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
-        self.cmd(&format!("AUTH PLAIN {response}")).await
-    }
-
-    pub async fn starttls(&mut self, pki: &TestPki) {
-        self.cmd("STARTTLS").await.expect_code(220);
-        let MaybeTls::Plain(tcp) = std::mem::replace(&mut self.stream, MaybeTls::Upgrading) else {
-            panic!("already TLS");
-        };
-        let connector = tokio_rustls::TlsConnector::from(pki.client_config().unwrap());
-        let name = ServerName::try_from("localhost").unwrap();
-        let tls = connector.connect(name, tcp).await.unwrap();
-        self.stream = MaybeTls::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)));
-    }
-
-    /// MAIL, RCPT..., DATA and the message (`body` in wire form without the terminator);
-    /// returns the final reply. Panics if MAIL, any RCPT or DATA is refused.
-    pub async fn send_mail(&mut self, from: &str, to: &[&str], body: &[u8]) -> Reply {
-        self.cmd(&format!("MAIL FROM:<{from}>"))
-            .await
-            .expect_code(250);
-        for rcpt in to {
-            self.cmd(&format!("RCPT TO:<{rcpt}>"))
-                .await
-                .expect_code(250);
-        }
-        self.cmd("DATA").await.expect_code(354);
-        self.write(body).await;
-        self.write(b".\r\n").await;
-        self.read_reply().await
-    }
-
-    pub async fn quit(mut self) {
-        let _ = self.cmd("QUIT").await;
-    }
-}
-
 /// A small well-formed message with CRLF line endings.
 pub fn message(subject: &str) -> Vec<u8> {
     format!(
@@ -637,31 +519,4 @@ pub fn unstuffed(wire: &[u8]) -> Vec<u8> {
         i += 1;
     }
     out
-}
-
-/// A log sink for tests that assert on what the relay logs.
-#[derive(Clone, Default)]
-pub struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-impl Captured {
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
 }

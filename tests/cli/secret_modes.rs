@@ -2,38 +2,17 @@
 //! checked like the token store: a warning when group or others can read them, naming
 //! the file and its mode, never its content.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-#![cfg(unix)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
+use crate::common::{capture_logs, Captured};
 use smtp_oauth_relay::config;
 use smtp_oauth_relay::credentials::secret::Secret;
 
 const CLIENT_SECRET: &str = "GOCSPX-file-secret-Hh41";
 const REFRESH: &str = "1//refresh-in-a-file-Tt09";
 const INLINE_SECRET: &str = "GOCSPX-inline-secret-Jj52";
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
 
 /// Loads the config at `path` and returns it with everything logged meanwhile.
 fn load_logged(path: &Path) -> (config::Config, String) {
@@ -43,13 +22,10 @@ fn load_logged(path: &Path) -> (config::Config, String) {
         .with_ansi(false)
         .with_writer(captured.clone())
         .finish();
-    // See tests/tokens.rs: callsite interest is cached process-wide.
-    let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry());
-    let config = tracing::subscriber::with_default(subscriber, || {
-        tracing::callsite::rebuild_interest_cache();
-        config::load(path).unwrap()
-    });
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let guard = capture_logs(subscriber);
+    let config = config::load(path).unwrap();
+    drop(guard);
+    let log = captured.text();
     (config, log)
 }
 

@@ -3,12 +3,10 @@
 //! upstream failure that must not be mistaken for a possible duplicate.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use base64::Engine;
-use common::*;
 use smtp_oauth_relay::sandbox::gmail::Behaviour;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -117,7 +115,7 @@ async fn forged_newline_in_a_user_name_never_splits_a_text_log_line() {
         .with_ansi(false)
         .with_writer(captured.clone())
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = capture_logs(subscriber);
     let env = Env::with(Options {
         limits: "auth_failure_delay_ms = 10".into(),
         ..Options::default()
@@ -164,7 +162,7 @@ async fn forged_newline_in_a_user_name_stays_inside_its_json_field() {
         .with_ansi(false)
         .with_writer(captured.clone())
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = capture_logs(subscriber);
     let env = Env::with(Options {
         limits: "auth_failure_delay_ms = 10".into(),
         ..Options::default()
@@ -341,23 +339,11 @@ async fn upstream_5xx_recipient_refusals_count_as_errors() {
         ..Behaviour::default()
     });
     let mut client = env.logged_in(SCANNER).await;
-    client
-        .cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}>"))
-        .await
-        .expect_code(250);
-    client.cmd("RCPT TO:<x@example.net>").await.expect_code(250);
-    client
-        .cmd("RCPT TO:<nobody@example.net>")
-        .await
-        .expect_code(550);
-    client
-        .cmd("RCPT TO:<nobody@example.net>")
-        .await
-        .expect_code(550);
-    client
-        .cmd("RCPT TO:<nobody@example.net>")
-        .await
-        .expect_code(550);
+    client.mail_from(SUPPORT_EMAIL, 250).await;
+    client.rcpt_to("x@example.net", 250).await;
+    client.rcpt_to("nobody@example.net", 550).await;
+    client.rcpt_to("nobody@example.net", 550).await;
+    client.rcpt_to("nobody@example.net", 550).await;
     let reply = client.read_reply().await;
     assert_eq!(reply.code, 421, "{reply}");
     assert!(client.try_read_reply().await.is_none());
@@ -377,11 +363,8 @@ async fn failed_write_of_the_final_dot_is_not_a_possible_duplicate() {
         ..Behaviour::default()
     });
     let mut client = env.logged_in(SCANNER).await;
-    client
-        .cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}>"))
-        .await
-        .expect_code(250);
-    client.cmd("RCPT TO:<x@example.net>").await.expect_code(250);
+    client.mail_from(SUPPORT_EMAIL, 250).await;
+    client.rcpt_to("x@example.net", 250).await;
     client.cmd("DATA").await.expect_code(354);
     client.write(&message("never-ended")).await;
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -3,15 +3,13 @@
 //! then sends with what `authorize` stored.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use common::*;
+use crate::common::*;
 use smtp_oauth_relay::credentials::secret::Secret;
 use smtp_oauth_relay::credentials::store::StoredToken;
 use smtp_oauth_relay::sandbox::token_issuer::{ConsentMode, GMAIL_SCOPE};
@@ -167,12 +165,9 @@ async fn consent_redirect(url: &str) -> String {
 }
 
 async fn send_ok(env: &Env, subject: &str) {
-    let mut client = env.logged_in(SCANNER).await;
-    client
-        .send_mail(SUPPORT_EMAIL, &["rcpt@example.net"], &message(subject))
+    env.send_as(SCANNER, SUPPORT_EMAIL, "rcpt@example.net", subject)
         .await
         .expect_code(250);
-    client.quit().await;
 }
 
 /// Asserts a successful authorize run stored a refresh token the issuer knows, that the

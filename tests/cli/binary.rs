@@ -2,15 +2,13 @@
 //! exit code for a broken config.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use smtp_oauth_relay::sandbox::token_issuer::IssuerMode;
 
 const BIN: &str = env!("CARGO_BIN_EXE_smtp-oauth-relay");

@@ -6,9 +6,7 @@
 //! `support@example.com` and the rest of `@example.com`; `sales` only `sales@example.org`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use smtp_oauth_relay::sandbox::token_issuer::IssuerAccount;
 
 const BOSS_EMAIL: &str = "boss@example.com";
@@ -57,10 +55,7 @@ async fn envelope_sender_is_routed_by_its_canonical_form() {
         "\"BOSS\"@Example.COM",
         "@relay.example:\"boss\"@example.com",
     ] {
-        let reply = scanner
-            .cmd(&format!("MAIL FROM:<{spelling}>"))
-            .await
-            .expect_code(553);
+        let reply = scanner.mail_from(spelling, 553).await;
         assert!(
             reply.text().contains("not owned by user scanner"),
             "{spelling}: {reply}"

@@ -1,11 +1,9 @@
 //! Warm upstream connections shared between client sessions, and their failure cases.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use smtp_oauth_relay::sandbox::gmail::Behaviour;
 
 fn pooled(extra: &str) -> Options {
@@ -17,12 +15,9 @@ fn pooled(extra: &str) -> Options {
 
 /// One message per connection, the way printers and cron jobs send.
 async fn send_one(env: &Env, subject: &str) {
-    let mut client = env.logged_in(SCANNER).await;
-    client
-        .send_mail(SUPPORT_EMAIL, &["x@example.net"], &message(subject))
+    env.send_as(SCANNER, SUPPORT_EMAIL, "x@example.net", subject)
         .await
         .expect_code(250);
-    client.quit().await;
 }
 
 /// The session hands its upstream to the pool as it ends; wait for that.

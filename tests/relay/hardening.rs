@@ -2,83 +2,15 @@
 //! throttling, the header-From policy and draining on shutdown.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
-use smtp_oauth_relay::session::Session;
-use smtp_oauth_relay::smtp::reply::{parse_reply, Reply, ReplyParse};
-use smtp_oauth_relay::stream::MaybeTls;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use tokio_util::sync::CancellationToken;
-
-/// A session driven in memory, as if the client were at `peer`: lets tests play a
-/// non-loopback client without leaving 127.0.0.1.
-struct MemoryClient {
-    io: DuplexStream,
-    buf: Vec<u8>,
-}
-
-impl MemoryClient {
-    async fn start(env: &Env, peer: &str) -> (MemoryClient, Reply) {
-        let (client, server) = tokio::io::duplex(64 * 1024);
-        let peer: SocketAddr = peer.parse().unwrap();
-        let session = Session::new(
-            env.relay.clone(),
-            MaybeTls::Plain(server),
-            peer,
-            CancellationToken::new(),
-        );
-        tokio::spawn(session.run());
-        let mut client = MemoryClient {
-            io: client,
-            buf: Vec::new(),
-        };
-        let greeting = client.read_reply().await;
-        (client, greeting)
-    }
-
-    async fn read_reply(&mut self) -> Reply {
-        loop {
-            if let ReplyParse::Complete { reply, consumed } =
-                parse_reply(&self.buf, 4096, 100).unwrap()
-            {
-                self.buf.drain(..consumed);
-                return reply;
-            }
-            let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout(Duration::from_secs(10), self.io.read(&mut chunk))
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(n > 0, "session closed");
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    async fn cmd(&mut self, line: &str) -> Reply {
-        self.io
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await
-            .unwrap();
-        self.read_reply().await
-    }
-}
-
-fn plain_auth(user: &str, password: &str) -> String {
-    use base64::Engine;
-    let response =
-        base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
-    format!("AUTH PLAIN {response}")
-}
+use crate::common::*;
 
 #[tokio::test]
 async fn plaintext_auth_is_refused_from_the_network_but_allowed_on_loopback() {
     let env = Env::start().await;
-    let (mut remote, greeting) = MemoryClient::start(&env, "192.0.2.10:40000").await;
-    assert_eq!(greeting.code, 220);
+    let mut remote = MemoryClient::start(&env, "192.0.2.10:40000").await;
+    assert_eq!(remote.greeting.code, 220);
     let ehlo = remote.cmd("EHLO remote").await.expect_code(250);
     assert!(
         !ehlo.lines.iter().any(|l| l.starts_with("AUTH")),
@@ -86,19 +18,19 @@ async fn plaintext_auth_is_refused_from_the_network_but_allowed_on_loopback() {
     );
     assert!(ehlo.lines.iter().any(|l| l == "STARTTLS"), "{ehlo:?}");
     let reply = remote
-        .cmd(&plain_auth(SCANNER.0, SCANNER.1))
+        .auth_plain(SCANNER.0, SCANNER.1)
         .await
         .expect_code(538);
     assert_eq!(reply.enhanced.map(|c| c.to_string()), Some("5.7.11".into()));
 
-    let (mut local, _) = MemoryClient::start(&env, "127.0.0.1:40001").await;
+    let mut local = MemoryClient::start(&env, "127.0.0.1:40001").await;
     let ehlo = local.cmd("EHLO local").await.expect_code(250);
     assert!(
         ehlo.lines.iter().any(|l| l == "AUTH PLAIN LOGIN"),
         "{ehlo:?}"
     );
     local
-        .cmd(&plain_auth(SCANNER.0, SCANNER.1))
+        .auth_plain(SCANNER.0, SCANNER.1)
         .await
         .expect_code(235);
     env.stop().await;
@@ -111,10 +43,10 @@ async fn plaintext_auth_can_be_allowed_explicitly() {
         ..Options::default()
     })
     .await;
-    let (mut remote, _) = MemoryClient::start(&env, "192.0.2.10:40000").await;
+    let mut remote = MemoryClient::start(&env, "192.0.2.10:40000").await;
     remote.cmd("EHLO remote").await.expect_code(250);
     remote
-        .cmd(&plain_auth(SCANNER.0, SCANNER.1))
+        .auth_plain(SCANNER.0, SCANNER.1)
         .await
         .expect_code(235);
     env.stop().await;
@@ -127,24 +59,15 @@ async fn trusted_network_sends_without_auth_through_its_assets_only() {
         ..Options::default()
     })
     .await;
-    let (mut trusted, _) = MemoryClient::start(&env, "192.0.2.55:40000").await;
+    let mut trusted = MemoryClient::start(&env, "192.0.2.55:40000").await;
     trusted.cmd("EHLO printer").await.expect_code(250);
-    trusted
-        .cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}>"))
-        .await
-        .expect_code(250);
+    trusted.mail_from(SUPPORT_EMAIL, 250).await;
     trusted.cmd("RSET").await.expect_code(250);
-    trusted
-        .cmd(&format!("MAIL FROM:<{SALES_EMAIL}>"))
-        .await
-        .expect_code(553);
+    trusted.mail_from(SALES_EMAIL, 553).await;
 
-    let (mut outsider, _) = MemoryClient::start(&env, "198.51.100.7:40000").await;
+    let mut outsider = MemoryClient::start(&env, "198.51.100.7:40000").await;
     outsider.cmd("EHLO elsewhere").await.expect_code(250);
-    outsider
-        .cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}>"))
-        .await
-        .expect_code(530);
+    outsider.mail_from(SUPPORT_EMAIL, 530).await;
     env.stop().await;
 }
 
@@ -319,11 +242,8 @@ async fn header_from_log_only_lets_the_message_through() {
 async fn shutdown_drains_transactions_and_refuses_new_connections() {
     let env = Env::start().await;
     let mut client = env.logged_in(SCANNER).await;
-    client
-        .cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}>"))
-        .await
-        .expect_code(250);
-    client.cmd("RCPT TO:<x@example.net>").await.expect_code(250);
+    client.mail_from(SUPPORT_EMAIL, 250).await;
+    client.rcpt_to("x@example.net", 250).await;
     let addr = env.relay_addr;
     let stopping = tokio::spawn(env.stop_and_keep_fakes());
     tokio::time::sleep(Duration::from_millis(200)).await;

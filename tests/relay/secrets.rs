@@ -2,10 +2,8 @@
 //! whatever happens in the session.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::common::*;
 use base64::Engine;
-use common::*;
 use smtp_oauth_relay::sandbox::token_issuer::IssuerMode;
 
 // A current-thread runtime: every task of the relay and its fakes runs on this thread, so
@@ -18,7 +16,7 @@ async fn a_full_session_at_trace_level_logs_no_secret() {
         .with_ansi(false)
         .with_writer(captured.clone())
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = capture_logs(subscriber);
 
     let env = Env::start().await;
     // AUTH PLAIN, a delivered message.
@@ -49,10 +47,7 @@ async fn a_full_session_at_trace_level_logs_no_secret() {
     env.tokens.revoke_all();
     env.issuer.set_mode(IssuerMode::InvalidGrant);
     let mut client = env.logged_in(ADMIN).await;
-    client
-        .cmd(&format!("MAIL FROM:<{SALES_EMAIL}>"))
-        .await
-        .expect_code(454);
+    client.mail_from(SALES_EMAIL, 454).await;
     client.quit().await;
     // Long tokens take the two-step AUTH path.
     env.issuer.set_mode(IssuerMode::Normal);

@@ -6,13 +6,11 @@
 //! with a note, but under CI (env `CI` set) a missing client fails the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::io::{Read, Write};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use smtp_oauth_relay::sandbox::gmail::Delivered;
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);

@@ -2,9 +2,7 @@
 //! Prometheus metrics that count what the relay did.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use smtp_oauth_relay::sandbox::token_issuer::IssuerMode;
 use smtp_oauth_relay::server::RelayHandle;
 use tokio_util::sync::CancellationToken;
@@ -37,10 +35,7 @@ async fn health_readiness_and_metrics() {
         .send_mail(SUPPORT_EMAIL, &["x@example.net"], &message("metrics"))
         .await
         .expect_code(250);
-    client
-        .cmd("MAIL FROM:<stranger@elsewhere.net>")
-        .await
-        .expect_code(550);
+    client.mail_from("stranger@elsewhere.net", 550).await;
     client.auth_plain(SCANNER.0, "wrong").await;
     client.quit().await;
 
@@ -69,17 +64,11 @@ async fn health_readiness_and_metrics() {
     env.issuer.set_mode(IssuerMode::InvalidGrant);
     env.tokens.revoke_all();
     let mut client = env.logged_in(ADMIN).await;
-    client
-        .cmd(&format!("MAIL FROM:<{SALES_EMAIL}>"))
-        .await
-        .expect_code(454);
+    client.mail_from(SALES_EMAIL, 454).await;
     let (status, body) = get(&base, "/readyz").await;
     assert_eq!(status, 200, "one usable asset left: {body}");
     assert!(body.contains("asset sales: needs attention"), "{body}");
-    client
-        .cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}>"))
-        .await
-        .expect_code(454);
+    client.mail_from(SUPPORT_EMAIL, 454).await;
     let (status, body) = get(&base, "/readyz").await;
     assert_eq!(status, 503, "{body}");
     let (_, metrics) = get(&base, "/metrics").await;

@@ -1,11 +1,9 @@
 //! End-to-end behaviour of the relay against the Gmail-like upstream and token endpoint.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use smtp_oauth_relay::sandbox::gmail::Behaviour;
 use smtp_oauth_relay::sandbox::token_issuer::IssuerMode;
 
@@ -96,10 +94,7 @@ async fn wrong_password_is_refused_and_mail_needs_auth() {
         .auth_plain("nobody", SCANNER.1)
         .await
         .expect_code(535);
-    let reply = client
-        .cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}>"))
-        .await
-        .expect_code(530);
+    let reply = client.mail_from(SUPPORT_EMAIL, 530).await;
     assert_eq!(reply.enhanced.map(|c| c.to_string()), Some("5.7.0".into()));
     assert_eq!(env.gmail.connections(), 0);
     env.stop().await;
@@ -109,10 +104,7 @@ async fn wrong_password_is_refused_and_mail_needs_auth() {
 async fn unknown_sender_gets_550_and_nothing_goes_upstream() {
     let env = Env::start().await;
     let mut client = env.logged_in(ADMIN).await;
-    let reply = client
-        .cmd("MAIL FROM:<stranger@elsewhere.net>")
-        .await
-        .expect_code(550);
+    let reply = client.mail_from("stranger@elsewhere.net", 550).await;
     assert_eq!(reply.enhanced.map(|c| c.to_string()), Some("5.7.1".into()));
     assert_eq!(env.gmail.connections(), 0);
     assert_eq!(env.issuer.refresh_count(), 0);
@@ -123,10 +115,7 @@ async fn unknown_sender_gets_550_and_nothing_goes_upstream() {
 async fn sender_of_another_users_asset_gets_553() {
     let env = Env::start().await;
     let mut client = env.logged_in(SCANNER).await;
-    let reply = client
-        .cmd(&format!("MAIL FROM:<{SALES_EMAIL}>"))
-        .await
-        .expect_code(553);
+    let reply = client.mail_from(SALES_EMAIL, 553).await;
     assert_eq!(reply.enhanced.map(|c| c.to_string()), Some("5.7.1".into()));
     assert!(
         reply.text().contains("not owned by user scanner"),
@@ -162,22 +151,16 @@ async fn one_rejected_recipient_among_several() {
         ..Behaviour::default()
     });
     let mut client = env.logged_in(SCANNER).await;
-    client
-        .cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}>"))
-        .await
-        .expect_code(250);
-    client.cmd("RCPT TO:<a@example.net>").await.expect_code(250);
-    let refused = client
-        .cmd("RCPT TO:<gone@example.net>")
-        .await
-        .expect_code(550);
+    client.mail_from(SUPPORT_EMAIL, 250).await;
+    client.rcpt_to("a@example.net", 250).await;
+    let refused = client.rcpt_to("gone@example.net", 550).await;
     // Gmail's own multi-line text reaches the client.
     assert!(refused.lines.len() > 1, "{refused:?}");
     assert_eq!(
         refused.enhanced.map(|c| c.to_string()),
         Some("5.1.1".into())
     );
-    client.cmd("RCPT TO:<b@example.net>").await.expect_code(250);
+    client.rcpt_to("b@example.net", 250).await;
     client.cmd("DATA").await.expect_code(354);
     client.write(&message("partial")).await;
     client.write(b".\r\n").await;
@@ -198,10 +181,7 @@ async fn two_transactions_in_one_session_with_two_assets() {
         .send_mail(SUPPORT_EMAIL, &["a@example.net"], &message("first"))
         .await
         .expect_code(250);
-    client
-        .cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}>"))
-        .await
-        .expect_code(250);
+    client.mail_from(SUPPORT_EMAIL, 250).await;
     client.cmd("RSET").await.expect_code(250);
     client
         .send_mail(SALES_EMAIL, &["b@example.net"], &message("second"))
@@ -228,10 +208,7 @@ async fn starttls_on_the_local_side() {
     assert!(ehlo.lines.iter().any(|l| l == "STARTTLS"), "{ehlo:?}");
     client.starttls(&env.pki).await;
     // After TLS the client starts over; STARTTLS is no longer offered.
-    client
-        .cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}>"))
-        .await
-        .expect_code(503);
+    client.mail_from(SUPPORT_EMAIL, 503).await;
     let ehlo = client.ehlo().await;
     assert!(!ehlo.lines.iter().any(|l| l == "STARTTLS"), "{ehlo:?}");
     client
@@ -293,10 +270,7 @@ async fn invalid_grant_gives_temporary_454_naming_the_asset() {
     let env = Env::start().await;
     env.issuer.set_mode(IssuerMode::InvalidGrant);
     let mut client = env.logged_in(SCANNER).await;
-    let reply = client
-        .cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}>"))
-        .await
-        .expect_code(454);
+    let reply = client.mail_from(SUPPORT_EMAIL, 454).await;
     assert_eq!(reply.enhanced.map(|c| c.to_string()), Some("4.7.0".into()));
     assert!(
         reply.text().contains("\"support\" needs re-authorization"),
@@ -328,10 +302,7 @@ async fn invalid_grant_can_be_configured_permanent() {
     .await;
     env.issuer.set_mode(IssuerMode::InvalidGrant);
     let mut client = env.logged_in(SCANNER).await;
-    let reply = client
-        .cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}>"))
-        .await
-        .expect_code(535);
+    let reply = client.mail_from(SUPPORT_EMAIL, 535).await;
     assert_eq!(reply.enhanced.map(|c| c.to_string()), Some("5.7.8".into()));
     env.stop().await;
 }
@@ -341,20 +312,14 @@ async fn token_endpoint_down_gives_454_and_next_session_retries() {
     let env = Env::start().await;
     env.issuer.set_mode(IssuerMode::ServerError);
     let mut client = env.logged_in(SCANNER).await;
-    let reply = client
-        .cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}>"))
-        .await
-        .expect_code(454);
+    let reply = client.mail_from(SUPPORT_EMAIL, 454).await;
     assert!(reply.text().contains("try again later"), "{reply}");
     client.quit().await;
 
     env.issuer.set_mode(IssuerMode::Hang);
     let mut client = env.logged_in(SCANNER).await;
     let started = std::time::Instant::now();
-    client
-        .cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}>"))
-        .await
-        .expect_code(454);
+    client.mail_from(SUPPORT_EMAIL, 454).await;
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "token timeout not applied"
@@ -378,11 +343,8 @@ async fn upstream_closing_mid_data_gives_4xx_and_no_delivery() {
         ..Behaviour::default()
     });
     let mut client = env.logged_in(SCANNER).await;
-    client
-        .cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}>"))
-        .await
-        .expect_code(250);
-    client.cmd("RCPT TO:<x@example.net>").await.expect_code(250);
+    client.mail_from(SUPPORT_EMAIL, 250).await;
+    client.rcpt_to("x@example.net", 250).await;
     client.cmd("DATA").await.expect_code(354);
     let mut body = Vec::new();
     for i in 0..20000 {
@@ -408,11 +370,8 @@ async fn connection_lost_after_dot_is_a_possible_duplicate_451() {
         ..Behaviour::default()
     });
     let mut client = env.logged_in(SCANNER).await;
-    client
-        .cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}>"))
-        .await
-        .expect_code(250);
-    client.cmd("RCPT TO:<x@example.net>").await.expect_code(250);
+    client.mail_from(SUPPORT_EMAIL, 250).await;
+    client.rcpt_to("x@example.net", 250).await;
     client.cmd("DATA").await.expect_code(354);
     client.write(&message("dup")).await;
     let reply = client.cmd(".").await.expect_code(451);
@@ -563,11 +522,8 @@ async fn pipelined_transaction_in_one_packet() {
 async fn bare_lf_dot_never_ends_the_message_upstream() {
     let env = Env::start().await;
     let mut client = env.logged_in(SCANNER).await;
-    client
-        .cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}>"))
-        .await
-        .expect_code(250);
-    client.cmd("RCPT TO:<x@example.net>").await.expect_code(250);
+    client.mail_from(SUPPORT_EMAIL, 250).await;
+    client.rcpt_to("x@example.net", 250).await;
     client.cmd("DATA").await.expect_code(354);
     // An SMTP smuggling attempt: "\n.\n" followed by a second, forged transaction.
     client
@@ -597,11 +553,8 @@ async fn size_limits_are_enforced_before_and_during_data() {
         .cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}> SIZE=200000"))
         .await
         .expect_code(552);
-    client
-        .cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}>"))
-        .await
-        .expect_code(250);
-    client.cmd("RCPT TO:<x@example.net>").await.expect_code(250);
+    client.mail_from(SUPPORT_EMAIL, 250).await;
+    client.rcpt_to("x@example.net", 250).await;
     client.cmd("DATA").await.expect_code(354);
     let mut body = Vec::new();
     for _ in 0..300 {
@@ -623,13 +576,10 @@ async fn too_many_recipients_get_452() {
     })
     .await;
     let mut client = env.logged_in(SCANNER).await;
-    client
-        .cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}>"))
-        .await
-        .expect_code(250);
-    client.cmd("RCPT TO:<a@example.net>").await.expect_code(250);
-    client.cmd("RCPT TO:<b@example.net>").await.expect_code(250);
-    let reply = client.cmd("RCPT TO:<c@example.net>").await.expect_code(452);
+    client.mail_from(SUPPORT_EMAIL, 250).await;
+    client.rcpt_to("a@example.net", 250).await;
+    client.rcpt_to("b@example.net", 250).await;
+    let reply = client.rcpt_to("c@example.net", 452).await;
     assert_eq!(reply.enhanced.map(|c| c.to_string()), Some("4.5.3".into()));
     env.stop().await;
 }
@@ -639,21 +589,15 @@ async fn protocol_basics_and_sequence_errors() {
     let env = Env::start().await;
     let mut client = env.client().await;
     assert_eq!(client.greeting.code, 220);
-    client
-        .cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}>"))
-        .await
-        .expect_code(503);
+    client.mail_from(SUPPORT_EMAIL, 503).await;
     client.cmd("FROBNICATE").await.expect_code(500);
     client.cmd("HELO old.client").await.expect_code(250);
     client.cmd("NOOP").await.expect_code(250);
     client.cmd("VRFY someone").await.expect_code(252);
     client.cmd("HELP").await.expect_code(214);
-    client.cmd("RCPT TO:<a@example.net>").await.expect_code(503);
+    client.rcpt_to("a@example.net", 503).await;
     client.cmd("DATA").await.expect_code(503);
-    client
-        .cmd("MAIL FROM:<not an address>")
-        .await
-        .expect_code(501);
+    client.mail_from("not an address", 501).await;
     let long = format!("NOOP {}", "x".repeat(5000));
     client.cmd(&long).await.expect_code(500);
     client.cmd("RSET").await.expect_code(250);
@@ -729,10 +673,7 @@ async fn upstream_refusing_a_fresh_token_gives_one_clear_reply() {
     .await;
     let mut client = env.logged_in(SCANNER).await;
     // Gmail's 334 JSON challenge is handled by the relay; the client sees one reply.
-    let reply = client
-        .cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}>"))
-        .await
-        .expect_code(454);
+    let reply = client.mail_from(SUPPORT_EMAIL, 454).await;
     assert!(reply.text().contains("needs re-authorization"), "{reply}");
     // A fresh token that is refused is not retried: retrying cannot help.
     assert_eq!(env.gmail.auth_attempts(), 1);

@@ -8,13 +8,11 @@
 //! set) it fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 const PHPMAILER_AUTOLOAD: &str = "/usr/share/php/libphp-phpmailer/autoload.php";

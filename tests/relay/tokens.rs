@@ -4,13 +4,11 @@
 //! client JSON files and the encrypted store.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::common::*;
 use smtp_oauth_relay::config::{self, ConfigError, RefreshTokenSource};
 use smtp_oauth_relay::credentials::secret::Secret;
 use smtp_oauth_relay::credentials::store::{StoreKey, StoredToken, TokenStore};
@@ -46,20 +44,14 @@ fn store_options() -> Options {
 
 /// Logs in as `user` and sends MAIL FROM; returns the reply (the session is dropped).
 async fn mail_from(env: &Env, user: (&str, &str), from: &str) -> Reply {
-    let mut client = env.logged_in(user).await;
-    let reply = client.cmd(&format!("MAIL FROM:<{from}>")).await;
-    client.quit().await;
-    reply
+    env.mail_from_as(user, from).await
 }
 
 /// Sends one message as `user` from `from`, expecting 250.
 async fn send_ok(env: &Env, user: (&str, &str), from: &str, subject: &str) {
-    let mut client = env.logged_in(user).await;
-    client
-        .send_mail(from, &["rcpt@example.net"], &message(subject))
+    env.send_as(user, from, "rcpt@example.net", subject)
         .await
         .expect_code(250);
-    client.quit().await;
 }
 
 #[track_caller]
@@ -222,13 +214,7 @@ async fn revoked_asset_needs_reauthorization_while_the_other_keeps_working() {
         .with_ansi(false)
         .with_writer(captured.clone())
         .finish();
-    // tracing caches each callsite's interest process-wide, computed on whichever thread hits
-    // it first: a sibling test's thread without a subscriber would cache "never" and the
-    // events would not reach this test's capture. An inert global subscriber means every
-    // thread has one.
-    let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry());
-    let _guard = tracing::subscriber::set_default(subscriber);
-    tracing::callsite::rebuild_interest_cache();
+    let _guard = capture_logs(subscriber);
 
     let env = Env::start().await;
     assert!(env.issuer.revoke_refresh_token(SUPPORT_REFRESH));
@@ -760,9 +746,7 @@ async fn transient_token_endpoint_errors_are_temporary_even_when_failures_are_pe
         .with_ansi(false)
         .with_writer(captured.clone())
         .finish();
-    let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry());
-    let _guard = tracing::subscriber::set_default(subscriber);
-    tracing::callsite::rebuild_interest_cache();
+    let _guard = capture_logs(subscriber);
 
     let env = Env::with(Options {
         server: "credential_failure = \"permanent\"".into(),

@@ -7,12 +7,10 @@
 //! CA, client secret, token URL) leave `sales` intact, and the fresh client sends through it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -69,12 +67,8 @@ fn message_for(subject: &str) -> Vec<u8> {
 
 /// A new client sends a normal message through `user`'s asset and it arrives once.
 async fn fresh_client_sends(env: &Env, user: (&str, &str), from: &str, subject: &str) {
-    let mut client = env.logged_in(user).await;
-    let reply = client
-        .send_mail(from, &["fresh@example.net"], &message_for(subject))
-        .await;
+    let reply = env.send_as(user, from, "fresh@example.net", subject).await;
     expect(&reply, 250, "2.0.0");
-    client.quit().await;
 }
 
 /// MAIL FROM for the support asset, as SCANNER.
@@ -276,11 +270,8 @@ async fn upstream_stalling_mid_data_times_out_with_4xx_and_nothing_delivered() {
         ..Behaviour::default()
     });
     let mut client = env.logged_in(SCANNER).await;
-    client
-        .cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}>"))
-        .await
-        .expect_code(250);
-    client.cmd("RCPT TO:<x@example.net>").await.expect_code(250);
+    client.mail_from(SUPPORT_EMAIL, 250).await;
+    client.rcpt_to("x@example.net", 250).await;
     client.cmd("DATA").await.expect_code(354);
     // More than loopback socket buffers hold, so the relay's writes block on the stalled
     // upstream (if they all fit, the wait for the final reply times out instead).
@@ -443,11 +434,8 @@ async fn token_endpoint_answering_200_with_garbage_gives_454() {
 async fn client_disconnecting_mid_data_delivers_nothing_and_drops_the_upstream() {
     let env = Env::start().await;
     let mut client = env.logged_in(SCANNER).await;
-    client
-        .cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}>"))
-        .await
-        .expect_code(250);
-    client.cmd("RCPT TO:<x@example.net>").await.expect_code(250);
+    client.mail_from(SUPPORT_EMAIL, 250).await;
+    client.rcpt_to("x@example.net", 250).await;
     client.cmd("DATA").await.expect_code(354);
     let whole = message_for("cut-off");
     client.write(&whole[..whole.len() / 2]).await;
@@ -497,11 +485,8 @@ async fn two_megabyte_command_line_gets_500_5_5_6() {
 async fn two_megabyte_line_in_data_refuses_the_message() {
     let env = Env::start().await;
     let mut client = env.logged_in(SCANNER).await;
-    client
-        .cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}>"))
-        .await
-        .expect_code(250);
-    client.cmd("RCPT TO:<x@example.net>").await.expect_code(250);
+    client.mail_from(SUPPORT_EMAIL, 250).await;
+    client.rcpt_to("x@example.net", 250).await;
     client.cmd("DATA").await.expect_code(354);
     let mut body = b"Subject: long line\r\n\r\n".to_vec();
     body.extend(std::iter::repeat_n(b'x', 2 * 1024 * 1024));

@@ -10,15 +10,13 @@
 //! CI (env `CI` set) a missing Postfix fails them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use smtp_oauth_relay::sandbox::gmail::Delivered;
 
 const POSTFIX: &str = "/usr/sbin/postfix";

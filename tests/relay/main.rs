@@ -1,0 +1,21 @@
+//! The relay in process: a real `server::run` on loopback ports in front of the embedded
+//! fake Gmail and token issuer (tests/common), or a session driven in memory. One test
+//! binary, so the crate links once for all of them; each module is one concern.
+//!
+//! Shared process state: the password hashes of tests/common (made once), and the global
+//! tracing dispatcher that log-capturing tests install (`common::capture_logs`).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod admin;
+mod client_abuse;
+mod faults;
+mod hardening;
+mod pool;
+mod relay;
+mod reload;
+mod secrets;
+mod sender_spelling;
+mod store;
+mod tokens;
