@@ -22,6 +22,8 @@ use crate::tls;
 /// `asset[<index>].<key>`, the name problems give a field of this asset.
 type Field<'a> = &'a dyn Fn(&str) -> String;
 
+/// Checks one `[[asset]]`; `None` when a part it cannot work without is missing (the
+/// problems recorded say which).
 pub(super) fn validate_asset(raw: &RawAsset, index: usize, check: &mut Checker) -> Option<Asset> {
     let field = |name: &str| format!("asset[{index}].{name}");
     let name = raw.name.get_ref().clone();

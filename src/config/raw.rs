@@ -1,6 +1,6 @@
 //! The config file's shapes as serde reads them: they mirror the TOML exactly, so an
 //! unknown key is an error (a typo never silently disables a setting). Nothing here is
-//! checked yet; [`super::validate`] turns these into the settings in [`super::types`].
+//! checked yet; `validate.rs` turns these into the settings in [`super::types`].
 //! Values that problems must point at are `Spanned`, so the problem can name the line.
 
 use std::path::PathBuf;
