@@ -44,9 +44,9 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 const MAKE_ROOM_INTERVAL: Duration = Duration::from_secs(1);
 /// Longer lockouts are cut to this, so adding one to an instant cannot overflow.
 const MAX_LOCKOUT: Duration = Duration::from_secs(366 * 24 * 3600);
-/// Default for `limits.auth_throttle_entries`: a few MB at most per table (an entry takes
-/// about 100-150 bytes), far more than the distinct hosts and names a site sees in an hour.
-pub const DEFAULT_MAX_ENTRIES: usize = 50_000;
+/// Default for `limits.auth_throttle_entries`; the value and its reason live with the
+/// other defaults in config, which must not import this runtime service.
+pub use crate::config::DEFAULT_AUTH_THROTTLE_ENTRIES as DEFAULT_MAX_ENTRIES;
 
 #[derive(Debug, Clone, Copy)]
 struct Failures {

@@ -10,8 +10,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::{
-    Asset, AssetAccess, Config, CredentialFailure, HeaderFromPolicy, Limits, Provider,
-    RefreshTokenSource, ServerSettings, Timeouts, TokenSettings, UpstreamTarget, UpstreamTls, User,
+    Asset, AssetAccess, Config, CredentialFailure, HeaderFromPolicy, Limits, PoolSettings,
+    Provider, RefreshTokenSource, ServerSettings, Timeouts, TokenSettings, UpstreamTarget,
+    UpstreamTls, User,
 };
 use crate::credentials::secret::Secret;
 use crate::sandbox::SandboxUpstream;
@@ -93,11 +94,7 @@ pub fn sandbox_config(
         senders,
         // Unused: the sandbox asset's refresh token is inline.
         admin_listen: None,
-        pool: crate::upstream::pool::PoolSettings {
-            enabled: true,
-            size: 4,
-            idle_timeout: std::time::Duration::from_secs(60),
-        },
+        pool: PoolSettings::default(),
         warnings: Vec::new(),
         tokens: TokenSettings {
             path: PathBuf::from("sandbox-state/tokens.json"),

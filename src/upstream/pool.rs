@@ -16,21 +16,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::config::PoolSettings;
 use crate::smtp::reply::Reply;
 use crate::upstream::Upstream;
 
 /// A pooled connection is not handed out when its token has less than this left: the
 /// provider may end an authenticated session when its token expires.
 const TOKEN_MARGIN: Duration = Duration::from_secs(60);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolSettings {
-    pub enabled: bool,
-    /// Idle connections kept per asset.
-    pub size: usize,
-    /// Below the provider's own idle timeout, so we close first.
-    pub idle_timeout: Duration,
-}
 
 struct Idle {
     upstream: Upstream,

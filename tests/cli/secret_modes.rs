@@ -23,10 +23,16 @@ fn load_logged(path: &Path) -> (config::Config, String) {
         .with_writer(captured.clone())
         .finish();
     let guard = capture_logs(subscriber);
-    let config = config::load(path).unwrap();
+    let config = config::load_with_env(path, environment).unwrap();
     drop(guard);
     let log = captured.text();
     (config, log)
+}
+
+/// The environment the configs here are loaded with: only the variable the last test
+/// expands, so no test changes the process environment.
+fn environment(name: &str) -> Option<String> {
+    (name == "SECRET_MODES_TEST_SECRET").then(|| INLINE_SECRET.to_string())
 }
 
 fn write(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
@@ -169,7 +175,6 @@ fn a_readable_config_is_warned_about_only_when_it_holds_a_secret() {
 
     // A secret from the environment is not in the file.
     let text = config_text("client_secret = \"${SECRET_MODES_TEST_SECRET}\"", &refresh);
-    std::env::set_var("SECRET_MODES_TEST_SECRET", INLINE_SECRET);
     let config_path = write(dir.path(), "relay-env.toml", &text, 0o644);
     let (config, _) = load_logged(&config_path);
     assert!(config.warnings.is_empty(), "{:?}", config.warnings);
