@@ -149,7 +149,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     /// Never sends the terminator: that is the caller's decision.
     async fn stream_message(&mut self, transaction: &mut Transaction) -> Streamed {
         let params = &self.params;
-        let (max_message_size, max_data_line) = (params.max_message_size, params.data.max_line_len);
+        let max_message_size = params.max_message_size;
+        let max_data_line = params.data.max_line_len;
         let mut scanner = DataScanner::new(params.data);
         let trace = Trace {
             helo: self.client.helo.as_deref().unwrap_or("unknown"),
