@@ -13,7 +13,7 @@ use smtp_oauth_relay::smtp::command::parse_command;
 use smtp_oauth_relay::smtp::data::{BareLineEndings, DataLimits, DataScanner};
 use smtp_oauth_relay::smtp::reply::{parse_reply, ReplyParse};
 
-/// What the relay reads per socket read (session.rs READ_CHUNK); the scanner is fed this much
+/// What the relay reads per socket read (session/conn.rs READ_CHUNK); the scanner is fed this much
 /// at a time, as in production.
 const CHUNK: usize = 64 * 1024;
 

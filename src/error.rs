@@ -1,12 +1,10 @@
-//! Why a transaction could not get an upstream, and what the client is told about it.
+//! Why a transaction could not get an upstream: token trouble or upstream trouble, and
+//! what the operator should do about it.
 //!
-//! This is the one place where failures towards the provider become SMTP replies: token
-//! trouble and upstream trouble both end up here, so the mapping can be read (and
-//! reviewed against RFC 5321's "4xx keeps the mail in the client's queue") in one screen.
+//! What the client is told is decided in one place, `replies.rs`
+//! ([`Say::for_failure`](crate::replies::Say::for_failure)), next to the reply texts.
 
-use crate::config::CredentialFailure;
 use crate::oauth::token::TokenError;
-use crate::replies::Say;
 use crate::upstream::UpstreamError;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,35 +21,6 @@ impl RelayError {
         match self {
             RelayError::Token(err) => err.needs_operator(),
             RelayError::Upstream(err) => err.is_credential_rejection(),
-        }
-    }
-
-    /// The reply for the client whose transaction needed `asset`.
-    pub fn client_reply<'a>(&self, asset: &'a str, mode: CredentialFailure) -> Say<'a> {
-        if self.needs_operator() {
-            // A store or file the relay cannot use says nothing about the mail: it stays
-            // queued whatever `credential_failure` says.
-            let mode = match self {
-                RelayError::Token(err) if !err.is_credential_refusal() => {
-                    CredentialFailure::Temporary
-                }
-                _ => mode,
-            };
-            return Say::CredentialsNeedReauthorization { asset, mode };
-        }
-        match self {
-            RelayError::Token(_) => Say::CredentialsUnavailable,
-            RelayError::Upstream(err) => match err {
-                UpstreamError::AuthRejected { .. } | UpstreamError::NoXoauth2 { .. } => {
-                    Say::CredentialsUnavailable
-                }
-                UpstreamError::Connect { .. }
-                | UpstreamError::Timeout { .. }
-                | UpstreamError::Unexpected { .. } => Say::UpstreamUnavailable,
-                UpstreamError::Tls { .. } => Say::UpstreamTlsFailed,
-                UpstreamError::NoStartTls { .. } => Say::UpstreamNoTls,
-                UpstreamError::Lost { .. } | UpstreamError::Protocol { .. } => Say::UpstreamLost,
-            },
         }
     }
 

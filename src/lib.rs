@@ -15,7 +15,7 @@
 //! ```
 //!
 //! - [`server`]: listeners, connection limits, drain on shutdown; hands each connection
-//!   to a [`session`], the SMTP dialogue with one client.
+//!   to a [`session`], the SMTP dialogue with one client (one file per verb family).
 //! - [`users`]: local users and argon2id; [`senders`]: envelope sender → asset;
 //!   [`throttle`]: failed-login counting; [`received`]: the trace header.
 //! - [`upstream`]: the provider leg: SMTP client (STARTTLS/implicit TLS + XOAUTH2) and
@@ -23,8 +23,9 @@
 //! - [`oauth`]: the access-token manager (refresh, rotation, back-off) and the consent
 //!   flow `authorize` runs; [`credentials`]: secrets, the encrypted token store, service
 //!   account keys.
-//! - [`replies`]: every reply text the relay writes itself; [`error`] maps failures
-//!   towards the provider onto those replies in one place.
+//! - [`replies`]: every reply text the relay writes itself, and the one mapping from
+//!   failures (towards the provider, [`error::RelayError`]; refused command lines) onto
+//!   those replies; [`error`] says why a transaction got no upstream, with operator hints.
 //! - [`smtp`]: pure protocol code with no I/O (commands, replies, the DATA scanner, EHLO
 //!   capabilities, addresses, SASL, XOAUTH2). This is what the fuzz targets exercise.
 //! - [`config`]: TOML → validated [`config::Config`], every problem reported with file,
@@ -41,7 +42,7 @@
 //!   ([`credentials::secret::Secret`]). What is fuzzed is what is in `smtp/`.
 //! - `config/` holds value types only and never imports a runtime service (pool,
 //!   upstream client, token manager, session).
-//! - Only `replies`/`error` turn failures into reply text; connection code returns errors.
+//! - Only `replies` turns failures into reply text; connection code returns errors.
 //! - The `sandbox` fakes never share parsing code with production: an oracle must not
 //!   share the code it checks.
 

@@ -1,25 +1,33 @@
-//! Every reply the relay itself writes to a client, in one table.
+//! Every reply the relay itself writes to a client, in one table, and the one place where
+//! failures become replies.
 //!
 //! Replies that come from the upstream (MAIL, RCPT and final DATA replies) are passed
-//! through instead; see `Session` for where. Keeping our own texts here makes them easy to
-//! review against RFC 5321 / RFC 3463 / RFC 4954 and keeps wording consistent.
+//! through instead ([`relayed`]). Keeping our own texts here makes them easy to review
+//! against RFC 5321 / RFC 3463 / RFC 4954 and keeps wording consistent. Failures towards
+//! the provider ([`Say::for_failure`]) and commands the parser refuses
+//! ([`Say::for_command_error`]) are mapped by exhaustive matches, so a new error variant
+//! cannot compile without a reply (the rustls `From<&CertificateError> for
+//! AlertDescription` idea).
 
 use crate::config::CredentialFailure;
+use crate::error::RelayError;
+use crate::smtp::command::CommandError;
 use crate::smtp::reply::{EnhancedCode, Reply};
+use crate::upstream::UpstreamError;
 
 const fn code(class: u8, subject: u16, detail: u16) -> Option<EnhancedCode> {
     Some(EnhancedCode::new(class, subject, detail))
 }
 
-/// A reply of ours; the variants carry what the text needs.
+/// A reply of ours; the variants carry (and own) what the text needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Say<'a> {
+pub enum Say {
     Greeting {
-        hostname: &'a str,
+        hostname: String,
     },
     Helo {
-        hostname: &'a str,
-        client: &'a str,
+        hostname: String,
+        client: String,
     },
     Ehlo {
         lines: Vec<String>,
@@ -27,7 +35,7 @@ pub enum Say<'a> {
     Ok,
     ResetOk,
     Bye {
-        hostname: &'a str,
+        hostname: String,
     },
     Help,
     Vrfy,
@@ -37,7 +45,7 @@ pub enum Say<'a> {
     TlsAlreadyActive,
     AuthSucceeded,
     AuthChallenge {
-        challenge: &'a str,
+        challenge: &'static str,
     },
     AuthFailed,
     AuthCancelled,
@@ -53,20 +61,20 @@ pub enum Say<'a> {
     NeedRcpt,
     UnknownCommand,
     Syntax {
-        detail: &'a str,
+        detail: &'static str,
     },
     BadSenderSyntax,
     BadRecipientSyntax,
     CommandLineTooLong,
     UnsupportedParameter {
-        keyword: &'a str,
+        keyword: String,
     },
     SenderNotServed {
-        sender: &'a str,
+        sender: String,
     },
     SenderNotOwned {
-        sender: &'a str,
-        user: &'a str,
+        sender: String,
+        user: String,
     },
     NullSenderNoAsset,
     MessageTooBigDeclared {
@@ -84,7 +92,7 @@ pub enum Say<'a> {
     Utf8NotSupportedUpstream,
     StartData,
     CredentialsNeedReauthorization {
-        asset: &'a str,
+        asset: String,
         mode: CredentialFailure,
     },
     CredentialsUnavailable,
@@ -104,7 +112,7 @@ pub enum Say<'a> {
     HeaderFromMissing,
     HeaderBlockTooLarge,
     HeaderFromNotServed {
-        from: &'a str,
+        from: String,
     },
     /// RFC 5322 §3.6 allows exactly one From: field; readers differ on which of several
     /// they show, so no single one can be checked.
@@ -112,11 +120,9 @@ pub enum Say<'a> {
     /// The From: field is not a plain mailbox list (a group, an encoded word as the
     /// address, unbalanced quotes, bytes that are not UTF-8): nothing to vouch for.
     HeaderFromUnreadable,
-    /// A reply already built (its text needed values this enum cannot borrow).
-    Prebuilt(Reply),
 }
 
-impl Say<'_> {
+impl Say {
     pub fn reply(&self) -> Reply {
         match self {
             Say::Greeting { hostname } => Reply::new(
@@ -300,7 +306,6 @@ impl Say<'_> {
                 code(4, 7, 0),
                 "Too many connections, try again later",
             ),
-            Say::Prebuilt(reply) => reply.clone(),
             Say::EncryptionRequired => Reply::new(
                 538,
                 code(5, 7, 11),
@@ -346,6 +351,53 @@ impl Say<'_> {
     }
 }
 
+impl Say {
+    /// The reply for a client whose transaction needed `asset` and could not get an
+    /// upstream. Reviewed against RFC 5321's rule that 4xx keeps the mail in the client's
+    /// queue: only credential refusals may bounce, and only when the operator chose
+    /// `credential_failure = "permanent"`.
+    pub fn for_failure(error: &RelayError, asset: &str, mode: CredentialFailure) -> Say {
+        if error.needs_operator() {
+            // A store or file the relay cannot use says nothing about the mail: it stays
+            // queued whatever `credential_failure` says.
+            let mode = match error {
+                RelayError::Token(err) if !err.is_credential_refusal() => {
+                    CredentialFailure::Temporary
+                }
+                _ => mode,
+            };
+            return Say::CredentialsNeedReauthorization {
+                asset: asset.to_string(),
+                mode,
+            };
+        }
+        match error {
+            RelayError::Token(_) => Say::CredentialsUnavailable,
+            RelayError::Upstream(err) => match err {
+                UpstreamError::AuthRejected { .. } | UpstreamError::NoXoauth2 { .. } => {
+                    Say::CredentialsUnavailable
+                }
+                UpstreamError::Connect { .. }
+                | UpstreamError::Timeout { .. }
+                | UpstreamError::Unexpected { .. } => Say::UpstreamUnavailable,
+                UpstreamError::Tls { .. } => Say::UpstreamTlsFailed,
+                UpstreamError::NoStartTls { .. } => Say::UpstreamNoTls,
+                UpstreamError::Lost { .. } | UpstreamError::Protocol { .. } => Say::UpstreamLost,
+            },
+        }
+    }
+
+    /// The reply for a command line the parser refused (`smtp` stays free of reply texts).
+    pub fn for_command_error(error: &CommandError) -> Say {
+        match error {
+            CommandError::Unrecognized => Say::UnknownCommand,
+            CommandError::Syntax(detail) => Say::Syntax { detail },
+            CommandError::BadSenderAddress => Say::BadSenderSyntax,
+            CommandError::BadRecipientAddress => Say::BadRecipientSyntax,
+        }
+    }
+}
+
 /// An upstream reply as our client should see it: passed through unchanged, except that an
 /// enhanced status code is supplied when the upstream sent none, because we advertise
 /// ENHANCEDSTATUSCODES and clients may rely on it.
@@ -357,4 +409,107 @@ pub fn relayed(mut upstream: Reply) -> Reply {
         }
     }
     upstream
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oauth::token::TokenError;
+
+    fn wire(say: Say) -> String {
+        String::from_utf8_lossy(&say.reply().to_wire()).into_owned()
+    }
+
+    #[test]
+    fn command_errors_map_to_replies() {
+        let cases = [
+            (
+                CommandError::Unrecognized,
+                "500 5.5.1 Command not recognized\r\n",
+            ),
+            (
+                CommandError::Syntax("Argument required"),
+                "501 5.5.4 Syntax error: Argument required\r\n",
+            ),
+            (
+                CommandError::BadSenderAddress,
+                "501 5.1.7 Bad sender address syntax\r\n",
+            ),
+            (
+                CommandError::BadRecipientAddress,
+                "501 5.1.3 Bad recipient address syntax\r\n",
+            ),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(wire(Say::for_command_error(&error)), expected, "{error:?}");
+        }
+    }
+
+    fn upstream(error: UpstreamError) -> RelayError {
+        RelayError::Upstream(error)
+    }
+
+    #[test]
+    fn failures_map_to_replies() {
+        let target = || "smtp.example.com:587".to_string();
+        let reauthorize = "Sending account \"a\" needs re-authorization by the relay operator";
+        let cases = [
+            (
+                RelayError::Token(TokenError::Unavailable {
+                    asset: "a".into(),
+                    reason: "down".into(),
+                }),
+                CredentialFailure::Permanent,
+                "454 4.7.0 Temporary authentication failure towards the mail provider, try again later\r\n".to_string(),
+            ),
+            (
+                RelayError::Token(TokenError::NotAuthorized { asset: "a".into() }),
+                CredentialFailure::Permanent,
+                format!("535 5.7.8 {reauthorize}\r\n"),
+            ),
+            (
+                RelayError::Token(TokenError::NotAuthorized { asset: "a".into() }),
+                CredentialFailure::Temporary,
+                format!("454 4.7.0 {reauthorize}\r\n"),
+            ),
+            // A store the relay cannot read keeps the mail queued even in permanent mode.
+            (
+                RelayError::Token(TokenError::Store {
+                    asset: "a".into(),
+                    reason: "locked".into(),
+                }),
+                CredentialFailure::Permanent,
+                format!("454 4.7.0 {reauthorize}\r\n"),
+            ),
+            (
+                upstream(UpstreamError::Connect {
+                    target: target(),
+                    reason: "refused".into(),
+                }),
+                CredentialFailure::Permanent,
+                "451 4.4.1 Upstream mail server unavailable, try again later\r\n".to_string(),
+            ),
+            (
+                upstream(UpstreamError::NoStartTls { target: target() }),
+                CredentialFailure::Temporary,
+                "454 4.7.4 Upstream mail server did not offer STARTTLS; refusing to send credentials in the clear\r\n".to_string(),
+            ),
+            (
+                upstream(UpstreamError::Lost {
+                    target: target(),
+                    reason: "reset".into(),
+                }),
+                CredentialFailure::Temporary,
+                "451 4.4.2 Connection to the upstream mail server lost, try again later\r\n"
+                    .to_string(),
+            ),
+        ];
+        for (error, mode, expected) in cases {
+            assert_eq!(
+                wire(Say::for_failure(&error, "a", mode)),
+                expected,
+                "{error}"
+            );
+        }
+    }
 }

@@ -278,7 +278,7 @@ async fn serve_connection(
 }
 
 /// Over a limit or shutting down: a 421 tells well-behaved clients to retry later.
-async fn refuse(mut socket: TcpStream, implicit_tls: bool, say: Say<'static>) {
+async fn refuse(mut socket: TcpStream, implicit_tls: bool, say: Say) {
     // On the implicit-TLS port a plaintext reply would be noise to a TLS client.
     if !implicit_tls {
         let reply = say.reply().to_wire();

@@ -55,7 +55,7 @@ pub enum UpstreamError {
     #[error("{target} answered \"{reply}\" to {step}")]
     Unexpected {
         target: String,
-        step: &'static str,
+        step: Step,
         reply: Reply,
     },
     #[error("connection to {target} lost: {reason}")]
@@ -64,6 +64,25 @@ pub enum UpstreamError {
     Timeout { target: String, secs: u64 },
     #[error("{target} sent a malformed reply: {reason}")]
     Protocol { target: String, reason: String },
+}
+
+/// Where in the connection setup an upstream answered something unexpected; callers
+/// match on it (STARTTLS trouble is logged as needing attention), so it is a type, not text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Greeting,
+    Ehlo,
+    StartTls,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::Greeting => "the greeting",
+            Step::Ehlo => "EHLO",
+            Step::StartTls => "STARTTLS",
+        })
+    }
 }
 
 impl UpstreamError {
@@ -147,7 +166,7 @@ impl Upstream {
             if reply.code != 220 {
                 return Err(UpstreamError::Unexpected {
                     target: upstream.target,
-                    step: "STARTTLS",
+                    step: Step::StartTls,
                     reply,
                 });
             }
@@ -349,7 +368,7 @@ impl Upstream {
         if greeting.code != 220 {
             return Err(UpstreamError::Unexpected {
                 target: self.target.clone(),
-                step: "the greeting",
+                step: Step::Greeting,
                 reply: greeting,
             });
         }
@@ -361,7 +380,7 @@ impl Upstream {
         if reply.code != 250 {
             return Err(UpstreamError::Unexpected {
                 target: self.target.clone(),
-                step: "EHLO",
+                step: Step::Ehlo,
                 reply,
             });
         }

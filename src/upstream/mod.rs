@@ -4,4 +4,4 @@
 pub mod client;
 pub mod pool;
 
-pub use client::{Upstream, UpstreamError, UpstreamSettings};
+pub use client::{Step, Upstream, UpstreamError, UpstreamSettings};

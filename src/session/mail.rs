@@ -1,0 +1,352 @@
+//! MAIL and RCPT: the sender's parameters, the choice of the asset that sends for it, and
+//! the upstream connection the transaction runs on (kept from this session's previous
+//! message, taken from the pool, or opened), which goes back to the pool afterwards.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+
+use super::{Flow, IdleUpstream, Phase, Session, Transaction};
+use crate::config::{Asset, AssetAccess, Config, User};
+use crate::logsafe::Untrusted;
+use crate::metrics::Outcome;
+use crate::replies::{relayed, Say};
+use crate::smtp::address::{self, CanonicalAddress};
+use crate::smtp::command::Param;
+use crate::smtp::reply::Reply;
+use crate::upstream::pool::refuses_authentication;
+use crate::upstream::Upstream;
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
+    pub(super) async fn mail(&mut self, from: String, params: &[Param]) -> Flow {
+        if self.client.helo.is_none() {
+            return self.reject(Say::SendHeloFirst);
+        }
+        let user = match (&self.client.user, self.params.trusted) {
+            (Some(user), _) => user.clone(),
+            (None, true) => self.relay.trusted_user.clone(),
+            (None, false) => return self.reject(Say::AuthRequired),
+        };
+        if matches!(self.phase, Phase::Transaction(_)) {
+            return self.reject(Say::NestedMail);
+        }
+        if self.transactions >= self.params.max_transactions {
+            self.relay.metrics.limit_hit("transactions");
+            self.say(Say::TooManyTransactions);
+            return Flow::Close;
+        }
+        let envelope = match MailParams::parse(params, self.params.max_message_size) {
+            Ok(envelope) => envelope,
+            Err(say) => {
+                if matches!(say, Say::MessageTooBigDeclared { .. }) {
+                    self.relay.metrics.limit_hit("message_size");
+                    self.relay.metrics.transaction(Outcome::PolicyRejected);
+                }
+                return self.reject(say);
+            }
+        };
+        // Routing, the upstream's MAIL FROM and the log all use the canonical form, so a
+        // spelling ("boss"@example.com) cannot reach another asset than the address does;
+        // RFC 5321 §4.1.2 asks for the dot-string form anyway. The command parser has
+        // checked the syntax; an address it accepts that still does not canonicalize is
+        // refused rather than routed by its spelling.
+        let canonical = if from.is_empty() {
+            None
+        } else {
+            match address::canonical(&from) {
+                Ok(canonical) => Some(canonical),
+                Err(err) => {
+                    tracing::info!(sender = %from, problem = %err, "sender address has no canonical form");
+                    return self.reject(Say::BadSenderSyntax);
+                }
+            }
+        };
+        let asset = match choose_asset(&self.relay.config, canonical.as_ref(), &user) {
+            Ok(asset) => asset,
+            Err(say) => {
+                tracing::warn!(sender = %Untrusted(&from), user = %user.name, reply = %say.reply(), "sender refused");
+                self.relay.metrics.transaction(Outcome::PolicyRejected);
+                return self.reject(say);
+            }
+        };
+
+        let from = canonical.map_or(from, |canonical| canonical.to_string());
+
+        let setup_started = Instant::now();
+        let (mut upstream, reused) = match self.upstream_for(&asset).await {
+            Ok(found) => found,
+            Err(reply) => {
+                self.relay.metrics.transaction(Outcome::TempFailed);
+                self.send(&reply);
+                return Flow::Continue;
+            }
+        };
+        let mut line = format!("MAIL FROM:<{from}>");
+        let capabilities = upstream.capabilities().clone();
+        if let Some(size) = envelope.size {
+            if capabilities.size.is_some() {
+                line.push_str(&format!(" SIZE={size}"));
+            }
+        }
+        if envelope.eight_bit && capabilities.eight_bit_mime {
+            line.push_str(" BODY=8BITMIME");
+        }
+        if envelope.smtputf8 {
+            if !capabilities.smtputf8 {
+                self.park_upstream(&asset, upstream);
+                return self.reject(Say::Utf8NotSupportedUpstream);
+            }
+            line.push_str(" SMTPUTF8");
+        }
+        let mut mail_reply = None;
+        if reused {
+            // RSET checks the kept connection and guarantees a clean transaction state;
+            // with PIPELINING it travels in the same packet as MAIL FROM. Nothing is
+            // committed on this connection yet, so if it turns out dead (or its
+            // authentication gone) a new one is opened and the client never notices.
+            let reused_reply = mail_on_reused(&mut upstream, &line).await;
+            if let Err(why) = &reused_reply {
+                tracing::debug!(asset = %asset.name, why, "kept upstream connection is unusable, opening a new one");
+                // Dropped without QUIT: it is dead or its session is over.
+                upstream = match self.open_upstream(&asset).await {
+                    Ok(upstream) => upstream,
+                    Err(reply) => {
+                        self.relay.metrics.transaction(Outcome::TempFailed);
+                        self.send(&reply);
+                        return Flow::Continue;
+                    }
+                };
+            }
+            mail_reply = reused_reply.ok();
+        }
+        let mail_reply = match mail_reply {
+            Some(reply) => Ok(reply),
+            None => upstream.command(&line).await,
+        };
+        match mail_reply {
+            Ok(reply) => {
+                let accepted = reply.is_positive();
+                self.send(&relayed(reply));
+                if accepted {
+                    self.phase = Phase::Transaction(Box::new(Transaction {
+                        asset,
+                        upstream,
+                        sender: from,
+                        recipients: Vec::new(),
+                        message_id: None,
+                        upstream_setup: setup_started.elapsed(),
+                    }));
+                } else {
+                    self.park_upstream(&asset, upstream);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(asset = %asset.name, error = %err, "upstream failed at MAIL FROM");
+                self.say(Say::UpstreamLost);
+            }
+        }
+        Flow::Continue
+    }
+
+    pub(super) async fn rcpt(&mut self, to: String, params: &[Param]) -> Flow {
+        if let Some(param) = params.first() {
+            let keyword = param.keyword.clone();
+            return self.reject(Say::UnsupportedParameter { keyword });
+        }
+        let max_recipients = self.params.max_recipients;
+        let Phase::Transaction(transaction) = &mut self.phase else {
+            return self.reject(Say::NeedMail);
+        };
+        if transaction.recipients.len() >= max_recipients {
+            self.relay.metrics.limit_hit("recipients");
+            self.say(Say::TooManyRecipients);
+            return Flow::Continue;
+        }
+        match transaction
+            .upstream
+            .command(&format!("RCPT TO:<{to}>"))
+            .await
+        {
+            Ok(reply) => {
+                if reply.is_positive() {
+                    transaction.recipients.push(to);
+                }
+                // A client that probes address after address the provider refuses is
+                // making errors like any other (Postfix counts them too).
+                let permanent = reply.code / 100 == 5;
+                self.send(&relayed(reply));
+                if permanent {
+                    return self.count_error();
+                }
+            }
+            Err(err) => {
+                tracing::warn!(asset = %transaction.asset.name, error = %err, "upstream failed at RCPT TO");
+                self.phase = Phase::Idle;
+                self.say(Say::UpstreamLost);
+            }
+        }
+        Flow::Continue
+    }
+
+    /// An authenticated upstream for `asset`, and whether it was kept from earlier (this
+    /// session's previous message, or the pool) and so must be checked before use.
+    pub(super) async fn upstream_for(
+        &mut self,
+        asset: &Arc<Asset>,
+    ) -> Result<(Upstream, bool), Reply> {
+        if let Some(idle) = self.idle_upstream.take() {
+            if idle.asset == asset.name {
+                if self.relay.pool.is_reusable(&idle.upstream, idle.parked_at) {
+                    return Ok((idle.upstream, true));
+                }
+                tracing::debug!(asset = %asset.name, "kept upstream connection idle too long or its token expiring, opening a new one");
+                idle.upstream.quit().await;
+            } else {
+                self.release(idle).await;
+            }
+        }
+        if let Some(pooled) = self.relay.pool.take(&asset.name) {
+            tracing::debug!(asset = %asset.name, "reusing a pooled upstream connection");
+            return Ok((pooled, true));
+        }
+        Ok((self.open_upstream(asset).await?, false))
+    }
+
+    /// Hands a connection this session no longer needs to the pool, or closes it.
+    pub(super) async fn release(&self, idle: IdleUpstream) {
+        if let Some(unwanted) = self
+            .relay
+            .pool
+            .put(&idle.asset, idle.upstream, idle.parked_at)
+        {
+            unwanted.quit().await;
+        }
+    }
+
+    pub(super) fn park_upstream(&mut self, asset: &Asset, upstream: Upstream) {
+        self.idle_upstream = Some(IdleUpstream {
+            asset: asset.name.clone(),
+            upstream,
+            parked_at: Instant::now(),
+        });
+    }
+
+    /// Ends a transaction without delivering: RSET upstream and keep the connection.
+    pub(super) async fn end_transaction(&mut self) {
+        if let Phase::Transaction(mut transaction) = std::mem::replace(&mut self.phase, Phase::Idle)
+        {
+            if matches!(transaction.upstream.command("RSET").await, Ok(reply) if reply.is_positive())
+            {
+                self.park_upstream(&transaction.asset, transaction.upstream);
+            }
+        }
+    }
+}
+
+/// The asset that sends for `sender` (None: the null sender) on behalf of `user`, or the
+/// refusal for the client. Decided by the config alone (its assets and sender claims).
+pub(super) fn choose_asset(
+    config: &Config,
+    sender: Option<&CanonicalAddress>,
+    user: &User,
+) -> Result<Arc<Asset>, Say> {
+    let Some(sender) = sender else {
+        // Bounces from a Postfix in front of us come with a null sender: send them as
+        // the one account the user has, if there is exactly one.
+        let only = match &user.assets {
+            AssetAccess::Only(names) if names.len() == 1 => names.iter().next().cloned(),
+            AssetAccess::All if config.assets.len() == 1 => {
+                config.assets.first().map(|asset| asset.name.clone())
+            }
+            _ => None,
+        };
+        return only
+            .and_then(|name| config.asset(&name).cloned())
+            .ok_or(Say::NullSenderNoAsset);
+    };
+    let not_served = || Say::SenderNotServed {
+        sender: sender.as_str().to_string(),
+    };
+    let Some(name) = config.senders.lookup(sender) else {
+        return Err(not_served());
+    };
+    if !user.assets.allows(name) {
+        return Err(Say::SenderNotOwned {
+            sender: sender.as_str().to_string(),
+            user: user.name.clone(),
+        });
+    }
+    config.asset(name).cloned().ok_or_else(not_served)
+}
+
+/// RSET and MAIL FROM on a kept connection; Err (why, for the log) when the connection is
+/// not usable: RSET fails or is refused, or MAIL is refused for authentication
+/// (`pool::refuses_authentication`), the provider having ended the authenticated session.
+async fn mail_on_reused(upstream: &mut Upstream, mail: &str) -> Result<Reply, &'static str> {
+    const DEAD: &str = "no answer to RSET or MAIL";
+    const RESET_REFUSED: &str = "RSET refused";
+    let reply = if upstream.capabilities().pipelining {
+        let replies = upstream.pipeline(&["RSET", mail]).await.map_err(|_| DEAD)?;
+        let mut replies = replies.into_iter();
+        let reset = replies.next().ok_or(DEAD)?;
+        if !reset.is_positive() {
+            return Err(RESET_REFUSED);
+        }
+        replies.next().ok_or(DEAD)?
+    } else {
+        let reset = upstream.command("RSET").await.map_err(|_| DEAD)?;
+        if !reset.is_positive() {
+            return Err(RESET_REFUSED);
+        }
+        upstream.command(mail).await.map_err(|_| DEAD)?
+    };
+    if refuses_authentication(&reply) {
+        return Err("MAIL refused for authentication");
+    }
+    Ok(reply)
+}
+
+/// The MAIL FROM parameters we advertise and understand.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct MailParams {
+    pub(super) size: Option<u64>,
+    pub(super) eight_bit: bool,
+    pub(super) smtputf8: bool,
+}
+
+impl MailParams {
+    pub(super) fn parse(params: &[Param], max_size: u64) -> Result<MailParams, Say> {
+        let mut envelope = MailParams {
+            size: None,
+            eight_bit: false,
+            smtputf8: false,
+        };
+        for param in params {
+            match (param.keyword.as_str(), param.value.as_deref()) {
+                ("SIZE", Some(value)) => {
+                    let size: u64 = value.parse().map_err(|_| Say::Syntax {
+                        detail: "SIZE needs a number",
+                    })?;
+                    if size > max_size {
+                        return Err(Say::MessageTooBigDeclared { limit: max_size });
+                    }
+                    envelope.size = Some(size);
+                }
+                ("BODY", Some(value)) if value.eq_ignore_ascii_case("8BITMIME") => {
+                    envelope.eight_bit = true;
+                }
+                ("BODY", Some(value)) if value.eq_ignore_ascii_case("7BIT") => {}
+                ("SMTPUTF8", None) => envelope.smtputf8 = true,
+                // RFC 4954 §5: AUTH= on MAIL is informational; we already know the user.
+                ("AUTH", _) => {}
+                _ => {
+                    return Err(Say::UnsupportedParameter {
+                        keyword: param.keyword.clone(),
+                    })
+                }
+            }
+        }
+        Ok(envelope)
+    }
+}
