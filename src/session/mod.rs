@@ -886,92 +886,35 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
 
     async fn open_upstream(&self, asset: &Asset) -> Result<Upstream, Reply> {
         let relay = &self.relay;
-        let mode = relay.config.server.credential_failure;
-        let started = Instant::now();
-        let mut retried = false;
-        loop {
-            let attempt = async {
-                let token = relay.tokens.access_token(&asset.name).await?;
-                let connecting = Instant::now();
-                let mut upstream = Upstream::connect(&asset.upstream, &relay.upstream).await?;
-                Metrics::observe(
-                    &relay.metrics.upstream_connect_seconds,
-                    connecting.elapsed(),
-                );
-                let authenticating = Instant::now();
-                let authenticated = upstream.authenticate(&asset.email, &token.token).await;
-                Metrics::observe(
-                    &relay.metrics.upstream_auth_seconds,
-                    authenticating.elapsed(),
-                );
-                match authenticated {
-                    Ok(()) => {
-                        upstream.set_token_expires_at(token.expires_at);
-                        Ok(upstream)
-                    }
-                    Err(err) => Err((err, Some(token))),
-                }
-                .map_err(|(err, token)| AttemptError {
-                    error: RelayError::Upstream(err),
-                    token,
-                })
-            };
-            let failure = match attempt.await {
-                Ok(upstream) => {
-                    tracing::debug!(
-                        asset = %asset.name,
-                        upstream = %upstream.target(),
-                        took_ms = started.elapsed().as_millis() as u64,
-                        "upstream session ready"
-                    );
-                    return Ok(upstream);
-                }
-                Err(failure) => failure,
-            };
-            // A cached token the provider refuses (revoked, or expired early) deserves one
-            // fresh token on a new connection before we give up.
-            if let (false, Some(token), RelayError::Upstream(err)) =
-                (retried, &failure.token, &failure.error)
-            {
-                if err.is_credential_rejection() && !token.fresh {
-                    tracing::info!(asset = %asset.name, error = %err, "cached access token refused, refreshing once");
-                    relay.tokens.invalidate(&asset.name, &token.token).await;
-                    retried = true;
-                    continue;
-                }
-            }
-            let error = failure.error;
-            let reply = error.client_reply(&asset.name, mode).reply();
-            let tls_trouble = matches!(
-                error,
-                RelayError::Upstream(
-                    UpstreamError::NoStartTls { .. }
-                        | UpstreamError::Tls { .. }
-                        | UpstreamError::Unexpected {
-                            step: "STARTTLS",
-                            ..
-                        }
-                )
+        let metrics: &Metrics = &relay.metrics;
+        let connector =
+            crate::upstream::Connector::new(&relay.tokens, &relay.upstream).with_metrics(metrics);
+        let error = match connector.open(asset).await {
+            Ok(upstream) => return Ok(upstream),
+            Err(error) => error,
+        };
+        let reply = error
+            .client_reply(&asset.name, relay.config.server.credential_failure)
+            .reply();
+        let tls_trouble = matches!(&error, RelayError::Upstream(err) if err.is_tls_trouble());
+        if error.needs_operator() || tls_trouble {
+            tracing::error!(
+                asset = %asset.name,
+                error = %error,
+                hint = error.hint(),
+                reply = %reply,
+                "asset needs attention"
             );
-            if error.needs_operator() || tls_trouble {
-                tracing::error!(
-                    asset = %asset.name,
-                    error = %error,
-                    hint = error.hint(),
-                    reply = %reply,
-                    "asset needs attention"
-                );
-            } else {
-                tracing::warn!(
-                    asset = %asset.name,
-                    error = %error,
-                    hint = error.hint(),
-                    reply = %reply,
-                    "cannot open upstream session"
-                );
-            }
-            return Err(reply);
+        } else {
+            tracing::warn!(
+                asset = %asset.name,
+                error = %error,
+                hint = error.hint(),
+                reply = %reply,
+                "cannot open upstream session"
+            );
         }
+        Err(reply)
     }
 
     fn park_upstream(&mut self, asset: &Asset, upstream: Upstream) {
@@ -1442,29 +1385,6 @@ enum AuthAbort {
 impl From<SaslError> for AuthAbort {
     fn from(err: SaslError) -> Self {
         AuthAbort::Sasl(err)
-    }
-}
-
-struct AttemptError {
-    error: RelayError,
-    token: Option<crate::oauth::token::AccessToken>,
-}
-
-impl From<crate::oauth::token::TokenError> for AttemptError {
-    fn from(err: crate::oauth::token::TokenError) -> Self {
-        AttemptError {
-            error: RelayError::Token(err),
-            token: None,
-        }
-    }
-}
-
-impl From<UpstreamError> for AttemptError {
-    fn from(err: UpstreamError) -> Self {
-        AttemptError {
-            error: RelayError::Upstream(err),
-            token: None,
-        }
     }
 }
 
