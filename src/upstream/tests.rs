@@ -251,12 +251,15 @@ async fn starttls_hands_over_the_stream_and_drops_what_came_with_the_220() {
         hears(b"STARTTLS\r\n"),
         // CVE-2011-0411: a reply injected in the clear behind the 220.
         Says(b"220 2.0.0 Ready to start TLS\r\n250 injected\r\n"),
+        // Stands in for the TLS handshake: the client speaks first.
+        hears(b"ClientHello"),
         Says(b"220 after the handshake\r\n"),
         hears(EHLO),
         Says(EHLO_REPLY),
     ]);
     client.handshake("relay.test").await.unwrap();
-    let stream = client.starttls().await.unwrap();
+    let mut stream = client.starttls().await.unwrap();
+    stream.write_all(b"ClientHello").await.unwrap();
     // The dialogue starts over on the (here still plain) stream: the first reply it
     // reads is what came after the handshake, not the injected line.
     let mut after = SmtpClient::new(stream, "smtp.gmail.test:587", &settings());
