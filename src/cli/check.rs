@@ -31,7 +31,9 @@ pub async fn check_asset(config: &Config, tokens: &TokenManager, asset: &Asset) 
         // The same login as the relay's, refreshing once if a cached token is refused.
         let upstream = Connector::new(tokens, &settings).open(asset).await?;
         let valid_secs = upstream.token_expires_at().map_or(0, |expires_at| {
-            expires_at.saturating_duration_since(Instant::now()).as_secs()
+            expires_at
+                .saturating_duration_since(Instant::now())
+                .as_secs()
         });
         upstream.quit().await;
         Ok::<_, RelayError>(format!(

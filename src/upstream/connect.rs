@@ -190,11 +190,7 @@ impl<'a> Connector<'a> {
         }
     }
 
-    fn observe(
-        &self,
-        histogram: impl FnOnce(&Metrics) -> &Histogram,
-        took: Duration,
-    ) {
+    fn observe(&self, histogram: impl FnOnce(&Metrics) -> &Histogram, took: Duration) {
         if let Some(metrics) = self.metrics {
             Metrics::observe(histogram(metrics), took);
         }

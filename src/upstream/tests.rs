@@ -41,7 +41,8 @@ const INLINE_AUTH: &[u8] =
 /// `{"status":"400","schemes":"Bearer","scope":"https://mail.google.com/"}`.
 const ERROR_CHALLENGE: &[u8] =
     b"334 eyJzdGF0dXMiOiI0MDAiLCJzY2hlbWVzIjoiQmVhcmVyIiwic2NvcGUiOiJodHRwczovL21haWwuZ29vZ2xlLmNvbS8ifQ==\r\n";
-const BAD_CREDENTIALS: &[u8] = b"535-5.7.8 Username and Password not accepted. For more information, go to\r\n\
+const BAD_CREDENTIALS: &[u8] =
+    b"535-5.7.8 Username and Password not accepted. For more information, go to\r\n\
 535 5.7.8  https://support.google.com/mail/?p=BadCredentials x-gsmtp\r\n";
 
 fn settings() -> UpstreamSettings {
@@ -75,7 +76,10 @@ fn start(script: Vec<Turn>) -> (SmtpClient<DuplexStream>, JoinHandle<Vec<u8>>) {
         theirs.read_to_end(&mut rest).await.unwrap();
         rest
     });
-    (SmtpClient::new(ours, "smtp.gmail.test:587", &settings()), server)
+    (
+        SmtpClient::new(ours, "smtp.gmail.test:587", &settings()),
+        server,
+    )
 }
 
 /// Closes the client's end and checks that the server heard nothing beyond its script.
@@ -335,7 +339,10 @@ async fn transaction_bytes_on_the_wire() {
     let rcpt = client.command("RCPT TO:<b@example.org>").await.unwrap();
     assert!(rcpt.is_positive());
     assert_eq!(client.command("DATA").await.unwrap().code, 354);
-    client.send_data(b"Subject: x\r\n\r\n..dot\r\n").await.unwrap();
+    client
+        .send_data(b"Subject: x\r\n\r\n..dot\r\n")
+        .await
+        .unwrap();
     client.send_terminator().await.unwrap();
     assert_eq!(client.final_reply().await.unwrap().code, 250);
     client.quit().await;
