@@ -93,41 +93,37 @@ fn token(text: &str) -> Secret {
     Secret::new(text.to_string())
 }
 
+/// Greeting and EHLO with Gmail's capabilities, then `rest`.
+fn after_ehlo(rest: Vec<Turn>) -> Vec<Turn> {
+    let mut script = vec![Says(GREETING), hears(EHLO), Says(EHLO_REPLY)];
+    script.extend(rest);
+    script
+}
+
+/// Logs in with `secret` against `script`; the result of `authenticate`.
+async fn login(script: Vec<Turn>, secret: &Secret) -> Result<(), UpstreamError> {
+    let (mut client, server) = start(script);
+    client.handshake("relay.test").await.unwrap();
+    let result = client.authenticate(USER, secret).await;
+    finish(client, server).await;
+    result
+}
+
 #[tokio::test]
 async fn inline_xoauth2_login() {
-    let (mut client, server) = start(vec![
-        Says(GREETING),
-        hears(EHLO),
-        Says(EHLO_REPLY),
-        hears(INLINE_AUTH),
-        Says(b"235 2.7.0 Accepted\r\n"),
-    ]);
-    client.handshake("relay.test").await.unwrap();
-    assert!(client.capabilities().pipelining);
-    client
-        .authenticate(USER, &token("ya29.token"))
-        .await
-        .unwrap();
-    finish(client, server).await;
+    let script = after_ehlo(vec![hears(INLINE_AUTH), Says(b"235 2.7.0 Accepted\r\n")]);
+    login(script, &token("ya29.token")).await.unwrap();
 }
 
 #[tokio::test]
 async fn gmail_error_challenge_is_answered_with_an_empty_line() {
-    let (mut client, server) = start(vec![
-        Says(GREETING),
-        hears(EHLO),
-        Says(EHLO_REPLY),
+    let script = after_ehlo(vec![
         hears(INLINE_AUTH),
         Says(ERROR_CHALLENGE),
         hears(b"\r\n"),
         Says(BAD_CREDENTIALS),
     ]);
-    client.handshake("relay.test").await.unwrap();
-    let err = client
-        .authenticate(USER, &token("ya29.token"))
-        .await
-        .unwrap_err();
-    finish(client, server).await;
+    let err = login(script, &token("ya29.token")).await.unwrap_err();
     assert!(err.is_credential_rejection());
     let UpstreamError::AuthRejected {
         reply,
@@ -142,66 +138,48 @@ async fn gmail_error_challenge_is_answered_with_an_empty_line() {
     assert_eq!(challenge.scope, "https://mail.google.com/");
 }
 
-/// A token too long for one 512-byte command line goes in the two-step form.
-fn long_token_response() -> (Secret, Vec<u8>) {
+/// A token too long for one 512-byte command line goes in the two-step form: the script
+/// up to the server's answer to the response line, and the token.
+fn two_step(answer: Vec<Turn>) -> (Vec<Turn>, Secret) {
     let text = format!("ya29.{}", "a".repeat(600));
-    let mut line = STANDARD
+    let mut response = STANDARD
         .encode(format!("user={USER}\x01auth=Bearer {text}\x01\x01"))
         .into_bytes();
-    line.extend_from_slice(b"\r\n");
-    (token(&text), line)
+    response.extend_from_slice(b"\r\n");
+    let mut script = vec![
+        hears(b"AUTH XOAUTH2\r\n"),
+        Says(b"334 \r\n"),
+        Hears(response),
+    ];
+    script.extend(answer);
+    (after_ehlo(script), token(&text))
 }
 
 #[tokio::test]
 async fn long_token_uses_the_two_step_form() {
-    let (secret, response) = long_token_response();
-    let (mut client, server) = start(vec![
-        Says(GREETING),
-        hears(EHLO),
-        Says(EHLO_REPLY),
-        hears(b"AUTH XOAUTH2\r\n"),
-        Says(b"334 \r\n"),
-        Hears(response),
-        Says(b"235 2.7.0 Accepted\r\n"),
-    ]);
-    client.handshake("relay.test").await.unwrap();
-    client.authenticate(USER, &secret).await.unwrap();
-    finish(client, server).await;
+    let (script, secret) = two_step(vec![Says(b"235 2.7.0 Accepted\r\n")]);
+    login(script, &secret).await.unwrap();
 }
 
 #[tokio::test]
 async fn two_step_form_with_the_error_challenge() {
-    let (secret, response) = long_token_response();
-    let (mut client, server) = start(vec![
-        Says(GREETING),
-        hears(EHLO),
-        Says(EHLO_REPLY),
-        hears(b"AUTH XOAUTH2\r\n"),
-        Says(b"334 \r\n"),
-        Hears(response),
+    let (script, secret) = two_step(vec![
         Says(ERROR_CHALLENGE),
         hears(b"\r\n"),
         Says(BAD_CREDENTIALS),
     ]);
-    client.handshake("relay.test").await.unwrap();
-    let err = client.authenticate(USER, &secret).await.unwrap_err();
-    finish(client, server).await;
+    let err = login(script, &secret).await.unwrap_err();
     assert!(err.is_credential_rejection(), "{err}");
 }
 
 #[tokio::test]
 async fn two_step_form_refused_before_the_token_is_sent() {
-    let (secret, _) = long_token_response();
-    let (mut client, server) = start(vec![
-        Says(GREETING),
-        hears(EHLO),
-        Says(EHLO_REPLY),
+    let (_, secret) = two_step(Vec::new());
+    let script = after_ehlo(vec![
         hears(b"AUTH XOAUTH2\r\n"),
         Says(b"454 4.7.0 Temporary authentication failure\r\n"),
     ]);
-    client.handshake("relay.test").await.unwrap();
-    let err = client.authenticate(USER, &secret).await.unwrap_err();
-    finish(client, server).await;
+    let err = login(script, &secret).await.unwrap_err();
     assert!(
         matches!(&err, UpstreamError::AuthRejected { reply, challenge: None, .. } if reply.code == 454)
     );
@@ -211,17 +189,12 @@ async fn two_step_form_refused_before_the_token_is_sent() {
 
 #[tokio::test]
 async fn no_token_goes_to_a_server_without_xoauth2() {
-    let (mut client, server) = start(vec![
+    let script = vec![
         Says(GREETING),
         hears(EHLO),
         Says(b"250-smtp.example.test\r\n250 AUTH PLAIN LOGIN\r\n"),
-    ]);
-    client.handshake("relay.test").await.unwrap();
-    let err = client
-        .authenticate(USER, &token("ya29.token"))
-        .await
-        .unwrap_err();
-    finish(client, server).await;
+    ];
+    let err = login(script, &token("ya29.token")).await.unwrap_err();
     assert!(
         matches!(&err, UpstreamError::NoXoauth2 { offered, .. } if offered == "PLAIN LOGIN"),
         "{err:?}"
@@ -312,10 +285,7 @@ async fn starttls_not_offered_or_refused_is_tls_trouble() {
 
 #[tokio::test]
 async fn transaction_bytes_on_the_wire() {
-    let (mut client, server) = start(vec![
-        Says(GREETING),
-        hears(EHLO),
-        Says(EHLO_REPLY),
+    let (mut client, server) = start(after_ehlo(vec![
         hears(b"RSET\r\nMAIL FROM:<a@example.com> SIZE=12\r\n"),
         Says(b"250 2.1.5 Flushed\r\n250 2.1.0 OK\r\n"),
         hears(b"RCPT TO:<b@example.org>\r\n"),
@@ -326,7 +296,7 @@ async fn transaction_bytes_on_the_wire() {
         Says(b"250 2.0.0 OK 1700000000 x-gsmtp\r\n"),
         hears(b"QUIT\r\n"),
         Says(b"221 2.0.0 closing connection\r\n"),
-    ]);
+    ]));
     client.handshake("relay.test").await.unwrap();
     let replies = client
         .pipeline(&["RSET", "MAIL FROM:<a@example.com> SIZE=12"])
