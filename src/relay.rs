@@ -69,12 +69,7 @@ impl Relay {
         tokens: TokenManager,
     ) -> Result<Relay, HttpClientInitError> {
         let tokens = tokens.with_metrics(metrics.clone());
-        let upstream = UpstreamSettings {
-            ehlo_name: config.server.hostname.clone(),
-            connect_timeout: config.timeouts.upstream_connect,
-            command_timeout: config.timeouts.upstream_command,
-            final_reply_timeout: config.timeouts.upstream_final_reply,
-        };
+        let upstream = UpstreamSettings::from_config(&config);
         let tls_acceptor = config
             .server
             .tls

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use crate::config::{Asset, Config};
 use crate::error::RelayError;
 use crate::oauth::token::TokenManager;
-use crate::upstream::{Upstream, UpstreamSettings};
+use crate::upstream::{Connector, UpstreamSettings};
 
 /// The outcome for one asset, printable as one line.
 pub struct AssetCheck {
@@ -26,20 +26,15 @@ pub async fn check_assets(config: &Config, tokens: &TokenManager) -> Vec<AssetCh
 
 /// The same for one asset.
 pub async fn check_asset(config: &Config, tokens: &TokenManager, asset: &Asset) -> AssetCheck {
-    let settings = UpstreamSettings {
-        ehlo_name: config.server.hostname.clone(),
-        connect_timeout: config.timeouts.upstream_connect,
-        command_timeout: config.timeouts.upstream_command,
-        final_reply_timeout: config.timeouts.upstream_final_reply,
-    };
+    let settings = UpstreamSettings::from_config(config);
     let result = async {
-        let token = tokens.access_token(&asset.name).await?;
-        let valid_secs = token
-            .expires_at
-            .saturating_duration_since(Instant::now())
-            .as_secs();
-        let mut upstream = Upstream::connect(&asset.upstream, &settings).await?;
-        upstream.authenticate(&asset.email, &token.token).await?;
+        // The same login as the relay's, refreshing once if a cached token is refused.
+        let upstream = Connector::new(tokens, &settings).open(asset).await?;
+        let valid_secs = upstream.token_expires_at().map_or(0, |expires_at| {
+            expires_at
+                .saturating_duration_since(Instant::now())
+                .as_secs()
+        });
         upstream.quit().await;
         Ok::<_, RelayError>(format!(
             "token refreshed (valid {valid_secs} s), {} accepted XOAUTH2 for {}",

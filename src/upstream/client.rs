@@ -1,24 +1,23 @@
-//! The client side towards Gmail (or any XOAUTH2 submission server).
+//! The SMTP dialogue with Gmail (or any XOAUTH2 submission server), over any stream.
 //!
-//! One [`Upstream`] is one authenticated SMTP connection: TCP, then implicit TLS or
-//! STARTTLS (never continuing in the clear), EHLO, `AUTH XOAUTH2`. After that the session
-//! drives the transaction command by command, so every reply the client sees is the
-//! upstream's real answer.
+//! [`SmtpClient`] speaks the protocol and nothing else: greeting, EHLO, STARTTLS (up to
+//! handing the stream over for the handshake), `AUTH XOAUTH2` inline or in two steps, and
+//! the transaction command by command, so every reply the session sees is the upstream's
+//! real answer. It is generic over its stream (as Stalwart's `SmtpClient<T>`) so the
+//! dialogue can be tested over `tokio::io::duplex`; opening TCP and TLS is `connect.rs`.
 
 use std::time::Duration;
 
-use rustls_pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
-use crate::config::{UpstreamTarget, UpstreamTls};
+use super::error::{Step, UpstreamError};
+use crate::config::Config;
 use crate::credentials::secret::Secret;
 use crate::logsafe::Untrusted;
 use crate::smtp::ehlo::Capabilities;
 use crate::smtp::reply::{parse_reply, Reply, ReplyParse};
 use crate::smtp::xoauth2::{self, ErrorChallenge};
-use crate::stream::MaybeTls;
 
 /// RFC 5321 §4.5.3.1.4 says 512 for a command line; an inline AUTH response that would
 /// push past it must use the two-step form (Gmail answers 555 otherwise).
@@ -36,72 +35,25 @@ pub struct UpstreamSettings {
     pub final_reply_timeout: Duration,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("cannot connect to {target}: {reason}")]
-    Connect { target: String, reason: String },
-    #[error("TLS with {target} failed: {reason}")]
-    Tls { target: String, reason: String },
-    #[error("{target} does not offer STARTTLS; credentials are never sent without TLS")]
-    NoStartTls { target: String },
-    #[error("{target} does not offer AUTH XOAUTH2 (it offers: {offered})")]
-    NoXoauth2 { target: String, offered: String },
-    #[error("{target} refused the access token: {reply}{}", challenge.as_ref().map(|c| format!(" (challenge: {c})")).unwrap_or_default())]
-    AuthRejected {
-        target: String,
-        reply: Reply,
-        challenge: Option<ErrorChallenge>,
-    },
-    #[error("{target} answered \"{reply}\" to {step}")]
-    Unexpected {
-        target: String,
-        step: Step,
-        reply: Reply,
-    },
-    #[error("connection to {target} lost: {reason}")]
-    Lost { target: String, reason: String },
-    #[error("{target} did not answer within {secs} s")]
-    Timeout { target: String, secs: u64 },
-    #[error("{target} sent a malformed reply: {reason}")]
-    Protocol { target: String, reason: String },
-}
-
-/// Where in the connection setup an upstream answered something unexpected; callers
-/// match on it (STARTTLS trouble is logged as needing attention), so it is a type, not text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
-    Greeting,
-    Ehlo,
-    StartTls,
-}
-
-impl std::fmt::Display for Step {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Step::Greeting => "the greeting",
-            Step::Ehlo => "EHLO",
-            Step::StartTls => "STARTTLS",
-        })
-    }
-}
-
-impl UpstreamError {
-    /// A refusal of the credentials themselves (as opposed to a temporary 4xx or trouble
-    /// with the connection).
-    pub fn is_credential_rejection(&self) -> bool {
-        match self {
-            UpstreamError::AuthRejected {
-                reply, challenge, ..
-            } => challenge.is_some() || reply.code == 535,
-            _ => false,
+impl UpstreamSettings {
+    /// The one way to derive them: our hostname and the `[timeouts]` upstream values.
+    pub fn from_config(config: &Config) -> UpstreamSettings {
+        UpstreamSettings {
+            ehlo_name: config.server.hostname.clone(),
+            connect_timeout: config.timeouts.upstream_connect,
+            command_timeout: config.timeouts.upstream_command,
+            final_reply_timeout: config.timeouts.upstream_final_reply,
         }
     }
 }
 
-pub struct Upstream {
-    stream: MaybeTls<TcpStream>,
+/// One SMTP client connection over `T`. In production `T` is a TLS stream (see
+/// [`Upstream`](super::Upstream)); the STARTTLS prelude runs over the plain TCP stream.
+pub struct SmtpClient<T> {
+    stream: T,
     read_buf: Vec<u8>,
     capabilities: Capabilities,
+    /// `host:port`, for errors and log lines.
     target: String,
     command_timeout: Duration,
     final_reply_timeout: Duration,
@@ -109,7 +61,21 @@ pub struct Upstream {
     token_expires_at: Option<tokio::time::Instant>,
 }
 
-impl Upstream {
+impl<T> SmtpClient<T> {
+    /// A client on a stream that was just opened (or just secured); nothing is read or
+    /// written yet.
+    pub fn new(stream: T, target: impl Into<String>, settings: &UpstreamSettings) -> Self {
+        SmtpClient {
+            stream,
+            read_buf: Vec::with_capacity(4096),
+            capabilities: Capabilities::default(),
+            target: target.into(),
+            command_timeout: settings.command_timeout,
+            final_reply_timeout: settings.final_reply_timeout,
+            token_expires_at: None,
+        }
+    }
+
     pub fn token_expires_at(&self) -> Option<tokio::time::Instant> {
         self.token_expires_at
     }
@@ -118,82 +84,89 @@ impl Upstream {
         self.token_expires_at = Some(at);
     }
 
-    /// Connects and secures the connection (TLS verified against the target's roots), and
-    /// learns the capabilities offered under TLS. Does not authenticate.
-    pub async fn connect(
-        target: &UpstreamTarget,
-        settings: &UpstreamSettings,
-    ) -> Result<Upstream, UpstreamError> {
-        let name = format!("{}:{}", target.host, target.port);
-        let tcp = timeout(
-            settings.connect_timeout,
-            TcpStream::connect((target.host.as_str(), target.port)),
-        )
-        .await
-        .map_err(|_| UpstreamError::Timeout {
-            target: name.clone(),
-            secs: settings.connect_timeout.as_secs(),
-        })?
-        .map_err(|err| UpstreamError::Connect {
-            target: name.clone(),
-            reason: err.to_string(),
-        })?;
-        // The final "." often goes in its own small write; without NODELAY, Nagle plus
-        // delayed ACK add ~40 ms to every message.
-        let _ = tcp.set_nodelay(true);
-
-        let mut upstream = Upstream {
-            stream: MaybeTls::Plain(tcp),
-            read_buf: Vec::with_capacity(4096),
-            capabilities: Capabilities::default(),
-            target: name,
-            command_timeout: settings.command_timeout,
-            final_reply_timeout: settings.final_reply_timeout,
-            token_expires_at: None,
-        };
-        if target.tls == UpstreamTls::Implicit {
-            upstream.start_tls(target).await?;
-        }
-        upstream.expect_greeting().await?;
-        upstream.ehlo(&settings.ehlo_name).await?;
-        if target.tls == UpstreamTls::Starttls {
-            if !upstream.capabilities.starttls {
-                return Err(UpstreamError::NoStartTls {
-                    target: upstream.target,
-                });
-            }
-            let reply = upstream.command("STARTTLS").await?;
-            if reply.code != 220 {
-                return Err(UpstreamError::Unexpected {
-                    target: upstream.target,
-                    step: Step::StartTls,
-                    reply,
-                });
-            }
-            // CVE-2011-0411: anything that arrived with the 220 was sent before TLS and
-            // could have been injected by a man in the middle.
-            if !upstream.read_buf.is_empty() {
-                tracing::warn!(
-                    upstream = %upstream.target,
-                    bytes = upstream.read_buf.len(),
-                    "discarding data received before the TLS handshake"
-                );
-                upstream.read_buf.clear();
-            }
-            upstream.start_tls(target).await?;
-            // RFC 3207 §4.2: forget everything learned before TLS and ask again.
-            upstream.capabilities = Capabilities::default();
-            upstream.ehlo(&settings.ehlo_name).await?;
-        }
-        Ok(upstream)
-    }
-
+    /// What the last EHLO offered (after STARTTLS: what was offered under TLS).
     pub fn capabilities(&self) -> &Capabilities {
         &self.capabilities
     }
 
     pub fn target(&self) -> &str {
         &self.target
+    }
+
+    fn lost(&self, reason: String) -> UpstreamError {
+        UpstreamError::Lost {
+            target: self.target.clone(),
+            reason,
+        }
+    }
+
+    fn timed_out(&self, after: Duration) -> UpstreamError {
+        UpstreamError::Timeout {
+            target: self.target.clone(),
+            secs: after.as_secs(),
+        }
+    }
+
+    fn unexpected(&self, step: Step, reply: Reply) -> UpstreamError {
+        UpstreamError::Unexpected {
+            target: self.target.clone(),
+            step,
+            reply,
+        }
+    }
+
+    fn auth_rejected(&self, reply: Reply, challenge: Option<ErrorChallenge>) -> UpstreamError {
+        UpstreamError::AuthRejected {
+            target: self.target.clone(),
+            reply,
+            challenge,
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> SmtpClient<T> {
+    /// Reads the 220 greeting, then says EHLO.
+    pub async fn handshake(&mut self, ehlo_name: &str) -> Result<(), UpstreamError> {
+        let greeting = self.read_reply(self.command_timeout).await?;
+        if greeting.code != 220 {
+            return Err(self.unexpected(Step::Greeting, greeting));
+        }
+        self.ehlo(ehlo_name).await
+    }
+
+    /// EHLO, remembering what the server offers.
+    pub async fn ehlo(&mut self, name: &str) -> Result<(), UpstreamError> {
+        let reply = self.command(&format!("EHLO {name}")).await?;
+        if reply.code != 250 {
+            return Err(self.unexpected(Step::Ehlo, reply));
+        }
+        self.capabilities = Capabilities::from_ehlo(&reply);
+        Ok(())
+    }
+
+    /// STARTTLS, refusing to go on in the clear. Returns the stream for the TLS handshake;
+    /// the dialogue then starts over on the secured stream (RFC 3207 §4.2: forget
+    /// everything learned before TLS and ask again).
+    pub async fn starttls(mut self) -> Result<T, UpstreamError> {
+        if !self.capabilities.starttls {
+            return Err(UpstreamError::NoStartTls {
+                target: self.target,
+            });
+        }
+        let reply = self.command("STARTTLS").await?;
+        if reply.code != 220 {
+            return Err(self.unexpected(Step::StartTls, reply));
+        }
+        // CVE-2011-0411: anything that arrived with the 220 was sent before TLS and
+        // could have been injected by a man in the middle.
+        if !self.read_buf.is_empty() {
+            tracing::warn!(
+                upstream = %self.target,
+                bytes = self.read_buf.len(),
+                "discarding data received before the TLS handshake"
+            );
+        }
+        Ok(self.stream)
     }
 
     /// `AUTH XOAUTH2` for `user` with `access_token`.
@@ -229,14 +202,6 @@ impl Upstream {
                 Err(self.auth_rejected(final_reply, challenge))
             }
             _ => Err(self.auth_rejected(reply, None)),
-        }
-    }
-
-    fn auth_rejected(&self, reply: Reply, challenge: Option<ErrorChallenge>) -> UpstreamError {
-        UpstreamError::AuthRejected {
-            target: self.target.clone(),
-            reply,
-            challenge,
         }
     }
 
@@ -321,20 +286,6 @@ impl Upstream {
         }
     }
 
-    fn lost(&self, reason: String) -> UpstreamError {
-        UpstreamError::Lost {
-            target: self.target.clone(),
-            reason,
-        }
-    }
-
-    fn timed_out(&self, after: Duration) -> UpstreamError {
-        UpstreamError::Timeout {
-            target: self.target.clone(),
-            secs: after.as_secs(),
-        }
-    }
-
     async fn read_reply(&mut self, limit: Duration) -> Result<Reply, UpstreamError> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
@@ -361,50 +312,5 @@ impl Upstream {
                 Err(_) => return Err(self.timed_out(limit)),
             }
         }
-    }
-
-    async fn expect_greeting(&mut self) -> Result<(), UpstreamError> {
-        let greeting = self.read_reply(self.command_timeout).await?;
-        if greeting.code != 220 {
-            return Err(UpstreamError::Unexpected {
-                target: self.target.clone(),
-                step: Step::Greeting,
-                reply: greeting,
-            });
-        }
-        Ok(())
-    }
-
-    async fn ehlo(&mut self, name: &str) -> Result<(), UpstreamError> {
-        let reply = self.command(&format!("EHLO {name}")).await?;
-        if reply.code != 250 {
-            return Err(UpstreamError::Unexpected {
-                target: self.target.clone(),
-                step: Step::Ehlo,
-                reply,
-            });
-        }
-        self.capabilities = Capabilities::from_ehlo(&reply);
-        Ok(())
-    }
-
-    async fn start_tls(&mut self, target: &UpstreamTarget) -> Result<(), UpstreamError> {
-        let tls_error = |reason: String| UpstreamError::Tls {
-            target: format!("{}:{}", target.host, target.port),
-            reason,
-        };
-        let server_name = ServerName::try_from(target.host.clone())
-            .map_err(|err| tls_error(format!("invalid server name: {err}")))?;
-        let tcp = self
-            .stream
-            .take_plain()
-            .ok_or_else(|| tls_error("the connection is already TLS".into()))?;
-        let connector = tokio_rustls::TlsConnector::from(target.client_config.clone());
-        let tls = timeout(self.command_timeout, connector.connect(server_name, tcp))
-            .await
-            .map_err(|_| tls_error("handshake timed out".into()))?
-            .map_err(|err| tls_error(err.to_string()))?;
-        self.stream = MaybeTls::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)));
-        Ok(())
     }
 }

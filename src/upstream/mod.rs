@@ -1,7 +1,16 @@
-//! The provider leg of a message: the SMTP [`client`] (STARTTLS or implicit TLS, then
-//! `AUTH XOAUTH2`) and the warm [`pool`] of authenticated connections sessions share.
+//! The provider leg of a message: the SMTP [`client`] dialogue (generic over its stream),
+//! [`connect`] (TCP, STARTTLS or implicit TLS, and the [`Connector`] that logs in with an
+//! asset's access token), the [`error`]s and their classification, and the warm [`pool`]
+//! of authenticated connections sessions share.
 
 pub mod client;
+pub mod connect;
+pub mod error;
 pub mod pool;
 
-pub use client::{Step, Upstream, UpstreamError, UpstreamSettings};
+#[cfg(test)]
+mod tests;
+
+pub use client::{SmtpClient, UpstreamSettings};
+pub use connect::{Connector, Upstream, UpstreamStream};
+pub use error::{Step, UpstreamError};

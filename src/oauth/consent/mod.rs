@@ -948,12 +948,7 @@ pub async fn verify_account(
     asset: &Asset,
     consent: &Consent,
 ) -> Result<(), AuthorizeError> {
-    let settings = UpstreamSettings {
-        ehlo_name: config.server.hostname.clone(),
-        connect_timeout: config.timeouts.upstream_connect,
-        command_timeout: config.timeouts.upstream_command,
-        final_reply_timeout: config.timeouts.upstream_final_reply,
-    };
+    let settings = UpstreamSettings::from_config(config);
     let unverified = |err: UpstreamError| AuthorizeError::Unverified {
         email: asset.email.clone(),
         reason: err.to_string(),
