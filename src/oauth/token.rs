@@ -43,7 +43,6 @@ pub struct AccessToken {
     pub expires_at: Instant,
 }
 
-
 struct AssetSlot {
     asset: Arc<Asset>,
     shared: Arc<SlotState>,
@@ -462,7 +461,6 @@ impl TokenManager {
             lifetime: response.lifetime,
         })
     }
-
 }
 
 struct Grant {
@@ -520,4 +518,3 @@ async fn configured_refresh_token(asset: &Asset) -> Result<Secret, TokenError> {
     }
     Ok(Secret::new(token))
 }
-

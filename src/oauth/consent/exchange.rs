@@ -21,7 +21,6 @@ use crate::upstream::{Upstream, UpstreamError, UpstreamSettings};
 /// The token request: generous, as in `check`, but not forever.
 pub(super) const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 
-
 pub(super) const GOOGLE_PERMISSIONS_URL: &str = "https://myaccount.google.com/permissions";
 
 pub(super) type HttpError = HttpClientError<reqwest::Error>;
@@ -122,7 +121,11 @@ pub(super) fn no_refresh_token_hint(provider: Provider) -> String {
     }
 }
 
-pub(super) fn classify(asset: &Asset, redirect_uri: &str, err: BasicRequestError) -> AuthorizeError {
+pub(super) fn classify(
+    asset: &Asset,
+    redirect_uri: &str,
+    err: BasicRequestError,
+) -> AuthorizeError {
     match err {
         RequestTokenError::ServerResponse(response) => {
             let error = response.error().to_string();

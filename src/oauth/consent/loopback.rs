@@ -112,7 +112,11 @@ pub(super) struct Callback {
     state: CsrfToken,
 }
 
-pub(super) async fn accept_loop(listener: TcpListener, expected: Arc<Callback>, tx: mpsc::Sender<Event>) {
+pub(super) async fn accept_loop(
+    listener: TcpListener,
+    expected: Arc<Callback>,
+    tx: mpsc::Sender<Event>,
+) {
     let mut connections = JoinSet::new();
     loop {
         match listener.accept().await {
@@ -177,7 +181,10 @@ pub(super) async fn serve_connection(
 }
 
 /// The page for one request, and what it means for the flow if it was a callback.
-pub(super) fn handle_request(req: &Request<Incoming>, expected: &Callback) -> (HttpResponse, Option<Event>) {
+pub(super) fn handle_request(
+    req: &Request<Incoming>,
+    expected: &Callback,
+) -> (HttpResponse, Option<Event>) {
     if req.uri().path() != expected.path {
         return (
             page(StatusCode::NOT_FOUND, "Not found", "Nothing here."),

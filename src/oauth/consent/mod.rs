@@ -54,7 +54,6 @@ pub use url::consent_url;
 /// How long the user has to approve in the browser (or paste) before we give up.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
-
 #[derive(Debug, Clone)]
 pub struct ConsentOptions {
     /// Headless: print the URL, read the pasted redirect URL (or bare code) from `input`.

@@ -31,7 +31,10 @@ pub(super) enum Receiver {
 
 /// Works out the redirect URI and, for the loopback flow, binds its listener (so port 0
 /// becomes a real port before the URI is sent anywhere).
-pub(super) async fn plan_redirect(asset: &Asset, no_browser: bool) -> Result<RedirectPlan, AuthorizeError> {
+pub(super) async fn plan_redirect(
+    asset: &Asset,
+    no_browser: bool,
+) -> Result<RedirectPlan, AuthorizeError> {
     let Some(configured) = &asset.redirect_uri else {
         let listener = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
         let port = local_port(&listener)?;

@@ -186,8 +186,7 @@ fn state_is_checked_before_anything_else() {
 
 #[test]
 fn pastes() {
-    match parse_paste("  http://127.0.0.1:9/callback?state=s&code=4%2F0Ab&scope=x \n").unwrap()
-    {
+    match parse_paste("  http://127.0.0.1:9/callback?state=s&code=4%2F0Ab&scope=x \n").unwrap() {
         Pasted::Redirect(p) => {
             assert_eq!(p.code.as_deref(), Some("4/0Ab"));
             assert_eq!(p.state.as_deref(), Some("s"));
