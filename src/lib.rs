@@ -33,7 +33,8 @@
 //! - [`relay`]: the state all sessions share; [`admin`], [`metrics`]: probes and
 //!   Prometheus counters; [`tls`], [`stream`]: rustls configs and a plain-or-TLS stream;
 //!   [`logsafe`]: client-supplied values escaped for log lines.
-//! - [`cli`]: the command bodies (`check`, the sandbox config); [`sandbox`]: an embedded
+//! - [`cli`]: the command bodies (`serve`, `check`, `authorize`, `token`, `hash-password`)
+//!   returning one `CliError`; `main.rs` is only wiring. [`sandbox`]: an embedded
 //!   Gmail-like server and token issuer (`serve --sandbox`, tests, benchmarks).
 //!
 //! # Layering rules

@@ -5,3 +5,4 @@
 pub mod secret;
 pub mod service_account;
 pub mod store;
+pub mod store_format;
