@@ -18,8 +18,10 @@
 //!   to a [`session`], the SMTP dialogue with one client (one file per verb family).
 //! - [`users`]: local users and argon2id; [`senders`]: envelope sender → asset;
 //!   [`throttle`]: failed-login counting; [`received`]: the trace header.
-//! - [`upstream`]: the provider leg: SMTP client (STARTTLS/implicit TLS + XOAUTH2) and
-//!   the warm connection pool.
+//! - [`upstream`]: the provider leg: the SMTP dialogue generic over its stream
+//!   (`client`), TCP/TLS and the one `Connector` (token → connect → XOAUTH2) that the
+//!   session and `check` share (`connect`), errors and their classification, the warm
+//!   connection pool.
 //! - [`oauth`]: the access-token manager (refresh, rotation, back-off) and the consent
 //!   flow `authorize` runs; [`credentials`]: secrets, the encrypted token store, service
 //!   account keys.
