@@ -107,7 +107,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             // authentication gone) a new one is opened and the client never notices.
             let reused_reply = mail_on_reused(&mut upstream, &line).await;
             if let Err(why) = &reused_reply {
-                tracing::debug!(asset = %asset.name, why, "kept upstream connection is unusable, opening a new one");
+                tracing::debug!(asset = %asset.name, why = why.as_str(), "kept upstream connection is unusable, opening a new one");
+                if let Unusable::AuthenticationRefused {
+                    token_refused: true,
+                } = why
+                {
+                    // The provider ended the session for this token: the new connection
+                    // must not try the same (cached) token first.
+                    if let Some(token) = upstream.token() {
+                        self.relay.tokens.invalidate(&asset.name, token).await;
+                    }
+                }
                 // Dropped without QUIT: it is dead or its session is over.
                 upstream = match self.open_upstream(&asset).await {
                     Ok(upstream) => upstream,
@@ -280,29 +290,54 @@ pub(super) fn choose_asset(
     config.asset(name).cloned().ok_or_else(not_served)
 }
 
-/// RSET and MAIL FROM on a kept connection; Err (why, for the log) when the connection is
-/// not usable: RSET fails or is refused, or MAIL is refused for authentication
-/// (`pool::refuses_authentication`), the provider having ended the authenticated session.
-async fn mail_on_reused(upstream: &mut Upstream, mail: &str) -> Result<Reply, &'static str> {
-    const DEAD: &str = "no answer to RSET or MAIL";
-    const RESET_REFUSED: &str = "RSET refused";
+/// Why a kept connection cannot carry the next transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unusable {
+    /// No answer to RSET or MAIL: the connection is dead.
+    Dead,
+    /// RSET refused: the connection's state is unknown.
+    ResetRefused,
+    /// MAIL refused for authentication (`pool::refuses_authentication`): the provider
+    /// ended the authenticated session, typically because the token expired.
+    /// `token_refused` for 530/535, which name the credentials; a 5.7.x policy refusal
+    /// says nothing against the token, so it is not thrown away for one.
+    AuthenticationRefused { token_refused: bool },
+}
+
+impl Unusable {
+    fn as_str(self) -> &'static str {
+        match self {
+            Unusable::Dead => "no answer to RSET or MAIL",
+            Unusable::ResetRefused => "RSET refused",
+            Unusable::AuthenticationRefused { .. } => "MAIL refused for authentication",
+        }
+    }
+}
+
+/// RSET and MAIL FROM on a kept connection; Err when the connection is not usable.
+async fn mail_on_reused(upstream: &mut Upstream, mail: &str) -> Result<Reply, Unusable> {
     let reply = if upstream.capabilities().pipelining {
-        let replies = upstream.pipeline(&["RSET", mail]).await.map_err(|_| DEAD)?;
+        let replies = upstream
+            .pipeline(&["RSET", mail])
+            .await
+            .map_err(|_| Unusable::Dead)?;
         let mut replies = replies.into_iter();
-        let reset = replies.next().ok_or(DEAD)?;
+        let reset = replies.next().ok_or(Unusable::Dead)?;
         if !reset.is_positive() {
-            return Err(RESET_REFUSED);
+            return Err(Unusable::ResetRefused);
         }
-        replies.next().ok_or(DEAD)?
+        replies.next().ok_or(Unusable::Dead)?
     } else {
-        let reset = upstream.command("RSET").await.map_err(|_| DEAD)?;
+        let reset = upstream.command("RSET").await.map_err(|_| Unusable::Dead)?;
         if !reset.is_positive() {
-            return Err(RESET_REFUSED);
+            return Err(Unusable::ResetRefused);
         }
-        upstream.command(mail).await.map_err(|_| DEAD)?
+        upstream.command(mail).await.map_err(|_| Unusable::Dead)?
     };
     if refuses_authentication(&reply) {
-        return Err("MAIL refused for authentication");
+        return Err(Unusable::AuthenticationRefused {
+            token_refused: matches!(reply.code, 530 | 535),
+        });
     }
     Ok(reply)
 }

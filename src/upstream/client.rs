@@ -57,7 +57,9 @@ pub struct SmtpClient<T> {
     target: String,
     command_timeout: Duration,
     final_reply_timeout: Duration,
-    /// When the access token this connection authenticated with expires.
+    /// The access token this connection authenticated with, and when it expires: a
+    /// provider that later ends the session for that token gets it invalidated.
+    token: Option<Secret>,
     token_expires_at: Option<tokio::time::Instant>,
 }
 
@@ -72,6 +74,7 @@ impl<T> SmtpClient<T> {
             target: target.into(),
             command_timeout: settings.command_timeout,
             final_reply_timeout: settings.final_reply_timeout,
+            token: None,
             token_expires_at: None,
         }
     }
@@ -80,8 +83,15 @@ impl<T> SmtpClient<T> {
         self.token_expires_at
     }
 
-    pub fn set_token_expires_at(&mut self, at: tokio::time::Instant) {
-        self.token_expires_at = Some(at);
+    /// The token the connection authenticated with.
+    pub fn token(&self) -> Option<&Secret> {
+        self.token.as_ref()
+    }
+
+    /// Remembers the token the connection authenticated with and its expiry.
+    pub fn set_token(&mut self, token: Secret, expires_at: tokio::time::Instant) {
+        self.token = Some(token);
+        self.token_expires_at = Some(expires_at);
     }
 
     /// What the last EHLO offered (after STARTTLS: what was offered under TLS).

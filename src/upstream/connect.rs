@@ -180,7 +180,7 @@ impl<'a> Connector<'a> {
         self.observe(|m| &m.upstream_auth_seconds, authenticating.elapsed());
         match authenticated {
             Ok(()) => {
-                upstream.set_token_expires_at(token.expires_at);
+                upstream.set_token(token.token.clone(), token.expires_at);
                 Ok(upstream)
             }
             Err(err) => Err(Failed {
