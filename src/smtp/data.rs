@@ -139,8 +139,14 @@ impl DataScanner {
         // needing different treatment (or the end of input) is reached.
         let mut run_start = i;
         let max_content = self.max_content();
+        if self.problem.is_none() {
+            // One allocation for the common case of a chunk forwarded as is.
+            out.reserve(input.len().saturating_sub(i));
+        }
         while let Some(rest) = input.get(i..).filter(|r| !r.is_empty()) {
-            let Some(k) = rest.iter().position(|&b| b == b'\r' || b == b'\n') else {
+            // SIMD search for the next CR or LF (issue 11); everything up to it
+            // is line content, whatever its bytes.
+            let Some(k) = memchr::memchr2(b'\r', b'\n', rest) else {
                 self.flush_run(input, run_start, i, out);
                 self.append_partial(rest);
                 i = input.len();
@@ -317,7 +323,7 @@ pub fn dot_stuff(content: &[u8], out: &mut Vec<u8>) {
         if rest.first() == Some(&b'.') {
             out.push(b'.');
         }
-        match rest.iter().position(|&b| b == b'\r' || b == b'\n') {
+        match memchr::memchr2(b'\r', b'\n', rest) {
             None => {
                 out.extend_from_slice(rest);
                 out.extend_from_slice(b"\r\n");
@@ -336,6 +342,9 @@ pub fn dot_stuff(content: &[u8], out: &mut Vec<u8>) {
         }
     }
 }
+
+#[cfg(test)]
+mod reference;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
@@ -583,6 +592,86 @@ mod tests {
         hay.windows(needle.len()).any(|w| w == needle)
     }
 
+    /// Feeds `chunks` to the scanner and to the pre-issue-11 reference, in step,
+    /// and asserts identical results after every call (also after the end).
+    fn assert_same_as_reference(limits: DataLimits, chunks: &[&[u8]]) {
+        let mut new = DataScanner::new(limits);
+        let mut old = reference::RefScanner::new(limits);
+        let (mut new_out, mut old_out) = (Vec::new(), Vec::new());
+        for (n, chunk) in chunks.iter().enumerate() {
+            let got = new.feed(chunk, &mut new_out);
+            let want = old.feed(chunk, &mut old_out);
+            let at = || format!("chunk {n} of {chunks:?} with {limits:?}");
+            assert_eq!(got, want, "{}", at());
+            assert_eq!(new_out, old_out, "{}", at());
+            assert_eq!(new.problem(), old.problem(), "{}", at());
+            assert_eq!(new.content_len(), old.content_len(), "{}", at());
+            assert_eq!(new.is_finished(), old.is_finished(), "{}", at());
+        }
+    }
+
+    /// Cuts `input` at the given offsets (taken modulo its length, any order).
+    fn cut_at<'a>(input: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+        let mut at: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+        at.sort_unstable();
+        let mut chunks = Vec::new();
+        let mut from = 0;
+        for c in at {
+            chunks.push(&input[from..c]);
+            from = c;
+        }
+        chunks.push(&input[from..]);
+        chunks
+    }
+
+    /// DATA streams built from the pieces that matter (CRLF, bare CR/LF, dots, the
+    /// terminator, long runs of ordinary text), so that cuts often fall inside them.
+    fn token_stream() -> impl Strategy<Value = Vec<u8>> {
+        let token = prop_oneof![
+            4 => Just(b"\r\n".to_vec()),
+            2 => Just(b"\r\n.\r\n".to_vec()),
+            2 => Just(b".".to_vec()),
+            2 => Just(b"\r".to_vec()),
+            2 => Just(b"\n".to_vec()),
+            1 => Just(b"..".to_vec()),
+            4 => (1usize..120).prop_map(|n| vec![b'x'; n]),
+            1 => proptest::collection::vec(any::<u8>(), 0..40),
+        ];
+        proptest::collection::vec(token, 0..40).prop_map(|t| t.concat())
+    }
+
+    #[test]
+    fn matches_reference_at_every_split() {
+        let inputs: &[&[u8]] = &[
+            b"a\r\n.\r\nNEXT",
+            b"\r\n.\r\n",
+            b".\r\n",
+            b"ab\r\r\n.\r.\n.\r\n",
+            b"..\r\n.\n\n.\r\r\n.\r\n",
+            b"12345\r\n123456\r\n.\r\n",
+            b"x\ry\n\r\n..\r\n.\r\nQUIT\r\n",
+        ];
+        for limits in [
+            NORMALIZE,
+            REJECT,
+            DataLimits {
+                max_line_len: 7,
+                ..REJECT
+            },
+        ] {
+            for input in inputs {
+                assert_same_as_reference(limits, &[input]);
+                for a in 0..=input.len() {
+                    for b in a..=input.len() {
+                        assert_same_as_reference(limits, &[&input[..a], &input[a..b], &input[b..]]);
+                    }
+                }
+                let bytewise: Vec<&[u8]> = input.chunks(1).collect();
+                assert_same_as_reference(limits, &bytewise);
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn split_invariance(input in data_bytes(), limits in limits_strategy(), a in 0usize..200, b in 0usize..200) {
@@ -593,6 +682,15 @@ mod tests {
             prop_assert_eq!(&split, &whole);
             let bytewise: Vec<&[u8]> = input.chunks(1).collect();
             prop_assert_eq!(&run_chunks(limits, &bytewise), &whole);
+        }
+
+        #[test]
+        fn matches_reference(
+            input in prop_oneof![data_bytes(), token_stream()],
+            limits in limits_strategy(),
+            cuts in proptest::collection::vec(any::<usize>(), 0..12),
+        ) {
+            assert_same_as_reference(limits, &cut_at(&input, &cuts));
         }
 
         #[test]
