@@ -81,6 +81,10 @@ impl Users {
     }
 }
 
+/// Each buffer's capacity at least: over glibc's largest dynamic mmap threshold (32 MiB on
+/// 64-bit), so the buffer is mapped on its own (see [`PasswordChecks`]).
+const MIN_BUFFER_BYTES: usize = 33 * 1024 * 1024;
+
 /// How long the argon2 buffers outlive the last password check. A burst of logins (a
 /// network blip, then every printer at once) reuses them; then the memory goes back.
 const BUFFER_IDLE: Duration = Duration::from_secs(30);
@@ -91,12 +95,16 @@ const BUFFER_IDLE: Duration = Duration::from_secs(30);
 /// pool of at most `max_checks` buffers; the buffers are reused while logins keep coming
 /// and freed [`BUFFER_IDLE`] after the last check.
 ///
-/// Each buffer is one large allocation (block count × 1 KiB), far above glibc's mmap
-/// threshold (128 KiB, rising at most to 32 MiB as large blocks are freed), so it is mapped
-/// on its own and freeing it unmaps it: the memory returns to the system whichever
-/// blocking-pool thread allocated or frees it, and no per-thread arena grows by it. Before
-/// this pool argon2 allocated a fresh buffer on every check, on whichever blocking thread
-/// ran it; reusing the buffers also takes that churn (and its page faults) away.
+/// Each buffer must go back to the system when freed, whichever blocking-pool thread
+/// allocated or frees it, without growing a per-thread malloc arena. glibc maps a block on
+/// its own (and unmaps it when freed) only at or above its mmap threshold, which starts at
+/// 128 KiB but rises to the size of any mapped block freed, up to 32 MiB on 64-bit: once
+/// one 19 MiB argon2 buffer has been freed (argon2's own allocation when hashing the dummy
+/// password, say), the next 19 MiB buffer comes from an arena, and freeing it does not give
+/// it back (measured: the RSS stayed at the burst's peak). So each buffer reserves
+/// [`MIN_BUFFER_BYTES`], above that ceiling, and is always mapped on its own; the pages
+/// past the blocks a hash uses are never touched, so they cost address space, not memory.
+/// Reusing the buffers also takes away argon2's fresh allocation (and page faults) per check.
 #[derive(Debug)]
 struct PasswordChecks {
     permits: Arc<Semaphore>,
@@ -230,10 +238,15 @@ impl CheckSlot {
         };
         let blocks = params.block_count();
         if self.buffer.len() < blocks {
-            // Free the smaller buffer before allocating the larger one. A buffer stays as
-            // large as the largest hash checked in it (a user's own parameters).
-            self.buffer = Vec::new();
-            self.buffer = vec![Block::default(); blocks];
+            if self.buffer.capacity() < blocks {
+                // Free the smaller buffer before allocating the larger one. A buffer stays
+                // as large as the largest hash checked in it (a user's own parameters).
+                self.buffer = Vec::new();
+                self.buffer
+                    .reserve_exact(blocks.max(MIN_BUFFER_BYTES / Block::SIZE));
+            }
+            // Touches (and so commits) only the blocks this hash uses.
+            self.buffer.resize(blocks, Block::default());
         }
         let argon2 = Argon2::new(algorithm, version, params);
         let computed = Output::init_with(expected.len(), |out| {
