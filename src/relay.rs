@@ -91,7 +91,7 @@ impl Relay {
             metrics,
             auth_throttle,
             trusted_user,
-            users: Users::new(config.users.clone()),
+            users: Users::new(config.users.clone(), config.limits.max_password_checks),
             config: Arc::new(config),
             tokens,
             upstream,

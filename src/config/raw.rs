@@ -81,6 +81,7 @@ pub(super) struct RawLimits {
     pub(super) max_errors: Option<usize>,
     pub(super) max_junk_commands: Option<usize>,
     pub(super) max_transactions: Option<usize>,
+    pub(super) max_password_checks: Option<usize>,
     pub(super) max_connections_per_ip: Option<usize>,
     pub(super) auth_max_failures: Option<u32>,
     pub(super) auth_lockout_secs: Option<u64>,

@@ -135,6 +135,30 @@ fn every_limit_below_its_minimum_is_reported() {
     assert_eq!(problems[0].message, "100 is below the minimum of 512");
 }
 
+#[test]
+fn unlimited_transactions_and_at_least_one_password_check() {
+    let config = parse_with_env(&config_text(GOOGLE_CLIENT, ""), Path::new("t.toml"), |_| {
+        None
+    })
+    .unwrap();
+    assert_eq!(config.limits.max_transactions, 0, "default: unlimited");
+    assert_eq!(config.limits.max_password_checks, 2);
+    let text = config_text(
+        GOOGLE_CLIENT,
+        "[limits]\nmax_transactions = 0\nmax_password_checks = 0",
+    );
+    let problems = problems(&text, |_| None);
+    assert_eq!(fields(&problems), ["limits.max_password_checks"]);
+    assert_eq!(problems[0].message, "0 is below the minimum of 1");
+    let text = config_text(
+        GOOGLE_CLIENT,
+        "[limits]\nmax_transactions = 5000\nmax_password_checks = 1",
+    );
+    let config = parse_with_env(&text, Path::new("t.toml"), |_| None).unwrap();
+    assert_eq!(config.limits.max_transactions, 5000);
+    assert_eq!(config.limits.max_password_checks, 1);
+}
+
 /// The three parts of an asset (credentials, endpoints, upstream target) each report their
 /// problems, in that order, even when an earlier part already failed.
 #[test]

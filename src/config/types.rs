@@ -118,7 +118,10 @@ pub struct Limits {
     /// NOOP, RSET, VRFY, HELP and refused commands a session may send before it is closed;
     /// the count starts again after each delivered message.
     pub max_junk_commands: usize,
+    /// Messages per connection; 0 = unlimited.
     pub max_transactions: usize,
+    /// argon2id password checks running at once, each with its own working memory.
+    pub max_password_checks: usize,
     pub max_connections_per_ip: usize,
     /// Failed logins (per client IP, and per user name) before a temporary lockout.
     pub auth_max_failures: u32,

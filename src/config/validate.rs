@@ -305,6 +305,9 @@ fn validate_limits(raw: RawLimits, check: &mut Checker) -> Limits {
         max_errors: raw.max_errors.unwrap_or(defaults.max_errors),
         max_junk_commands: raw.max_junk_commands.unwrap_or(defaults.max_junk_commands),
         max_transactions: raw.max_transactions.unwrap_or(defaults.max_transactions),
+        max_password_checks: raw
+            .max_password_checks
+            .unwrap_or(defaults.max_password_checks),
         max_connections_per_ip: raw
             .max_connections_per_ip
             .unwrap_or(defaults.max_connections_per_ip),
@@ -350,7 +353,12 @@ fn validate_limits(raw: RawLimits, check: &mut Checker) -> Limits {
             limits.max_junk_commands as u64,
             1,
         ),
-        ("limits.max_transactions", limits.max_transactions as u64, 1),
+        // max_transactions has no minimum: 0 means unlimited.
+        (
+            "limits.max_password_checks",
+            limits.max_password_checks as u64,
+            1,
+        ),
         (
             "limits.auth_throttle_entries",
             limits.auth_throttle_entries as u64,

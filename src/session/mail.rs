@@ -31,7 +31,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         if matches!(self.phase, Phase::Transaction(_)) {
             return self.reject(Say::NestedMail);
         }
-        if self.transactions >= self.params.max_transactions {
+        // 0 = unlimited.
+        let max = self.params.max_transactions;
+        if max != 0 && self.transactions >= max {
             self.relay.metrics.limit_hit("transactions");
             self.say(Say::TooManyTransactions);
             return Flow::Close;

@@ -105,6 +105,7 @@ struct Params {
     max_auth_line: usize,
     max_errors: usize,
     max_junk_commands: usize,
+    /// 0 = unlimited.
     max_transactions: usize,
     /// Only for the log line of a lockout.
     auth_lockout: Duration,

@@ -538,6 +538,75 @@ async fn thousand_pipelined_noops_get_thousand_replies_in_order() {
     env.stop().await;
 }
 
+/// A relayhost client that keeps its connection for thousands of messages is never cut
+/// with 421: `max_transactions` is unlimited (0) by default, like Postfix's smtpd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_messages_in_one_session_get_no_421() {
+    const MESSAGES: usize = 1000;
+    let env = Env::start().await;
+    let mut client = env.logged_in(SCANNER).await;
+    let body = message_for("long-session");
+    let mut message = body.clone();
+    message.extend_from_slice(b".\r\n");
+    let envelope = format!("MAIL FROM:<{SUPPORT_EMAIL}>\r\nRCPT TO:<x@example.net>\r\nDATA\r\n");
+    let started = Instant::now();
+    // Bounded: well under a second here; a relay that stalls fails instead of hanging.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        for i in 0..MESSAGES {
+            // MAIL, RCPT and DATA pipelined in one write (RFC 2920), then the message.
+            client.write(envelope.as_bytes()).await;
+            for expected in [250, 250, 354] {
+                let reply = client.read_reply().await;
+                assert_eq!(reply.code, expected, "message {i}: {reply}");
+            }
+            // One write: a separate small write for the terminator would wait out delayed
+            // ACKs (Nagle) on every message.
+            client.write(&message).await;
+            let reply = client.read_reply().await;
+            expect(&reply, 250, "2.0.0");
+        }
+        client.cmd("QUIT").await.expect_code(221);
+    })
+    .await
+    .expect("1000 messages in one session took over a minute");
+    eprintln!(
+        "{MESSAGES} messages in one session: {:?}",
+        started.elapsed()
+    );
+    let delivered = env.gmail.messages();
+    assert_eq!(delivered.len(), MESSAGES);
+    assert!(delivered
+        .iter()
+        .all(|m| split_received(&m.data).1 == unstuffed(&body)));
+    env.stop().await;
+}
+
+/// An operator who wants a per-connection limit still gets it.
+#[tokio::test]
+async fn a_configured_max_transactions_closes_the_session_with_421() {
+    let env = Env::with(Options {
+        limits: "max_transactions = 2".into(),
+        ..Options::default()
+    })
+    .await;
+    let mut client = env.logged_in(SCANNER).await;
+    for subject in ["first", "second"] {
+        let reply = client
+            .send_mail(SUPPORT_EMAIL, &["x@example.net"], &message_for(subject))
+            .await;
+        expect(&reply, 250, "2.0.0");
+    }
+    let reply = client.cmd(&format!("MAIL FROM:<{SUPPORT_EMAIL}>")).await;
+    expect(&reply, 421, "4.7.0");
+    assert!(
+        client.try_read_reply().await.is_none(),
+        "closed after the 421"
+    );
+    assert_mailbox(&env, &["first", "second"]);
+    fresh_client_sends(&env, SCANNER, SUPPORT_EMAIL, "after-limit").await;
+    env.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_connections_over_the_limit_get_421_and_slots_come_back() {
     // 2000 connections (a second or two here) against a limit of 50, also per client
