@@ -15,28 +15,9 @@ use smtp_oauth_relay::sandbox::gmail::Delivered;
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// True when `tool` is on PATH. When it is not: fails the test under CI, otherwise prints
-/// a note and returns false so that the test can return early.
+/// True when `tool` is on PATH; see [`crate::installed_or_skip`].
 fn require(tool: &str) -> bool {
-    let found = std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| {
-            let candidate = dir.join(tool);
-            std::fs::metadata(&candidate).is_ok_and(|meta| {
-                use std::os::unix::fs::PermissionsExt;
-                meta.is_file() && meta.permissions().mode() & 0o111 != 0
-            })
-        })
-    });
-    if found {
-        return true;
-    }
-    let in_ci = std::env::var("CI").is_ok_and(|value| !value.is_empty());
-    assert!(
-        !in_ci,
-        "{tool} is not installed but CI is set: the CI script (.ci/run) must install it"
-    );
-    eprintln!("skipping: {tool} not installed (CI installs it)");
-    false
+    crate::installed_or_skip(tool, crate::on_path(tool))
 }
 
 /// Runs a client to completion (feeding `stdin` if given) with a timeout, without

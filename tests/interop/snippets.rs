@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use crate::{installed_or_skip as require, on_path};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 const PHPMAILER_AUTOLOAD: &str = "/usr/share/php/libphp-phpmailer/autoload.php";
@@ -22,32 +23,6 @@ const RECIPIENT: &str = "someone@example.net";
 fn node_modules() -> PathBuf {
     let home = std::env::var_os("HOME").expect("HOME is not set");
     Path::new(&home).join(".cache/smtp-oauth-relay-node/node_modules")
-}
-
-/// True when `what` exists. When not: fails the test under CI, otherwise prints a note and
-/// returns false so that the test can return early.
-fn require(what: &str, present: bool) -> bool {
-    if present {
-        return true;
-    }
-    let in_ci = std::env::var("CI").is_ok_and(|value| !value.is_empty());
-    assert!(
-        !in_ci,
-        "{what} is not installed but CI is set: the CI script (.ci/run) must install it"
-    );
-    eprintln!("skipping: {what} not installed (CI installs it)");
-    false
-}
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| {
-            std::fs::metadata(dir.join(tool)).is_ok_and(|meta| {
-                use std::os::unix::fs::PermissionsExt;
-                meta.is_file() && meta.permissions().mode() & 0o111 != 0
-            })
-        })
-    })
 }
 
 /// The code block (```lang) that follows the README heading `heading`.
