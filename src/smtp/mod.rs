@@ -12,6 +12,7 @@ pub mod data;
 pub mod ehlo;
 pub mod reply;
 pub mod sasl;
+pub mod unstuff;
 pub mod xoauth2;
 
 pub use address::{canonical, mailbox_list, AddressError, CanonicalAddress};
@@ -19,3 +20,4 @@ pub use command::{parse_command, Command, CommandError, Param};
 pub use data::{dot_stuff, BareLineEndings, DataLimits, DataProblem, DataScanner, Scan};
 pub use ehlo::Capabilities;
 pub use reply::{parse_reply, EnhancedCode, Reply, ReplyError, ReplyParse};
+pub use unstuff::Unstuffer;
