@@ -13,6 +13,7 @@ use crate::config::CredentialFailure;
 use crate::error::RelayError;
 use crate::smtp::command::CommandError;
 use crate::smtp::reply::{EnhancedCode, Reply};
+use crate::transport::graph_error::GraphError;
 use crate::upstream::UpstreamError;
 
 const fn code(class: u8, subject: u16, detail: u16) -> Option<EnhancedCode> {
@@ -120,6 +121,29 @@ pub enum Say {
     /// The From: field is not a plain mailbox list (a group, an encoded word as the
     /// address, unbalanced quotes, bytes that are not UTF-8): nothing to vouch for.
     HeaderFromUnreadable,
+    // Microsoft Graph (issue 13), mapped from `GraphError` by `Say::for_graph`.
+    /// 429, or 503 with Retry-After, for this mailbox.
+    GraphThrottled {
+        mailbox: String,
+    },
+    /// No `graph_concurrency` slot for the mailbox in time.
+    GraphBusy {
+        mailbox: String,
+    },
+    /// 413 / `ErrorMessageSizeExceeded`.
+    GraphTooLarge,
+    /// Over one request and `graph_large_messages` is off.
+    GraphNeedsLargeMessages {
+        limit: u64,
+    },
+    /// 400 with Graph's message.
+    GraphRejected {
+        message: String,
+    },
+    /// 5xx, timeouts, connection errors (before the request could have arrived).
+    GraphFailed,
+    /// The relay could not read its spool or parse the message.
+    LocalError,
 }
 
 impl Say {
@@ -341,6 +365,44 @@ impl Say {
                 code(5, 6, 0),
                 "From: header address cannot be read as a plain mailbox list; message not sent",
             ),
+            Say::GraphThrottled { mailbox } => Reply::new(
+                451,
+                code(4, 7, 0),
+                format!("Microsoft Graph sending rate limit of {mailbox} reached; try again later"),
+            ),
+            Say::GraphBusy { mailbox } => Reply::new(
+                451,
+                code(4, 7, 0),
+                format!("Too many messages in flight for {mailbox}; try again later"),
+            ),
+            Say::GraphTooLarge => Reply::new(
+                552,
+                code(5, 3, 4),
+                "Message too large for Microsoft Graph; message not sent",
+            ),
+            Say::GraphNeedsLargeMessages { limit } => Reply::new(
+                552,
+                code(5, 3, 4),
+                format!(
+                    "Message over {limit} bytes, the most Microsoft Graph takes in one request; \
+                     the relay operator can allow larger ones with graph_large_messages = true; message not sent"
+                ),
+            ),
+            Say::GraphRejected { message } => Reply::new(
+                554,
+                code(5, 6, 0),
+                format!("Microsoft Graph rejected the message: {message}"),
+            ),
+            Say::GraphFailed => Reply::new(
+                451,
+                code(4, 4, 2),
+                "Microsoft Graph did not accept the message, try again later",
+            ),
+            Say::LocalError => Reply::new(
+                451,
+                code(4, 3, 0),
+                "Local error in processing, try again later",
+            ),
 
             Say::ShuttingDown => Reply::new(
                 421,
@@ -384,6 +446,40 @@ impl Say {
                 UpstreamError::NoStartTls { .. } => Say::UpstreamNoTls,
                 UpstreamError::Lost { .. } | UpstreamError::Protocol { .. } => Say::UpstreamLost,
             },
+        }
+    }
+
+    /// The reply for a message Microsoft Graph did not take (issue 13): 401 after the one
+    /// retry and 403 are the operator's (454); throttling and busy slots 451 4.7.0; size
+    /// 552 5.3.4; 400 554 5.6.0 with Graph's message; anything without an answer 451
+    /// 4.4.2, saying so when a duplicate is possible. Never a 2xx.
+    pub fn for_graph(error: &GraphError, asset: &str, mode: CredentialFailure) -> Say {
+        match error {
+            GraphError::Token(err) => {
+                Say::for_failure(&RelayError::Token(err.clone()), asset, mode)
+            }
+            GraphError::Unauthorized { .. } | GraphError::Forbidden { .. } => {
+                Say::CredentialsUnavailable
+            }
+            GraphError::Throttled { mailbox, .. } => Say::GraphThrottled {
+                mailbox: mailbox.clone(),
+            },
+            GraphError::Busy { mailbox, .. } => Say::GraphBusy {
+                mailbox: mailbox.clone(),
+            },
+            GraphError::TooLarge { .. } => Say::GraphTooLarge,
+            GraphError::NeedsLargeMessages { limit, .. } => {
+                Say::GraphNeedsLargeMessages { limit: *limit }
+            }
+            GraphError::Rejected { message, .. } => Say::GraphRejected {
+                message: message.clone(),
+            },
+            GraphError::Transport {
+                possible_duplicate: true,
+                ..
+            } => Say::PossibleDuplicate,
+            GraphError::Transport { .. } | GraphError::Failed { .. } => Say::GraphFailed,
+            GraphError::Local { .. } => Say::LocalError,
         }
     }
 
@@ -443,6 +539,69 @@ mod tests {
         for (error, expected) in cases {
             assert_eq!(wire(Say::for_command_error(&error)), expected, "{error:?}");
         }
+    }
+
+    #[test]
+    fn graph_failures_map_to_replies() {
+        let temporary = CredentialFailure::Temporary;
+        let cases = [
+            (
+                GraphError::Unauthorized {
+                    mailbox: "m@x.org".into(),
+                    code: "InvalidAuthenticationToken".into(),
+                    message: "m".into(),
+                },
+                "454 4.7.0 Temporary authentication failure towards the mail provider, try again later\r\n",
+            ),
+            (
+                GraphError::Throttled {
+                    mailbox: "m@x.org".into(),
+                    status: 429,
+                    retry_after: Some(3),
+                },
+                "451 4.7.0 Microsoft Graph sending rate limit of m@x.org reached; try again later\r\n",
+            ),
+            (
+                GraphError::TooLarge {
+                    status: 413,
+                    code: "x".into(),
+                    message: "m".into(),
+                },
+                "552 5.3.4 Message too large for Microsoft Graph; message not sent\r\n",
+            ),
+            (
+                GraphError::Rejected {
+                    code: "ErrorInvalidRecipients".into(),
+                    message: "At least one recipient isn't valid.".into(),
+                },
+                "554 5.6.0 Microsoft Graph rejected the message: At least one recipient isn't valid.\r\n",
+            ),
+            (
+                GraphError::Failed {
+                    status: 500,
+                    code: "x".into(),
+                    message: "m".into(),
+                },
+                "451 4.4.2 Microsoft Graph did not accept the message, try again later\r\n",
+            ),
+            (
+                GraphError::Transport {
+                    step: "sendMail",
+                    reason: "reset".into(),
+                    possible_duplicate: true,
+                },
+                "451 4.4.2 Upstream connection lost before it confirmed the message; try again (a duplicate is possible)\r\n",
+            ),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(wire(Say::for_graph(&error, "a", temporary)), expected, "{error}");
+        }
+        let needs = wire(Say::for_graph(
+            &GraphError::NeedsLargeMessages { size: 5, limit: 4 },
+            "a",
+            temporary,
+        ));
+        assert!(needs.starts_with("552 5.3.4 ") && needs.contains("graph_large_messages"), "{needs}");
     }
 
     fn upstream(error: UpstreamError) -> RelayError {

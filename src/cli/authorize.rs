@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::cli::error::CliError;
 use crate::cli::{check, find_asset, load_config, token_store};
-use crate::config::RefreshTokenSource;
+use crate::config::{Grant, RefreshTokenSource};
 use crate::credentials::store::{StoreError, StoredToken};
 use crate::oauth::consent::{self, obtain_consent, ConsentOptions};
 use crate::oauth::http::unix_now;
@@ -24,6 +24,14 @@ pub async fn authorize(
     if asset.service_account.is_some() {
         return Err(CliError::config(format!(
             "asset \"{asset_name}\" uses a service account: it needs no consent"
+        )));
+    }
+    if asset.grant == Grant::ClientCredentials {
+        return Err(CliError::config(format!(
+            "asset \"{asset_name}\" uses grant = \"client_credentials\" (app-only): there is nothing to \
+             consent to and no refresh token to store; the relay gets its tokens with the client id and \
+             secret alone. Grant the application permission (with admin consent) in Microsoft Entra, \
+             then run `smtp-oauth-relay check`"
         )));
     }
     let options = ConsentOptions {

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::{
-    Asset, AssetAccess, Config, CredentialFailure, HeaderFromPolicy, Limits, PoolSettings,
+    Asset, AssetAccess, Config, CredentialFailure, Grant, HeaderFromPolicy, Limits, PoolSettings,
     Provider, RefreshTokenSource, ServerSettings, Timeouts, TokenSettings, UpstreamTarget,
     UpstreamTls, User,
 };
@@ -62,6 +62,7 @@ pub fn sandbox_config(
             tls: UpstreamTls::Starttls,
             client_config: tls::client_config_from(upstream.pki.root_store())?,
         },
+        grant: Grant::RefreshToken,
     };
     let mut senders = SenderMap::default();
     // Only one claim on an empty map: it cannot collide.

@@ -11,7 +11,7 @@ use crate::admin;
 use crate::cli::error::CliError;
 use crate::cli::logging::init_logging;
 use crate::cli::{demo, load_config, token_store};
-use crate::config::{self, Asset, Config, LogFormat, RefreshTokenSource};
+use crate::config::{self, Asset, Config, LogFormat};
 use crate::relay::Relay;
 use crate::sandbox::SandboxUpstream;
 use crate::server::{self, Listeners, RelayHandle};
@@ -96,7 +96,7 @@ fn check_token_store(config: &Config) -> Result<(), CliError> {
     let uses_store: Vec<&Arc<Asset>> = config
         .assets
         .iter()
-        .filter(|a| a.service_account.is_none() && a.refresh_token == RefreshTokenSource::Store)
+        .filter(|a| a.uses_store())
         .collect();
     if uses_store.is_empty() {
         return Ok(());

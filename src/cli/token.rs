@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use crate::cli::error::CliError;
 use crate::cli::{find_asset, load_config, token_store};
-use crate::config::RefreshTokenSource;
 use crate::oauth::http::unix_secs;
 use crate::oauth::token::TokenManager;
 
@@ -14,7 +13,7 @@ pub async fn token(config_path: PathBuf, asset_name: String, show: bool) -> Resu
     let asset = find_asset(&config, &asset_name)?;
     let tokens = TokenManager::new(&config)?;
     println!("asset {}: {}", asset.name, asset.email);
-    if asset.service_account.is_none() && asset.refresh_token == RefreshTokenSource::Store {
+    if asset.uses_store() {
         let store = token_store(&config);
         match store.get(&asset.name) {
             Ok(Some(stored)) => println!(

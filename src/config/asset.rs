@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use toml::Spanned;
 
+use super::grant::{preset_for_grant, validate_grant};
 use super::problems::Checker;
 use super::provider::{preset, GoogleClientFile, ProviderPreset};
 use super::raw::RawAsset;
@@ -43,7 +44,9 @@ pub(super) fn validate_asset(raw: &RawAsset, index: usize, check: &mut Checker) 
         );
     }
     let provider = raw.provider.unwrap_or(Provider::Google);
-    let preset = preset(provider, raw.tenant.as_deref());
+    let grant = validate_grant(raw, provider, &field, check);
+    let preset =
+        preset(provider, raw.tenant.as_deref()).map(|preset| preset_for_grant(preset, grant));
 
     // Every part is checked before any failure ends the asset, so all its problems show.
     let files = credential_files(raw, &field, check);
@@ -65,6 +68,7 @@ pub(super) fn validate_asset(raw: &RawAsset, index: usize, check: &mut Checker) 
         scopes: endpoints.scopes,
         redirect_uri: endpoints.redirect_uri,
         upstream: upstream?,
+        grant,
     })
 }
 

@@ -17,6 +17,7 @@
 mod asset;
 mod defaults;
 mod env;
+mod grant;
 mod problems;
 mod provider;
 mod raw;
@@ -33,7 +34,7 @@ pub use defaults::DEFAULT_AUTH_THROTTLE_ENTRIES;
 pub use env::{expand_env, STORE_KEY_ENV};
 pub use problems::{ConfigError, Problem};
 pub use types::{
-    Asset, AssetAccess, Config, CredentialFailure, HeaderFromPolicy, Limits, LogFormat,
+    Asset, AssetAccess, Config, CredentialFailure, Grant, HeaderFromPolicy, Limits, LogFormat,
     PoolSettings, Provider, RefreshTokenSource, ServerSettings, Timeouts, TokenSettings,
     UpstreamTarget, UpstreamTls, User,
 };

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::types::{CredentialFailure, HeaderFromPolicy, LogFormat, Provider, UpstreamTls};
+use super::types::{CredentialFailure, Grant, HeaderFromPolicy, LogFormat, Provider, UpstreamTls};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -158,4 +158,6 @@ pub(super) struct RawAsset {
     pub(super) token_url: Option<Spanned<String>>,
     pub(super) scope: Option<String>,
     pub(super) redirect_uri: Option<Spanned<String>>,
+    // Issue 13 (grant.rs): app-only credentials.
+    pub(super) grant: Option<Spanned<Grant>>,
 }

@@ -231,6 +231,29 @@ pub struct Asset {
     pub scopes: Vec<String>,
     pub redirect_uri: Option<String>,
     pub upstream: UpstreamTarget,
+    /// How access tokens are obtained (issue 13): a refresh token from a consent, or
+    /// app-only client credentials (no consent, no token store).
+    pub grant: Grant,
+}
+
+impl Asset {
+    /// Whether the asset's refresh token lives in the token store `authorize` writes.
+    pub fn uses_store(&self) -> bool {
+        self.grant == Grant::RefreshToken
+            && self.service_account.is_none()
+            && self.refresh_token == RefreshTokenSource::Store
+    }
+}
+
+/// `grant` on an asset: which OAuth grant gets its access tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Grant {
+    /// Delegated: a refresh token from `authorize` (or the config), the default.
+    RefreshToken,
+    /// App-only (RFC 6749 §4.4): the client id and secret alone; Microsoft's application
+    /// permissions (`SMTP.SendAsApp`, Graph `Mail.Send`).
+    ClientCredentials,
 }
 
 #[derive(Clone)]

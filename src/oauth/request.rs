@@ -44,6 +44,8 @@ impl From<TokenError> for Refusal {
 pub(super) enum GrantKind {
     RefreshToken,
     ServiceAccount,
+    /// App-only (RFC 6749 §4.4): every refusal that is not temporary is about the client.
+    ClientCredentials,
 }
 
 /// A successful token reply, its durations already clamped.
@@ -217,6 +219,18 @@ fn classify_refusal(
                 description,
             }
         }
+        // No user grant is involved: a refused secret, an unknown app, a scope without
+        // `/.default` or a permission not consented (Microsoft: invalid_client,
+        // unauthorized_client, invalid_scope, invalid_grant) are the operator's to fix.
+        GrantKind::ClientCredentials
+            if code == "invalid_grant" || CLIENT_ERRORS.contains(&code) =>
+        {
+            return TokenError::ClientRejected {
+                asset,
+                error,
+                description,
+            }
+        }
         _ => {}
     }
     TokenError::Unavailable {
@@ -254,7 +268,15 @@ mod tests {
                 refusal(ServiceAccount, 400, &oauth(code)),
                 TokenError::ServiceAccountRejected { .. }
             ));
+            assert!(matches!(
+                refusal(ClientCredentials, 401, &oauth(code)),
+                TokenError::ClientRejected { .. }
+            ));
         }
+        assert!(matches!(
+            refusal(ClientCredentials, 400, &oauth("invalid_grant")),
+            TokenError::ClientRejected { .. }
+        ));
         for (status, body) in [
             (400, oauth("temporarily_unavailable")),
             (400, oauth("server_error")),
@@ -267,7 +289,7 @@ mod tests {
             (400, "<html>".to_string()),
             (302, String::new()),
         ] {
-            for kind in [RefreshToken, ServiceAccount] {
+            for kind in [RefreshToken, ServiceAccount, ClientCredentials] {
                 let error = refusal(kind, status, &body);
                 assert!(
                     matches!(error, TokenError::Unavailable { .. }),

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::config::{Asset, Config, RefreshTokenSource};
+use crate::config::{Asset, Config, Grant as ConfigGrant, RefreshTokenSource};
 use crate::credentials::secret::Secret;
 use crate::credentials::service_account::ServiceAccountKey;
 use crate::credentials::store::{StoredToken, TokenStore};
@@ -149,8 +149,7 @@ impl TokenManager {
                 });
             }
         }
-        let uses_store = slot.asset.service_account.is_none()
-            && slot.asset.refresh_token == RefreshTokenSource::Store;
+        let uses_store = slot.asset.uses_store();
         let fingerprint = if uses_store {
             self.store.fingerprint()
         } else {
@@ -218,9 +217,12 @@ impl TokenManager {
     pub async fn status(&self, asset: &str) -> Option<TokenStatus> {
         let slot = self.slots.get(asset)?;
         let snapshot = slot.shared.snapshot();
-        let source = match &slot.asset.service_account {
-            Some(key) => format!("service account {}", key.client_email),
-            None => slot.asset.refresh_token.describe(),
+        let source = match (&slot.asset.service_account, slot.asset.grant) {
+            (Some(key), _) => format!("service account {}", key.client_email),
+            (None, ConfigGrant::ClientCredentials) => {
+                "client credentials (app-only, no refresh token)".to_string()
+            }
+            (None, ConfigGrant::RefreshToken) => slot.asset.refresh_token.describe(),
         };
         Some(TokenStatus {
             source,
@@ -243,9 +245,10 @@ impl TokenManager {
 
     async fn refresh(&self, asset: &Asset, state: &mut AssetState) -> Result<AccessToken, Refusal> {
         let started = Instant::now();
-        let grant = match &asset.service_account {
-            Some(key) => self.service_account_grant(asset, key).await?,
-            None => self.refresh_token_grant(asset, state).await?,
+        let grant = match (&asset.service_account, asset.grant) {
+            (Some(key), _) => self.service_account_grant(asset, key).await?,
+            (None, ConfigGrant::ClientCredentials) => self.client_credentials_grant(asset).await?,
+            (None, ConfigGrant::RefreshToken) => self.refresh_token_grant(asset, state).await?,
         };
         // Clamped by `token_response`; checked all the same, as an overflow here would panic
         // every session of the asset.
@@ -433,6 +436,24 @@ impl TokenManager {
         })
     }
 
+    /// RFC 6749 §4.4 client-credentials grant (Microsoft's app-only tokens): no refresh
+    /// token to read, rotate or store; the same cache and single flight as the others.
+    async fn client_credentials_grant(&self, asset: &Asset) -> Result<Grant, Refusal> {
+        let scope = asset.scopes.join(" ");
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", asset.client_id.as_str()),
+            ("client_secret", asset.client_secret.expose()),
+            ("scope", scope.as_str()),
+        ];
+        let response =
+            token_request(&self.http, asset, &form, GrantKind::ClientCredentials).await?;
+        Ok(Grant {
+            access_token: response.access_token,
+            lifetime: response.lifetime,
+        })
+    }
+
     /// RFC 7523 JWT-bearer grant, as Google's service accounts use it.
     async fn service_account_grant(
         &self,
@@ -482,9 +503,9 @@ fn same_credentials(
         (Some(old), Some(new)) => old.same_key(new),
         _ => false,
     };
-    let uses_store =
-        new.service_account.is_none() && new.refresh_token == RefreshTokenSource::Store;
+    let uses_store = new.uses_store();
     old.email == new.email
+        && old.grant == new.grant
         && old.client_id == new.client_id
         && old.client_secret == new.client_secret
         && old.refresh_token == new.refresh_token

@@ -107,6 +107,9 @@ pub(super) async fn handle_token(shared: &IssuerShared, req: Request<Incoming>) 
         Some("refresh_token") => refresh_token_grant(shared, &parts.headers, &form),
         Some("authorization_code") => authorization_code_grant(shared, &parts.headers, &form),
         Some(JWT_BEARER_GRANT_TYPE) => jwt_bearer_grant(shared, &form),
+        Some("client_credentials") => {
+            super::apps::client_credentials_grant(shared, &parts.headers, &form)
+        }
         Some(other) => oauth_error(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
@@ -121,7 +124,7 @@ pub(super) async fn handle_token(shared: &IssuerShared, req: Request<Incoming>) 
 }
 
 /// The client's credentials, from exactly one of HTTP Basic or the form (RFC 6749 §2.3.1).
-fn client_credentials(
+pub(super) fn client_credentials(
     headers: &hyper::HeaderMap,
     form: &HashMap<String, String>,
 ) -> Result<(String, String), Box<HttpResponse>> {

@@ -1,6 +1,7 @@
 //! A fake OAuth 2.0 authorization server that answers like Google's: the token endpoint
 //! `https://oauth2.googleapis.com/token` (`POST /token`: `refresh_token`, `authorization_code`
-//! with PKCE, and the service-account JWT bearer grant of RFC 7523) and the authorization
+//! with PKCE, the service-account JWT bearer grant of RFC 7523, and Microsoft's app-only
+//! `client_credentials` grant in `apps`) and the authorization
 //! endpoint `https://accounts.google.com/o/oauth2/v2/auth` (`GET /auth`, whose consent step is
 //! played automatically), with switchable failure modes for tests.
 //!
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::jwt;
 use super::SandboxError;
 
+pub mod apps;
 mod consent;
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
@@ -30,6 +32,7 @@ mod http;
 #[allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on failure
 mod tests;
 
+use apps::{AppRegistration, AppToken};
 use http::accept_loop;
 
 /// Request bodies larger than this are refused with 413; a real refresh request is < 1 KiB.
@@ -111,6 +114,8 @@ pub struct AccessTokens {
     /// Issued tokens are padded to at least this many characters (0: no padding), to
     /// imitate the 1-2 KB JWTs of Microsoft and service accounts.
     min_len: Arc<std::sync::atomic::AtomicUsize>,
+    /// App-only tokens (client-credentials grant, `apps.rs`) and what they allow.
+    apps: Arc<Mutex<HashMap<String, AppToken>>>,
 }
 
 impl AccessTokens {
@@ -131,11 +136,30 @@ impl AccessTokens {
     }
 
     /// Whether `token` was issued for `email` (compared case-insensitively, as addresses are)
-    /// and has not been revoked.
+    /// and has not been revoked. An app-only token counts for SMTP when it carries
+    /// `SMTP.SendAsApp` for Exchange Online and its app may act for `email`.
     pub fn is_valid(&self, email: &str, token: &str) -> bool {
         lock(&self.inner)
             .get(token)
             .is_some_and(|owner| owner.eq_ignore_ascii_case(email))
+            || self.app_token(token).is_some_and(|app| {
+                app.allows(apps::OUTLOOK_RESOURCE, apps::SMTP_SEND_AS_APP, email)
+            })
+    }
+
+    /// Records an app-only token issued by the client-credentials grant.
+    pub fn register_app(&self, token: &str, app: AppToken) {
+        lock(&self.apps).insert(token.to_owned(), app);
+    }
+
+    /// Every app-only token issued and not revoked (for tests that look for leaks).
+    pub fn app_tokens(&self) -> Vec<String> {
+        lock(&self.apps).keys().cloned().collect()
+    }
+
+    /// What an app-only token allows, when `token` is one and is not revoked.
+    pub fn app_token(&self, token: &str) -> Option<AppToken> {
+        lock(&self.apps).get(token).cloned()
     }
 
     /// Makes later tokens at least `len` characters long.
@@ -147,6 +171,7 @@ impl AccessTokens {
     /// Invalidates every token issued so far, simulating expiry or revocation.
     pub fn revoke_all(&self) {
         lock(&self.inner).clear();
+        lock(&self.apps).clear();
     }
 
     /// Number of currently valid tokens.
@@ -224,6 +249,8 @@ struct AuthState {
     rotate_refresh_tokens: bool,
     code_lifetime: Duration,
     service_accounts: Vec<RegisteredServiceAccount>,
+    /// Apps for the client-credentials grant (`apps.rs`).
+    apps: Vec<AppRegistration>,
 }
 
 impl AuthState {
@@ -238,6 +265,7 @@ impl AuthState {
             rotate_refresh_tokens: false,
             code_lifetime: DEFAULT_CODE_LIFETIME,
             service_accounts: Vec::new(),
+            apps: Vec::new(),
         }
     }
 }
@@ -401,6 +429,11 @@ impl TokenIssuer {
         lock(&self.shared.auth)
             .service_accounts
             .push(RegisteredServiceAccount { account, rsa_key });
+    }
+
+    /// Registers an app for the client-credentials grant (app-only tokens).
+    pub fn add_app(&self, app: AppRegistration) {
+        lock(&self.shared.auth).apps.push(app);
     }
 
     pub fn tokens(&self) -> &AccessTokens {

@@ -1,0 +1,360 @@
+//! The Microsoft Graph transport (issue 13): a message goes to
+//! `POST {api_url}/v1.0/users/{email}/sendMail` as base64 MIME (`Content-Type:
+//! text/plain`), streamed from the spool file so memory stays bounded, and `202 Accepted`
+//! is the only success. Messages too big for one request take the draft path in
+//! `graph_large` when the asset allows it (`graph_large_messages`).
+//!
+//! Every send holds one of the asset's `graph_concurrency` slots (Graph serves 4
+//! concurrent requests per mailbox; more are throttled), waiting at most
+//! `upstream_command_secs` for it. A 401 gets one fresh token and one retry (the body is
+//! replayed from the spool); every other answer is classified in `graph_error`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use tokio::io::AsyncReadExt as _;
+use tokio::sync::Semaphore;
+
+use super::graph_error::{classify, parse_error_body, retry_after, GraphError, GraphStep};
+use crate::config::{Asset, Grant};
+use crate::credentials::secret::Secret;
+use crate::oauth::http::describe_error;
+use crate::oauth::token::TokenManager;
+
+/// The largest message (after the relay's Received header and any inserted Bcc) sent in
+/// one `sendMail` request. Graph refuses request bodies over 4 MB; base64 grows the MIME
+/// by 4/3, so 2,900,000 bytes become 3,866,668, under 4,000,000 (the stricter, decimal
+/// reading of "4 MB") with about 130 KB to spare. Field reports see `sendMail` fail from
+/// about 3 MB of MIME, which is this limit seen from the other side.
+pub const SEND_MAIL_MAX_MIME: u64 = 2_900_000;
+
+/// Raw bytes encoded per chunk of the streamed body: a multiple of 3, so only the last
+/// chunk carries base64 padding.
+const RAW_CHUNK: usize = 3 * 16 * 1024;
+
+/// Bytes of an error body read at most (Graph's are a few hundred).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// `base64(n bytes)`'s length.
+pub fn base64_len(n: u64) -> u64 {
+    n.div_ceil(3) * 4
+}
+
+/// What the Graph transport needs of an asset (`transport = "graph"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphOptions {
+    /// `https://graph.microsoft.com`, or a loopback `http://` override for tests.
+    pub api_url: String,
+    /// The draft + upload-session path for messages over [`SEND_MAIL_MAX_MIME`].
+    pub large_messages: bool,
+    /// Concurrent sends per asset.
+    pub concurrency: usize,
+}
+
+/// Timeouts of the Graph requests.
+#[derive(Debug, Clone, Copy)]
+pub struct GraphTimeouts {
+    pub connect: Duration,
+    /// Each request but the final send; also the wait for a slot.
+    pub command: Duration,
+    /// The request that sends the mail.
+    pub final_reply: Duration,
+}
+
+/// One message as the transport takes it: what goes in front of the client's bytes, the
+/// spooled client bytes (dot-unstuffed), and the envelope recipients.
+#[derive(Debug, Clone, Copy)]
+pub struct GraphMessage<'a> {
+    /// The Received header and an inserted Bcc field, if any.
+    pub prefix: &'a [u8],
+    pub spool: &'a Path,
+    pub spool_len: u64,
+    pub recipients: &'a [String],
+}
+
+impl GraphMessage<'_> {
+    pub fn len(&self) -> u64 {
+        self.prefix.len() as u64 + self.spool_len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How Graph took the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphPath {
+    SendMail,
+    Draft,
+}
+
+/// The Graph leg of one asset; shared by all sessions (the slots are per asset).
+pub struct GraphTransport {
+    pub(super) http: reqwest::Client,
+    pub(super) asset: Arc<Asset>,
+    pub(super) options: GraphOptions,
+    pub(super) timeouts: GraphTimeouts,
+    slots: Arc<Semaphore>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the HTTP client for Microsoft Graph: {0}")]
+pub struct GraphInitError(#[from] reqwest::Error);
+
+/// A token for one attempt, and whether it came fresh from the token endpoint.
+pub(super) struct Bearer {
+    pub(super) token: Secret,
+    pub(super) app_only: bool,
+}
+
+impl GraphTransport {
+    pub fn new(
+        asset: Arc<Asset>,
+        options: GraphOptions,
+        timeouts: GraphTimeouts,
+    ) -> Result<GraphTransport, GraphInitError> {
+        // The asset's roots (web PKI plus upstream_ca); no redirects: a redirect could
+        // carry the bearer token somewhere else.
+        let tls = (*asset.upstream.client_config).clone();
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(timeouts.connect)
+            .build()?;
+        let slots = Arc::new(Semaphore::new(options.concurrency.max(1)));
+        Ok(GraphTransport {
+            http,
+            asset,
+            options,
+            timeouts,
+            slots,
+        })
+    }
+
+    pub fn mailbox(&self) -> &str {
+        &self.asset.email
+    }
+
+    /// `{api_url}/v1.0/users/{email}` with the address percent-encoded.
+    pub(super) fn user_url(&self) -> String {
+        let mailbox: String =
+            oauth2::url::form_urlencoded::byte_serialize(self.asset.email.as_bytes()).collect();
+        format!(
+            "{}/v1.0/users/{mailbox}",
+            self.options.api_url.trim_end_matches('/')
+        )
+    }
+
+    /// Sends `message`; `Ok` only on Graph's 2xx for the request that sends it.
+    pub async fn send(
+        &self,
+        tokens: &TokenManager,
+        message: &GraphMessage<'_>,
+    ) -> Result<GraphPath, GraphError> {
+        let size = message.len();
+        let large = size > SEND_MAIL_MAX_MIME;
+        if large && !self.options.large_messages {
+            return Err(GraphError::NeedsLargeMessages {
+                size,
+                limit: SEND_MAIL_MAX_MIME,
+            });
+        }
+        let _slot = tokio::time::timeout(self.timeouts.command, self.slots.acquire())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| GraphError::Busy {
+                mailbox: self.asset.email.clone(),
+                secs: self.timeouts.command.as_secs(),
+            })?;
+        let mut refreshed = false;
+        loop {
+            let access = tokens.access_token(&self.asset.name).await?;
+            let bearer = Bearer {
+                token: access.token.clone(),
+                app_only: self.asset.grant == Grant::ClientCredentials,
+            };
+            let result = if large {
+                self.send_large(&bearer, message).await.map(|()| GraphPath::Draft)
+            } else {
+                self.send_mail(&bearer, message).await.map(|()| GraphPath::SendMail)
+            };
+            match result {
+                // One fresh token and one more try: the body is replayed from the spool.
+                Err(GraphError::Unauthorized { .. }) if !refreshed => {
+                    tracing::info!(asset = %self.asset.name, "Microsoft Graph refused the access token; refreshing once and retrying");
+                    tokens.invalidate(&self.asset.name, &access.token).await;
+                    refreshed = true;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn send_mail(&self, bearer: &Bearer, message: &GraphMessage<'_>) -> Result<(), GraphError> {
+        let file = tokio::fs::File::open(message.spool)
+            .await
+            .map_err(|err| GraphError::Local {
+                reason: format!("cannot open the spool file: {err}"),
+            })?;
+        let request = self
+            .http
+            .post(format!("{}/sendMail", self.user_url()))
+            .bearer_auth(bearer.token.expose())
+            .header(reqwest::header::CONTENT_TYPE, "text/plain")
+            .header(
+                reqwest::header::CONTENT_LENGTH,
+                base64_len(message.len()),
+            )
+            .body(base64_body(message.prefix.to_vec(), file));
+        self.call(request, GraphStep::SendMail, bearer, true).await?;
+        Ok(())
+    }
+
+    /// One request: bounded in time, its non-2xx answer classified. `sends` marks the
+    /// request that sends the mail (its timeout is `upstream_final_reply_secs`, and an
+    /// answer lost after it may have arrived is a possible duplicate).
+    pub(super) async fn call(
+        &self,
+        request: reqwest::RequestBuilder,
+        step: GraphStep,
+        bearer: &Bearer,
+        sends: bool,
+    ) -> Result<reqwest::Response, GraphError> {
+        let limit = if sends {
+            self.timeouts.final_reply
+        } else {
+            self.timeouts.command
+        };
+        let transport = |reason: String, may_have_arrived: bool| GraphError::Transport {
+            step: step.label(),
+            reason,
+            possible_duplicate: sends && may_have_arrived,
+        };
+        let response = match tokio::time::timeout(limit, request.send()).await {
+            Err(_) => {
+                return Err(transport(
+                    format!("no answer within {} s", limit.as_secs()),
+                    true,
+                ))
+            }
+            Ok(Err(err)) => {
+                let may_have_arrived = !err.is_connect();
+                return Err(transport(
+                    describe_error(&err.without_url()),
+                    may_have_arrived,
+                ));
+            }
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let retry = retry_after(response.headers());
+        let body = read_bounded(response, MAX_ERROR_BODY).await;
+        let body = parse_error_body(&body);
+        let error = classify(
+            &self.asset.email,
+            step,
+            bearer.app_only,
+            status.as_u16(),
+            retry,
+            &body,
+        );
+        Err(error)
+    }
+}
+
+/// At most `limit` bytes of a response body (an error body is only described).
+pub(super) async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = limit.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= limit {
+            break;
+        }
+    }
+    body
+}
+
+/// `base64(prefix ‖ file)` as a streamed request body: at most [`RAW_CHUNK`] bytes of the
+/// message are in memory at a time.
+fn base64_body(prefix: Vec<u8>, file: tokio::fs::File) -> reqwest::Body {
+    struct State {
+        prefix: Vec<u8>,
+        taken: usize,
+        file: tokio::fs::File,
+        eof: bool,
+    }
+    let state = State {
+        prefix,
+        taken: 0,
+        file,
+        eof: false,
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        let mut raw = Vec::with_capacity(RAW_CHUNK);
+        let from_prefix = (st.prefix.len() - st.taken).min(RAW_CHUNK);
+        raw.extend_from_slice(&st.prefix[st.taken..st.taken + from_prefix]);
+        st.taken += from_prefix;
+        let mut buf = vec![0u8; RAW_CHUNK];
+        while !st.eof && raw.len() < RAW_CHUNK {
+            let room = RAW_CHUNK - raw.len();
+            match st.file.read(&mut buf[..room]).await {
+                Ok(0) => st.eof = true,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                Err(err) => return Some((Err(err), st)),
+            }
+        }
+        if raw.is_empty() {
+            return None;
+        }
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&raw);
+        Some((Ok::<Bytes, std::io::Error>(Bytes::from(encoded)), st))
+    });
+    reqwest::Body::wrap_stream(stream)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt as _;
+
+    #[test]
+    fn the_threshold_fits_graphs_limit() {
+        assert!(base64_len(SEND_MAIL_MAX_MIME) < 4_000_000);
+        assert_eq!(base64_len(0), 0);
+        assert_eq!(base64_len(1), 4);
+        assert_eq!(base64_len(3), 4);
+        assert_eq!(base64_len(4), 8);
+    }
+
+    #[tokio::test]
+    async fn the_streamed_body_is_the_base64_of_prefix_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        for (prefix_len, file_len) in [(0, 0), (5, 0), (0, 7), (100, RAW_CHUNK * 2 + 1), (RAW_CHUNK + 2, 10)] {
+            let prefix: Vec<u8> = (0..prefix_len).map(|i| (i % 251) as u8).collect();
+            let content: Vec<u8> = (0..file_len).map(|i| (i % 241) as u8).collect();
+            let path = dir.path().join("spool");
+            std::fs::write(&path, &content).unwrap();
+            let file = tokio::fs::File::open(&path).await.unwrap();
+            let mut stream = base64_body(prefix.clone(), file).into_data_stream();
+            let mut encoded = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                encoded.extend_from_slice(&chunk.unwrap());
+            }
+            let mut whole = prefix.clone();
+            whole.extend_from_slice(&content);
+            let expected = base64::engine::general_purpose::STANDARD.encode(&whole);
+            assert_eq!(String::from_utf8(encoded).unwrap(), expected);
+            assert_eq!(expected.len() as u64, base64_len(whole.len() as u64));
+        }
+    }
+}
