@@ -326,6 +326,7 @@ fn base64_body(prefix: Vec<u8>, file: tokio::fs::File) -> reqwest::Body {
 mod tests {
     use super::*;
     use futures_util::StreamExt as _;
+    use http_body_util::BodyExt as _;
 
     #[test]
     fn the_threshold_fits_graphs_limit() {

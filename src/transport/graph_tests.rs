@@ -169,7 +169,8 @@ async fn a_small_message_arrives_byte_exact_through_send_mail() {
     assert_eq!(f.issuer.refresh_count(), 1);
 }
 
-/// A 10 MiB message whose 6 MiB attachment must go through an upload session.
+/// A message with `attachment` (through an upload session when it is big) and a 1.5 MB
+/// second attachment that is posted whole.
 fn large_message(attachment: &[u8]) -> Vec<u8> {
     use base64::Engine as _;
     let mut m = b"From: alerts@contoso.example\r\nTo: ops@example.net\r\nSubject: big report\r\n\
@@ -183,8 +184,18 @@ Content-Transfer-Encoding: base64\r\n\r\n"
         m.extend_from_slice(line);
         m.extend_from_slice(b"\r\n");
     }
-    m.extend_from_slice(b"--zz\r\nContent-Type: text/plain; name=\"small.txt\"\r\nContent-Disposition: attachment; filename=\"small.txt\"\r\n\r\nsmall one\r\n--zz--\r\n");
+    m.extend_from_slice(b"--zz\r\nContent-Type: text/plain; name=\"small.txt\"\r\nContent-Disposition: attachment; filename=\"small.txt\"\r\nContent-Transfer-Encoding: base64\r\n\r\n");
+    let small = base64::engine::general_purpose::STANDARD.encode(small_attachment());
+    for line in small.as_bytes().chunks(76) {
+        m.extend_from_slice(line);
+        m.extend_from_slice(b"\r\n");
+    }
+    m.extend_from_slice(b"--zz--\r\n");
     m
+}
+
+fn small_attachment() -> Vec<u8> {
+    (0..1_500_000).map(|i| b'a' + (i % 26) as u8).collect()
 }
 
 fn attachment_bytes(len: usize) -> Vec<u8> {
@@ -194,9 +205,10 @@ fn attachment_bytes(len: usize) -> Vec<u8> {
 #[tokio::test]
 async fn large_messages_need_the_option_and_then_take_the_draft_path() {
     let f = Fixture::new(&[SEND, READ_WRITE]).await;
-    let attachment = attachment_bytes(7_500_000);
+    // A 10 MiB message with a 6 MiB attachment.
+    let attachment = attachment_bytes(6 * 1024 * 1024);
     let message = large_message(&attachment);
-    assert!(message.len() > 10 * 1024 * 1024);
+    assert!(message.len() > 10 * 1024 * 1024, "{}", message.len());
     let off = f.transport(false, 4, 10);
     assert!(matches!(
         send(&f, &off, &message).await,
@@ -213,6 +225,8 @@ async fn large_messages_need_the_option_and_then_take_the_draft_path() {
     assert_eq!(sent.attachments[0].bytes, attachment, "attachment bytes identical");
     assert!(sent.attachments[0].uploaded);
     assert!(!sent.attachments[1].uploaded);
+    assert_eq!(sent.attachments[1].bytes, small_attachment());
+    assert_eq!(sent.attachments[1].content_type, "text/plain");
     let draft = sent.draft.as_ref().unwrap();
     assert_eq!(draft["subject"], "big report");
     assert_eq!(draft["internetMessageId"], "<big-1@contoso.example>");
