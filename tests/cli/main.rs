@@ -9,6 +9,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod app_only_cli;
 mod authorize;
 mod authorize_cli;
 mod binary;
