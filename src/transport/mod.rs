@@ -4,6 +4,7 @@
 //! transport of issue 13.)
 
 pub mod graph;
+pub mod graph_check;
 pub mod graph_error;
 mod graph_large;
 #[cfg(test)]

@@ -78,6 +78,35 @@ pub fn jwt_token(claims: &serde_json::Value) -> String {
     )
 }
 
+/// For a refresh whose scope names Graph permissions: a JWT with the delegated `scp`
+/// claim (the permissions without the resource prefix, `offline_access` left out), as
+/// Entra issues Graph tokens, registered as the mailbox's.
+pub(super) fn delegated_graph_token(
+    tokens: &super::AccessTokens,
+    email: &str,
+    scope: Option<&String>,
+) -> Option<String> {
+    let prefix = format!("{GRAPH_RESOURCE}/");
+    let scp: Vec<&str> = scope?
+        .split_whitespace()
+        .filter_map(|s| s.strip_prefix(prefix.as_str()))
+        .collect();
+    if scp.is_empty() {
+        return None;
+    }
+    let now = now_unix();
+    let token = jwt_token(&serde_json::json!({
+        "aud": GRAPH_RESOURCE,
+        "iss": "https://sts.windows.net/sandbox-tenant/",
+        "iat": now,
+        "exp": now.saturating_add(3600),
+        "upn": email,
+        "scp": scp.join(" "),
+    }));
+    tokens.register(&token, email);
+    Some(token)
+}
+
 fn aadsts(status: StatusCode, error: &str, code: &str, text: &str) -> HttpResponse {
     tracing::info!(outcome = error, code, "sandbox client_credentials request");
     oauth_error(status, error, &format!("{code}: {text}"))

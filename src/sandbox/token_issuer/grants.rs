@@ -207,7 +207,10 @@ fn refresh_token_grant(
         (grant.email.clone(), rotated)
     };
 
-    let access_token = shared.tokens.issue(&email);
+    // Graph scopes get a JWT with `scp`, as Entra issues them (apps.rs).
+    let access_token =
+        super::apps::delegated_graph_token(&shared.tokens, &email, form.get("scope"))
+            .unwrap_or_else(|| shared.tokens.issue(&email));
     tracing::info!(%client_id, %email, outcome = "issued", "sandbox token request");
     let mut body = serde_json::json!({
         "access_token": access_token,

@@ -147,6 +147,11 @@ impl AccessTokens {
             })
     }
 
+    /// Records `token` as issued for `email` (a JWT-shaped delegated token, `apps.rs`).
+    pub fn register(&self, token: &str, email: &str) {
+        lock(&self.inner).insert(token.to_owned(), email.to_owned());
+    }
+
     /// Records an app-only token issued by the client-credentials grant.
     pub fn register_app(&self, token: &str, app: AppToken) {
         lock(&self.apps).insert(token.to_owned(), app);
