@@ -594,14 +594,21 @@ mod tests {
             ),
         ];
         for (error, expected) in cases {
-            assert_eq!(wire(Say::for_graph(&error, "a", temporary)), expected, "{error}");
+            assert_eq!(
+                wire(Say::for_graph(&error, "a", temporary)),
+                expected,
+                "{error}"
+            );
         }
         let needs = wire(Say::for_graph(
             &GraphError::NeedsLargeMessages { size: 5, limit: 4 },
             "a",
             temporary,
         ));
-        assert!(needs.starts_with("552 5.3.4 ") && needs.contains("graph_large_messages"), "{needs}");
+        assert!(
+            needs.starts_with("552 5.3.4 ") && needs.contains("graph_large_messages"),
+            "{needs}"
+        );
     }
 
     fn upstream(error: UpstreamError) -> RelayError {

@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::{
-    Asset, AssetAccess, Config, CredentialFailure, Grant, HeaderFromPolicy, Limits, PoolSettings,
-    Provider, RefreshTokenSource, ServerSettings, Timeouts, TokenSettings, UpstreamTarget,
-    UpstreamTls, User,
+    Asset, AssetAccess, Config, CredentialFailure, Grant, GraphSettings, HeaderFromPolicy, Limits,
+    PoolSettings, Provider, RefreshTokenSource, ServerSettings, Timeouts, TokenSettings,
+    UpstreamTarget, UpstreamTls, User,
 };
 use crate::credentials::secret::Secret;
 use crate::sandbox::SandboxUpstream;
@@ -63,6 +63,7 @@ pub fn sandbox_config(
             client_config: tls::client_config_from(upstream.pki.root_store())?,
         },
         grant: Grant::RefreshToken,
+        graph: GraphSettings::default(),
     };
     let mut senders = SenderMap::default();
     // Only one claim on an empty map: it cannot collide.

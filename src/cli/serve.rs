@@ -93,11 +93,7 @@ pub async fn serve_sandbox(
 /// A corrupt, unreadable or too-open token store is a startup error, not a surprise at
 /// the first refresh; an asset not authorized yet only gets a warning.
 fn check_token_store(config: &Config) -> Result<(), CliError> {
-    let uses_store: Vec<&Arc<Asset>> = config
-        .assets
-        .iter()
-        .filter(|a| a.uses_store())
-        .collect();
+    let uses_store: Vec<&Arc<Asset>> = config.assets.iter().filter(|a| a.uses_store()).collect();
     if uses_store.is_empty() {
         return Ok(());
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use toml::Spanned;
 
-use super::grant::{preset_for_grant, validate_grant};
+use super::grant::{graph_settings, preset_for_grant, validate_grant};
 use super::problems::Checker;
 use super::provider::{preset, GoogleClientFile, ProviderPreset};
 use super::raw::RawAsset;
@@ -45,6 +45,7 @@ pub(super) fn validate_asset(raw: &RawAsset, index: usize, check: &mut Checker) 
     }
     let provider = raw.provider.unwrap_or(Provider::Google);
     let grant = validate_grant(raw, provider, &field, check);
+    let graph = graph_settings(raw, &field, check);
     let preset =
         preset(provider, raw.tenant.as_deref()).map(|preset| preset_for_grant(preset, grant));
 
@@ -69,6 +70,7 @@ pub(super) fn validate_asset(raw: &RawAsset, index: usize, check: &mut Checker) 
         redirect_uri: endpoints.redirect_uri,
         upstream: upstream?,
         grant,
+        graph,
     })
 }
 

@@ -34,8 +34,8 @@ pub use defaults::DEFAULT_AUTH_THROTTLE_ENTRIES;
 pub use env::{expand_env, STORE_KEY_ENV};
 pub use problems::{ConfigError, Problem};
 pub use types::{
-    Asset, AssetAccess, Config, CredentialFailure, Grant, HeaderFromPolicy, Limits, LogFormat,
-    PoolSettings, Provider, RefreshTokenSource, ServerSettings, Timeouts, TokenSettings,
+    Asset, AssetAccess, Config, CredentialFailure, Grant, GraphSettings, HeaderFromPolicy, Limits,
+    LogFormat, PoolSettings, Provider, RefreshTokenSource, ServerSettings, Timeouts, TokenSettings,
     UpstreamTarget, UpstreamTls, User,
 };
 

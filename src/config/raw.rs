@@ -158,6 +158,8 @@ pub(super) struct RawAsset {
     pub(super) token_url: Option<Spanned<String>>,
     pub(super) scope: Option<String>,
     pub(super) redirect_uri: Option<Spanned<String>>,
-    // Issue 13 (grant.rs): app-only credentials.
+    // Issue 13 (grant.rs): app-only credentials and the Graph transport's options.
     pub(super) grant: Option<Spanned<Grant>>,
+    pub(super) graph_large_messages: Option<Spanned<bool>>,
+    pub(super) graph_concurrency: Option<Spanned<usize>>,
 }

@@ -179,9 +179,13 @@ impl GraphTransport {
                 app_only: self.asset.grant == Grant::ClientCredentials,
             };
             let result = if large {
-                self.send_large(&bearer, message).await.map(|()| GraphPath::Draft)
+                self.send_large(&bearer, message)
+                    .await
+                    .map(|()| GraphPath::Draft)
             } else {
-                self.send_mail(&bearer, message).await.map(|()| GraphPath::SendMail)
+                self.send_mail(&bearer, message)
+                    .await
+                    .map(|()| GraphPath::SendMail)
             };
             match result {
                 // One fresh token and one more try: the body is replayed from the spool.
@@ -195,7 +199,11 @@ impl GraphTransport {
         }
     }
 
-    async fn send_mail(&self, bearer: &Bearer, message: &GraphMessage<'_>) -> Result<(), GraphError> {
+    async fn send_mail(
+        &self,
+        bearer: &Bearer,
+        message: &GraphMessage<'_>,
+    ) -> Result<(), GraphError> {
         let file = tokio::fs::File::open(message.spool)
             .await
             .map_err(|err| GraphError::Local {
@@ -206,12 +214,10 @@ impl GraphTransport {
             .post(format!("{}/sendMail", self.user_url()))
             .bearer_auth(bearer.token.expose())
             .header(reqwest::header::CONTENT_TYPE, "text/plain")
-            .header(
-                reqwest::header::CONTENT_LENGTH,
-                base64_len(message.len()),
-            )
+            .header(reqwest::header::CONTENT_LENGTH, base64_len(message.len()))
             .body(base64_body(message.prefix.to_vec(), file));
-        self.call(request, GraphStep::SendMail, bearer, true).await?;
+        self.call(request, GraphStep::SendMail, bearer, true)
+            .await?;
         Ok(())
     }
 
@@ -340,7 +346,13 @@ mod tests {
     #[tokio::test]
     async fn the_streamed_body_is_the_base64_of_prefix_and_file() {
         let dir = tempfile::tempdir().unwrap();
-        for (prefix_len, file_len) in [(0, 0), (5, 0), (0, 7), (100, RAW_CHUNK * 2 + 1), (RAW_CHUNK + 2, 10)] {
+        for (prefix_len, file_len) in [
+            (0, 0),
+            (5, 0),
+            (0, 7),
+            (100, RAW_CHUNK * 2 + 1),
+            (RAW_CHUNK + 2, 10),
+        ] {
             let prefix: Vec<u8> = (0..prefix_len).map(|i| (i % 251) as u8).collect();
             let content: Vec<u8> = (0..file_len).map(|i| (i % 241) as u8).collect();
             let path = dir.path().join("spool");

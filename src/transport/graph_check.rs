@@ -98,7 +98,11 @@ impl TokenPermissions {
     pub fn describe(&self) -> String {
         format!(
             "{} token with {}",
-            if self.app_only { "app-only" } else { "delegated" },
+            if self.app_only {
+                "app-only"
+            } else {
+                "delegated"
+            },
             if self.permissions.is_empty() {
                 "no permission".to_string()
             } else {
@@ -128,17 +132,30 @@ mod tests {
         assert!(app.app_only);
         assert!(app.require(&["Mail.Send"]).is_ok());
         let err = app.require(&["Mail.Send", "Mail.ReadWrite"]).unwrap_err();
-        assert!(err.to_string().contains("Mail.ReadWrite") && err.to_string().contains("admin consent"));
+        assert!(
+            err.to_string().contains("Mail.ReadWrite") && err.to_string().contains("admin consent")
+        );
 
-        let user = token_permissions(&jwt(serde_json::json!({"scp": "Mail.Send User.Read"}))).unwrap();
+        let user =
+            token_permissions(&jwt(serde_json::json!({"scp": "Mail.Send User.Read"}))).unwrap();
         assert!(!user.app_only);
         assert!(user.require(&["mail.send"]).is_ok());
 
         let bare = token_permissions(&jwt(serde_json::json!({"idtyp": "app"}))).unwrap();
         assert!(bare.app_only && bare.permissions.is_empty());
-        assert!(bare.require(&["Mail.Send"]).unwrap_err().to_string().contains("no permission"));
+        assert!(bare
+            .require(&["Mail.Send"])
+            .unwrap_err()
+            .to_string()
+            .contains("no permission"));
 
-        assert_eq!(token_permissions(&Secret::new("ya29.opaque")), Err(PermissionError::Opaque));
-        assert_eq!(token_permissions(&Secret::new("a.!!!.c")), Err(PermissionError::Opaque));
+        assert_eq!(
+            token_permissions(&Secret::new("ya29.opaque")),
+            Err(PermissionError::Opaque)
+        );
+        assert_eq!(
+            token_permissions(&Secret::new("a.!!!.c")),
+            Err(PermissionError::Opaque)
+        );
     }
 }

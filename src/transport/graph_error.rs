@@ -263,7 +263,14 @@ mod tests {
     #[test]
     fn statuses_are_classified() {
         let c = |status, retry, code| {
-            classify("a@x.org", GraphStep::SendMail, true, status, retry, &body(code))
+            classify(
+                "a@x.org",
+                GraphStep::SendMail,
+                true,
+                status,
+                retry,
+                &body(code),
+            )
         };
         assert!(matches!(c(413, None, "x"), GraphError::TooLarge { .. }));
         assert!(matches!(
@@ -275,10 +282,16 @@ mod tests {
         assert!(matches!(c(503, None, "x"), GraphError::Failed { .. }));
         assert!(matches!(c(500, None, "x"), GraphError::Failed { .. }));
         assert!(matches!(c(401, None, "x"), GraphError::Unauthorized { .. }));
-        assert!(matches!(c(400, None, "ErrorInvalidRecipients"), GraphError::Rejected { .. }));
+        assert!(matches!(
+            c(400, None, "ErrorInvalidRecipients"),
+            GraphError::Rejected { .. }
+        ));
         let forbidden = c(403, None, "ErrorAccessDenied");
         let text = forbidden.to_string();
-        assert!(text.contains("Mail.Send") && text.contains("admin consent"), "{text}");
+        assert!(
+            text.contains("Mail.Send") && text.contains("admin consent"),
+            "{text}"
+        );
         assert!(!text.contains('\n') && !text.contains('\r'), "{text}");
     }
 

@@ -158,9 +158,7 @@ fn build_draft(raw: &[u8], envelope: &[String]) -> Result<Draft, GraphError> {
                     .map_or_else(|| format!("attachment-{}", n + 1), str::to_string),
                 content_type,
                 content_id: part.content_id().map(str::to_string),
-                inline: part
-                    .content_disposition()
-                    .is_some_and(|d| d.is_inline()),
+                inline: part.content_disposition().is_some_and(|d| d.is_inline()),
                 bytes: part.contents().to_vec(),
             }
         })
@@ -179,15 +177,19 @@ impl GraphTransport {
         message: &GraphMessage<'_>,
     ) -> Result<(), GraphError> {
         let draft = {
-            let _parse = LARGE_PARSES.acquire().await.map_err(|_| GraphError::Local {
-                reason: "the parse gate is closed".to_string(),
-            })?;
-            let mut raw = message.prefix.to_vec();
-            let spooled = tokio::fs::read(message.spool)
+            let _parse = LARGE_PARSES
+                .acquire()
                 .await
-                .map_err(|err| GraphError::Local {
-                    reason: format!("cannot read the spool file: {err}"),
+                .map_err(|_| GraphError::Local {
+                    reason: "the parse gate is closed".to_string(),
                 })?;
+            let mut raw = message.prefix.to_vec();
+            let spooled =
+                tokio::fs::read(message.spool)
+                    .await
+                    .map_err(|err| GraphError::Local {
+                        reason: format!("cannot read the spool file: {err}"),
+                    })?;
             raw.extend_from_slice(&spooled);
             drop(spooled);
             build_draft(&raw, message.recipients)?
@@ -227,8 +229,12 @@ impl GraphTransport {
                 )
                 .await;
             match deleted {
-                Ok(_) => tracing::info!(asset = %self.asset.name, %error, "large message not sent; its draft was deleted"),
-                Err(err) => tracing::warn!(asset = %self.asset.name, %error, delete_error = %err, "large message not sent; its draft could not be deleted and stays in Drafts"),
+                Ok(_) => {
+                    tracing::info!(asset = %self.asset.name, %error, "large message not sent; its draft was deleted")
+                }
+                Err(err) => {
+                    tracing::warn!(asset = %self.asset.name, %error, delete_error = %err, "large message not sent; its draft could not be deleted and stays in Drafts")
+                }
             }
         }
         result
@@ -258,7 +264,7 @@ impl GraphTransport {
                         .post(format!("{message_url}/attachments"))
                         .bearer_auth(bearer.token.expose())
                         .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(json_bytes(&item)),
+                        .body(json_bytes(&item)),
                     GraphStep::Draft,
                     bearer,
                     false,
@@ -375,10 +381,12 @@ fn same_origin(url: &str, api_url: &str) -> bool {
 mod tests {
     use super::*;
 
+    // Microsoft's rules for upload ranges, checked when this compiles.
+    const _: () = assert!(UPLOAD_CHUNK.is_multiple_of(320 * 1024));
+    const _: () = assert!(UPLOAD_CHUNK <= 4 * 1024 * 1024);
+
     #[test]
-    fn chunks_follow_microsofts_rules() {
-        assert_eq!(UPLOAD_CHUNK % (320 * 1024), 0);
-        assert!(UPLOAD_CHUNK <= 4 * 1024 * 1024);
+    fn inline_attachments_fit_one_request() {
         assert!(super::super::graph::base64_len(INLINE_ATTACHMENT_MAX as u64) < 4_000_000);
     }
 
@@ -390,20 +398,33 @@ MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\
 Content-Type: text/html\r\n\r\n<p>hi</p>\r\n--b\r\nContent-Type: image/png; name=x.png\r\n\
 Content-ID: <img1>\r\nContent-Disposition: inline; filename=x.png\r\nContent-Transfer-Encoding: base64\r\n\r\n\
 AAECAw==\r\n--b--\r\n";
-        let envelope = ["B@y.org".to_string(), "c@y.org".into(), "hidden@z.org".into()];
+        let envelope = [
+            "B@y.org".to_string(),
+            "c@y.org".into(),
+            "hidden@z.org".into(),
+        ];
         let draft = build_draft(raw, &envelope).unwrap();
         let r = &draft.resource;
         assert_eq!(r["subject"], "Report");
         assert_eq!(r["body"]["contentType"], "HTML");
         assert_eq!(r["toRecipients"][0]["emailAddress"]["address"], "B@y.org");
         assert_eq!(r["ccRecipients"][0]["emailAddress"]["address"], "c@y.org");
-        assert_eq!(r["bccRecipients"][0]["emailAddress"]["address"], "hidden@z.org");
+        assert_eq!(
+            r["bccRecipients"][0]["emailAddress"]["address"],
+            "hidden@z.org"
+        );
         assert_eq!(r["internetMessageId"], "<m1@x.org>");
         assert_eq!(r["replyTo"][0]["emailAddress"]["address"], "r@x.org");
         assert_eq!(r["singleValueExtendedProperties"][0]["value"], "<p@x.org>");
-        assert_eq!(r["singleValueExtendedProperties"][1]["value"], "<o@x.org> <p@x.org>");
+        assert_eq!(
+            r["singleValueExtendedProperties"][1]["value"],
+            "<o@x.org> <p@x.org>"
+        );
         let a = &draft.attachments[0];
-        assert_eq!((a.name.as_str(), a.content_type.as_str()), ("x.png", "image/png"));
+        assert_eq!(
+            (a.name.as_str(), a.content_type.as_str()),
+            ("x.png", "image/png")
+        );
         assert_eq!(a.content_id.as_deref(), Some("img1"));
         assert!(a.inline);
         assert_eq!(a.bytes, [0, 1, 2, 3]);
@@ -411,12 +432,21 @@ AAECAw==\r\n--b--\r\n";
 
     #[test]
     fn upload_urls_stay_with_the_api() {
-        assert!(same_origin("https://127.0.0.1:4443/upload/x", "https://127.0.0.1:4443"));
-        assert!(!same_origin("https://127.0.0.1:9/upload/x", "https://127.0.0.1:4443"));
+        assert!(same_origin(
+            "https://127.0.0.1:4443/upload/x",
+            "https://127.0.0.1:4443"
+        ));
+        assert!(!same_origin(
+            "https://127.0.0.1:9/upload/x",
+            "https://127.0.0.1:4443"
+        ));
         assert!(same_origin(
             "https://outlook.office.com/api/v2.0/Users('x')/Messages('y')/AttachmentSessions('z')?authtoken=t",
             "https://graph.microsoft.com"
         ));
-        assert!(!same_origin("http://evil.example/upload", "https://graph.microsoft.com"));
+        assert!(!same_origin(
+            "http://evil.example/upload",
+            "https://graph.microsoft.com"
+        ));
     }
 }

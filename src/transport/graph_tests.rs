@@ -99,7 +99,12 @@ senders = ["{MAILBOX}"]
         }
     }
 
-    fn transport(&self, large_messages: bool, concurrency: usize, final_secs: u64) -> GraphTransport {
+    fn transport(
+        &self,
+        large_messages: bool,
+        concurrency: usize,
+        final_secs: u64,
+    ) -> GraphTransport {
         GraphTransport::new(
             Arc::clone(&self.config.assets[0]),
             GraphOptions {
@@ -157,7 +162,10 @@ const READ_WRITE: &str = "https://graph.microsoft.com/Mail.ReadWrite";
 async fn a_small_message_arrives_byte_exact_through_send_mail() {
     let f = Fixture::new(&[SEND]).await;
     let t = f.transport(false, 4, 10);
-    assert_eq!(send(&f, &t, &small_message()).await, Ok(GraphPath::SendMail));
+    assert_eq!(
+        send(&f, &t, &small_message()).await,
+        Ok(GraphPath::SendMail)
+    );
     let delivered = f.graph.delivered();
     let mut expected = PREFIX.to_vec();
     expected.extend_from_slice(&small_message());
@@ -165,7 +173,10 @@ async fn a_small_message_arrives_byte_exact_through_send_mail() {
     assert!(delivered[0].app_only);
     assert_eq!(delivered[0].mailbox, MAILBOX);
     // A second message reuses the cached token.
-    assert_eq!(send(&f, &t, &small_message()).await, Ok(GraphPath::SendMail));
+    assert_eq!(
+        send(&f, &t, &small_message()).await,
+        Ok(GraphPath::SendMail)
+    );
     assert_eq!(f.issuer.refresh_count(), 1);
 }
 
@@ -222,7 +233,10 @@ async fn large_messages_need_the_option_and_then_take_the_draft_path() {
     let sent = &delivered[0];
     let names: Vec<_> = sent.attachments.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(names, ["report.bin", "small.txt"]);
-    assert_eq!(sent.attachments[0].bytes, attachment, "attachment bytes identical");
+    assert_eq!(
+        sent.attachments[0].bytes, attachment,
+        "attachment bytes identical"
+    );
     assert!(sent.attachments[0].uploaded);
     assert!(!sent.attachments[1].uploaded);
     assert_eq!(sent.attachments[1].bytes, small_attachment());
@@ -239,8 +253,12 @@ async fn large_messages_need_the_option_and_then_take_the_draft_path() {
 async fn a_failed_draft_send_deletes_the_draft() {
     let f = Fixture::new(&[SEND, READ_WRITE]).await;
     let t = f.transport(true, 4, 10);
-    f.graph
-        .add_fault(GraphFault::status(Some(Route::Send), 500, "ErrorInternalServerError", 1));
+    f.graph.add_fault(GraphFault::status(
+        Some(Route::Send),
+        500,
+        "ErrorInternalServerError",
+        1,
+    ));
     let message = large_message(&attachment_bytes(3_000_000));
     assert!(matches!(
         send(&f, &t, &message).await,
@@ -261,7 +279,10 @@ async fn a_refused_token_is_refreshed_once_and_the_body_replayed() {
         "InvalidAuthenticationToken",
         1,
     ));
-    assert_eq!(send(&f, &t, &small_message()).await, Ok(GraphPath::SendMail));
+    assert_eq!(
+        send(&f, &t, &small_message()).await,
+        Ok(GraphPath::SendMail)
+    );
     assert_eq!(f.issuer.refresh_count(), 2);
     assert_eq!(f.graph.delivered().len(), 1);
     assert!(f.graph.delivered()[0].mime.ends_with(b".. dot\r\n"));
@@ -292,9 +313,17 @@ async fn every_graph_answer_maps_to_its_error() {
         },
         times: 1,
     };
-    let cases: Vec<(GraphFault, fn(&GraphError) -> bool)> = vec![
+    type Expect = fn(&GraphError) -> bool;
+    let cases: Vec<(GraphFault, Expect)> = vec![
         (fault(429, "ApplicationThrottled", Some(7)), |e| {
-            matches!(e, GraphError::Throttled { status: 429, retry_after: Some(7), .. })
+            matches!(
+                e,
+                GraphError::Throttled {
+                    status: 429,
+                    retry_after: Some(7),
+                    ..
+                }
+            )
         }),
         (fault(503, "ServiceUnavailable", Some(3)), |e| {
             matches!(e, GraphError::Throttled { status: 503, .. })
@@ -305,9 +334,10 @@ async fn every_graph_answer_maps_to_its_error() {
         (fault(400, "ErrorMessageSizeExceeded", None), |e| {
             matches!(e, GraphError::TooLarge { .. })
         }),
-        (fault(400, "ErrorInvalidRecipients", None), |e| {
-            matches!(e, GraphError::Rejected { message, .. } if message.contains("ErrorInvalidRecipients from the test"))
-        }),
+        (
+            fault(400, "ErrorInvalidRecipients", None),
+            |e| matches!(e, GraphError::Rejected { message, .. } if message.contains("ErrorInvalidRecipients from the test")),
+        ),
         (fault(500, "ErrorInternalServerError", None), |e| {
             matches!(e, GraphError::Failed { status: 500, .. })
         }),
@@ -353,7 +383,10 @@ async fn a_missing_permission_is_named() {
         .unwrap_err();
     let text = error.to_string();
     assert!(matches!(error, GraphError::Forbidden { .. }), "{error:?}");
-    assert!(text.contains("Mail.ReadWrite") && text.contains("admin consent"), "{text}");
+    assert!(
+        text.contains("Mail.ReadWrite") && text.contains("admin consent"),
+        "{text}"
+    );
     // Without any permission sendMail is refused the same way.
     let f = Fixture::new(&[]).await;
     let t = f.transport(false, 4, 10);

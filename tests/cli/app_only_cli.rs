@@ -81,6 +81,9 @@ token_url = "@TOKEN_URL@"
     assert!(ok, "{text}");
     assert!(text.contains("asset m365app: OK"), "{text}");
     assert!(!text.contains(APP_SECRET));
-    assert!(!env.path("tokens.json").exists(), "no token store was written");
+    assert!(
+        !env.path("tokens.json").exists(),
+        "no token store was written"
+    );
     env.stop().await;
 }

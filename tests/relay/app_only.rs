@@ -138,7 +138,10 @@ async fn app_only_secrets_and_tokens_stay_out_of_trace_logs() {
     assert!(!tokens.is_empty());
     env.stop().await;
     let logs = captured.text();
-    assert!(logs.contains("access token refreshed"), "logs were captured");
+    assert!(
+        logs.contains("access token refreshed"),
+        "logs were captured"
+    );
     assert!(!logs.contains(APP_SECRET), "client secret logged");
     for token in tokens {
         // The JWT's signature part is unique to the token.

@@ -154,7 +154,11 @@ pub(super) fn draft_eml(
         if let Some(id) = &attachment.content_id {
             out.push_str(&format!("Content-ID: <{id}>\r\n"));
         }
-        let disposition = if attachment.is_inline { "inline" } else { "attachment" };
+        let disposition = if attachment.is_inline {
+            "inline"
+        } else {
+            "attachment"
+        };
         out.push_str(&format!(
             "Content-Disposition: {disposition}; filename=\"{}\"\r\n\r\n",
             attachment.name

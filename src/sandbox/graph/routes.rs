@@ -50,11 +50,8 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         shared.connections.fetch_add(1, Ordering::SeqCst);
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
-            let Ok(Ok(tls)) = tokio::time::timeout(
-                Duration::from_secs(10),
-                shared.acceptor.accept(stream),
-            )
-            .await
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(Duration::from_secs(10), shared.acceptor.accept(stream)).await
             else {
                 return;
             };
@@ -460,8 +457,7 @@ fn add_attachment(shared: &Shared, target: &Target, body: &[u8]) -> HttpResponse
     let Ok(item) = serde_json::from_slice::<serde_json::Value>(body) else {
         return bad_request("Unable to read JSON request payload.");
     };
-    if item.get("@odata.type").and_then(|v| v.as_str()) != Some("#microsoft.graph.fileAttachment")
-    {
+    if item.get("@odata.type").and_then(|v| v.as_str()) != Some("#microsoft.graph.fileAttachment") {
         return bad_request("Only file attachments are supported here.");
     }
     let content = item
@@ -507,11 +503,12 @@ fn create_upload_session(shared: &Shared, target: &Target, body: &[u8]) -> HttpR
         return bad_request("AttachmentItem needs attachmentType file and a size.");
     }
     let mut state = lock(&shared.state);
-    let Some(draft_id) = target
-        .message
-        .clone()
-        .filter(|id| state.drafts.get(id).is_some_and(|d| d.mailbox == target.mailbox))
-    else {
+    let Some(draft_id) = target.message.clone().filter(|id| {
+        state
+            .drafts
+            .get(id)
+            .is_some_and(|d| d.mailbox == target.mailbox)
+    }) else {
         return not_found();
     };
     let session = random_hex(16);
@@ -547,13 +544,8 @@ fn upload(
     headers: &hyper::HeaderMap,
     body: &[u8],
 ) -> HttpResponse {
-    let invalid = |message: &str| {
-        graph_error(
-            StatusCode::BAD_REQUEST,
-            "InvalidContentRange",
-            message,
-        )
-    };
+    let invalid =
+        |message: &str| graph_error(StatusCode::BAD_REQUEST, "InvalidContentRange", message);
     let Some((first, last, total)) = content_range(headers) else {
         return invalid("Content-Range is missing or malformed.");
     };
@@ -571,7 +563,7 @@ fn upload(
         return invalid("The Content-Range does not match the next expected range.");
     }
     let final_range = last + 1 == total;
-    if len > MAX_UPLOAD_RANGE || (!final_range && len % UPLOAD_RANGE_UNIT != 0) {
+    if len > MAX_UPLOAD_RANGE || (!final_range && !len.is_multiple_of(UPLOAD_RANGE_UNIT)) {
         return invalid("Ranges must be at most 4 MiB and multiples of 320 KiB except the last.");
     }
     session.attachment.bytes.extend_from_slice(body);
@@ -605,7 +597,12 @@ async fn send_draft(shared: &Shared, target: &Target, app_only: bool) -> HttpRes
         let found = target
             .message
             .as_ref()
-            .filter(|id| state.drafts.get(*id).is_some_and(|d| d.mailbox == target.mailbox))
+            .filter(|id| {
+                state
+                    .drafts
+                    .get(*id)
+                    .is_some_and(|d| d.mailbox == target.mailbox)
+            })
             .cloned();
         found.and_then(|id| state.drafts.remove(&id))
     };

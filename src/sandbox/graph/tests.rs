@@ -72,11 +72,14 @@ async fn send_mail_takes_base64_mime_and_checks_the_token() {
     assert_eq!(delivered[0].mime, mime.to_vec());
     assert_eq!(delivered[0].recipients, ["b@y.org", "c@z.org"]);
 
-    f.tokens.register_app("app-read", app(&["Mail.ReadWrite"], &[]));
+    f.tokens
+        .register_app("app-read", app(&["Mail.ReadWrite"], &[]));
     assert_eq!(post("app-read").await.unwrap().status(), 403);
-    f.tokens.register_app("app-other", app(&["Mail.Send"], &["other@x.org"]));
+    f.tokens
+        .register_app("app-other", app(&["Mail.Send"], &["other@x.org"]));
     assert_eq!(post("app-other").await.unwrap().status(), 403);
-    f.tokens.register_app("app-send", app(&["Mail.Send"], &["A@x.org"]));
+    f.tokens
+        .register_app("app-send", app(&["Mail.Send"], &["A@x.org"]));
     assert_eq!(post("app-send").await.unwrap().status(), 202);
     assert!(f.graph.delivered()[1].app_only);
 
@@ -143,8 +146,14 @@ async fn upload_sessions_check_every_range() {
     assert_eq!(put(0, 1000, false).await.unwrap().status(), 400);
     assert_eq!(put(0, 320 * 1024 - 1, false).await.unwrap().status(), 200);
     // A gap.
-    assert_eq!(put(640 * 1024, size - 1, false).await.unwrap().status(), 400);
-    assert_eq!(put(320 * 1024, size - 1, false).await.unwrap().status(), 201);
+    assert_eq!(
+        put(640 * 1024, size - 1, false).await.unwrap().status(),
+        400
+    );
+    assert_eq!(
+        put(320 * 1024, size - 1, false).await.unwrap().status(),
+        201
+    );
     let sent = f
         .http
         .post(format!("{base}/{id}/send"))
