@@ -9,12 +9,13 @@
 //! `upstream_command_secs` for it. A 401 gets one fresh token and one retry (the body is
 //! replayed from the spool); every other answer is classified in `graph_error`.
 
-use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
+use futures_util::{Stream, StreamExt as _};
 use tokio::io::AsyncReadExt as _;
 use tokio::sync::Semaphore;
 
@@ -30,10 +31,6 @@ use crate::oauth::token::TokenManager;
 /// reading of "4 MB") with about 130 KB to spare. Field reports see `sendMail` fail from
 /// about 3 MB of MIME, which is this limit seen from the other side.
 pub const SEND_MAIL_MAX_MIME: u64 = 2_900_000;
-
-/// Raw bytes encoded per chunk of the streamed body: a multiple of 3, so only the last
-/// chunk carries base64 padding.
-const RAW_CHUNK: usize = 3 * 16 * 1024;
 
 /// Bytes of an error body read at most (Graph's are a few hundred).
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -64,25 +61,57 @@ pub struct GraphTimeouts {
     pub final_reply: Duration,
 }
 
-/// One message as the transport takes it: what goes in front of the client's bytes, the
-/// spooled client bytes (dot-unstuffed), and the envelope recipients.
-#[derive(Debug, Clone, Copy)]
-pub struct GraphMessage<'a> {
-    /// The Received header and an inserted Bcc field, if any.
-    pub prefix: &'a [u8],
-    pub spool: &'a Path,
-    pub spool_len: u64,
-    pub recipients: &'a [String],
-}
+/// A boxed stream of message chunks.
+pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
-impl GraphMessage<'_> {
-    pub fn len(&self) -> u64 {
-        self.prefix.len() as u64 + self.spool_len
-    }
-
-    pub fn is_empty(&self) -> bool {
+/// The message as the transport reads it — whole, from its start, with the relay's
+/// `Received:` header and any inserted `Bcc:` in front — possibly twice (after a refused
+/// token). The session's spool implements it; [`FileSource`] reads a file.
+pub trait MessageSource: Send {
+    /// Length in bytes of what [`chunks`](Self::chunks) yields.
+    fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// The message from its start.
+    fn chunks(&mut self) -> std::io::Result<ByteStream>;
+}
+
+/// A prefix and a file, read in chunks (tests, and any caller with a spool file).
+pub struct FileSource {
+    pub prefix: Vec<u8>,
+    pub path: std::path::PathBuf,
+    pub file_len: u64,
+}
+
+impl MessageSource for FileSource {
+    fn len(&self) -> u64 {
+        self.prefix.len() as u64 + self.file_len
+    }
+
+    fn chunks(&mut self) -> std::io::Result<ByteStream> {
+        let file = std::fs::File::open(&self.path)?;
+        let file = tokio::fs::File::from_std(file);
+        let prefix = futures_util::stream::iter([Ok(Bytes::from(self.prefix.clone()))]);
+        let rest = futures_util::stream::unfold(file, |mut file| async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(Bytes::from(buf)), file))
+                }
+                Err(err) => Some((Err(err), file)),
+            }
+        });
+        Ok(Box::pin(prefix.chain(rest)))
+    }
+}
+
+/// One message and its envelope recipients (the draft path's Bcc list).
+pub struct GraphMessage<'a> {
+    pub source: &'a mut dyn MessageSource,
+    pub recipients: &'a [String],
 }
 
 /// How Graph took the message.
@@ -153,9 +182,9 @@ impl GraphTransport {
     pub async fn send(
         &self,
         tokens: &TokenManager,
-        message: &GraphMessage<'_>,
+        message: &mut GraphMessage<'_>,
     ) -> Result<GraphPath, GraphError> {
-        let size = message.len();
+        let size = message.source.len();
         let large = size > SEND_MAIL_MAX_MIME;
         if large && !self.options.large_messages {
             return Err(GraphError::NeedsLargeMessages {
@@ -202,20 +231,21 @@ impl GraphTransport {
     async fn send_mail(
         &self,
         bearer: &Bearer,
-        message: &GraphMessage<'_>,
+        message: &mut GraphMessage<'_>,
     ) -> Result<(), GraphError> {
-        let file = tokio::fs::File::open(message.spool)
-            .await
-            .map_err(|err| GraphError::Local {
-                reason: format!("cannot open the spool file: {err}"),
-            })?;
+        let chunks = message.source.chunks().map_err(|err| GraphError::Local {
+            reason: format!("cannot read the spooled message: {err}"),
+        })?;
         let request = self
             .http
             .post(format!("{}/sendMail", self.user_url()))
             .bearer_auth(bearer.token.expose())
             .header(reqwest::header::CONTENT_TYPE, "text/plain")
-            .header(reqwest::header::CONTENT_LENGTH, base64_len(message.len()))
-            .body(base64_body(message.prefix.to_vec(), file));
+            .header(
+                reqwest::header::CONTENT_LENGTH,
+                base64_len(message.source.len()),
+            )
+            .body(reqwest::Body::wrap_stream(base64_stream(chunks)));
         self.call(request, GraphStep::SendMail, bearer, true)
             .await?;
         Ok(())
@@ -289,50 +319,77 @@ pub(super) async fn read_bounded(mut response: reqwest::Response, limit: usize) 
     body
 }
 
-/// `base64(prefix ‖ file)` as a streamed request body: at most [`RAW_CHUNK`] bytes of the
-/// message are in memory at a time.
-fn base64_body(prefix: Vec<u8>, file: tokio::fs::File) -> reqwest::Body {
+/// The base64 of a byte stream, as a stream: 3-byte groups split across chunks are
+/// carried over, so only the end carries padding; nothing is held but one chunk.
+pub fn base64_stream(inner: ByteStream) -> ByteStream {
     struct State {
-        prefix: Vec<u8>,
-        taken: usize,
-        file: tokio::fs::File,
-        eof: bool,
+        inner: ByteStream,
+        carry: Vec<u8>,
+        done: bool,
     }
     let state = State {
-        prefix,
-        taken: 0,
-        file,
-        eof: false,
+        inner,
+        carry: Vec::new(),
+        done: false,
     };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
-        let mut raw = Vec::with_capacity(RAW_CHUNK);
-        let from_prefix = (st.prefix.len() - st.taken).min(RAW_CHUNK);
-        raw.extend_from_slice(&st.prefix[st.taken..st.taken + from_prefix]);
-        st.taken += from_prefix;
-        let mut buf = vec![0u8; RAW_CHUNK];
-        while !st.eof && raw.len() < RAW_CHUNK {
-            let room = RAW_CHUNK - raw.len();
-            match st.file.read(&mut buf[..room]).await {
-                Ok(0) => st.eof = true,
-                Ok(n) => raw.extend_from_slice(&buf[..n]),
-                Err(err) => return Some((Err(err), st)),
+        loop {
+            if st.done {
+                return None;
+            }
+            match st.inner.next().await {
+                Some(Ok(chunk)) => {
+                    st.carry.extend_from_slice(&chunk);
+                    let whole = st.carry.len() / 3 * 3;
+                    if whole == 0 {
+                        continue;
+                    }
+                    let encoded = base64::engine::general_purpose::STANDARD
+                        .encode(st.carry.get(..whole).unwrap_or_default());
+                    st.carry.drain(..whole);
+                    return Some((Ok(Bytes::from(encoded)), st));
+                }
+                Some(Err(err)) => {
+                    st.done = true;
+                    return Some((Err(err), st));
+                }
+                None => {
+                    st.done = true;
+                    if st.carry.is_empty() {
+                        return None;
+                    }
+                    let encoded = base64::engine::general_purpose::STANDARD.encode(&st.carry);
+                    return Some((Ok(Bytes::from(encoded)), st));
+                }
             }
         }
-        if raw.is_empty() {
-            return None;
-        }
-        let encoded = base64::engine::general_purpose::STANDARD.encode(&raw);
-        Some((Ok::<Bytes, std::io::Error>(Bytes::from(encoded)), st))
     });
-    reqwest::Body::wrap_stream(stream)
+    Box::pin(stream)
+}
+
+/// The whole message in memory (the draft path's parse), at most `limit` bytes.
+pub(super) async fn read_all(
+    source: &mut dyn MessageSource,
+    limit: u64,
+) -> std::io::Result<Vec<u8>> {
+    let mut chunks = source.chunks()?;
+    let mut all = Vec::with_capacity(source.len().min(limit) as usize);
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        if all.len() as u64 + chunk.len() as u64 > limit {
+            return Err(std::io::Error::other(
+                "the message is larger than announced",
+            ));
+        }
+        all.extend_from_slice(&chunk);
+    }
+    Ok(all)
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use futures_util::StreamExt as _;
-    use http_body_util::BodyExt as _;
 
     #[test]
     fn the_threshold_fits_graphs_limit() {
@@ -346,19 +403,17 @@ mod tests {
     #[tokio::test]
     async fn the_streamed_body_is_the_base64_of_prefix_and_file() {
         let dir = tempfile::tempdir().unwrap();
-        for (prefix_len, file_len) in [
-            (0, 0),
-            (5, 0),
-            (0, 7),
-            (100, RAW_CHUNK * 2 + 1),
-            (RAW_CHUNK + 2, 10),
-        ] {
+        for (prefix_len, file_len) in [(0, 0), (5, 0), (0, 7), (100, 200_001), (70_000, 10)] {
             let prefix: Vec<u8> = (0..prefix_len).map(|i| (i % 251) as u8).collect();
             let content: Vec<u8> = (0..file_len).map(|i| (i % 241) as u8).collect();
             let path = dir.path().join("spool");
             std::fs::write(&path, &content).unwrap();
-            let file = tokio::fs::File::open(&path).await.unwrap();
-            let mut stream = base64_body(prefix.clone(), file).into_data_stream();
+            let mut source = FileSource {
+                prefix: prefix.clone(),
+                path,
+                file_len: file_len as u64,
+            };
+            let mut stream = base64_stream(source.chunks().unwrap());
             let mut encoded = Vec::new();
             while let Some(chunk) = stream.next().await {
                 encoded.extend_from_slice(&chunk.unwrap());
@@ -367,7 +422,24 @@ mod tests {
             whole.extend_from_slice(&content);
             let expected = base64::engine::general_purpose::STANDARD.encode(&whole);
             assert_eq!(String::from_utf8(encoded).unwrap(), expected);
-            assert_eq!(expected.len() as u64, base64_len(whole.len() as u64));
+            assert_eq!(expected.len() as u64, base64_len(source.len()));
+            assert_eq!(read_all(&mut source, u64::MAX).await.unwrap(), whole);
         }
+    }
+
+    #[tokio::test]
+    async fn chunks_that_split_groups_of_three_encode_the_same() {
+        let parts: Vec<std::io::Result<Bytes>> = vec![
+            Ok(Bytes::from_static(b"a")),
+            Ok(Bytes::from_static(b"bcde")),
+            Ok(Bytes::from_static(b"")),
+            Ok(Bytes::from_static(b"fg")),
+        ];
+        let mut stream = base64_stream(Box::pin(futures_util::stream::iter(parts)));
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(out, b"YWJjZGVmZw==");
     }
 }

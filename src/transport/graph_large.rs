@@ -23,7 +23,7 @@ use base64::Engine as _;
 use mail_parser::{MessageParser, MimeHeaders as _};
 use tokio::sync::Semaphore;
 
-use super::graph::{read_bounded, Bearer, GraphMessage, GraphTransport};
+use super::graph::{read_all, read_bounded, Bearer, GraphMessage, GraphTransport};
 use super::graph_error::{GraphError, GraphStep};
 
 /// Attachments whose raw size is below this are posted whole: their base64 inside the JSON
@@ -174,7 +174,7 @@ impl GraphTransport {
     pub(super) async fn send_large(
         &self,
         bearer: &Bearer,
-        message: &GraphMessage<'_>,
+        message: &mut GraphMessage<'_>,
     ) -> Result<(), GraphError> {
         let draft = {
             let _parse = LARGE_PARSES
@@ -183,15 +183,12 @@ impl GraphTransport {
                 .map_err(|_| GraphError::Local {
                     reason: "the parse gate is closed".to_string(),
                 })?;
-            let mut raw = message.prefix.to_vec();
-            let spooled =
-                tokio::fs::read(message.spool)
-                    .await
-                    .map_err(|err| GraphError::Local {
-                        reason: format!("cannot read the spool file: {err}"),
-                    })?;
-            raw.extend_from_slice(&spooled);
-            drop(spooled);
+            let len = message.source.len();
+            let raw = read_all(message.source, len)
+                .await
+                .map_err(|err| GraphError::Local {
+                    reason: format!("cannot read the spooled message: {err}"),
+                })?;
             build_draft(&raw, message.recipients)?
         };
         let created = self

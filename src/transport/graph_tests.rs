@@ -2,14 +2,15 @@
 //! HTTPS: byte-exact sendMail, the draft path with an upload session, every error
 //! mapping, the retry after a 401, draft clean-up, and the concurrency cap.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::graph::{GraphMessage, GraphOptions, GraphPath, GraphTimeouts, GraphTransport};
+use super::graph::{
+    FileSource, GraphMessage, GraphOptions, GraphPath, GraphTimeouts, GraphTransport,
+};
 use super::graph_error::GraphError;
 use crate::oauth::token::TokenManager;
 use crate::sandbox::graph::{FakeGraph, FakeGraphConfig, FaultKind, GraphFault, Route};
@@ -121,10 +122,14 @@ senders = ["{MAILBOX}"]
         .unwrap()
     }
 
-    fn spool(&self, name: &str, content: &[u8]) -> PathBuf {
+    fn source(&self, name: &str, content: &[u8]) -> FileSource {
         let path = self.dir.path().join(name);
         std::fs::write(&path, content).unwrap();
-        path
+        FileSource {
+            prefix: PREFIX.to_vec(),
+            path,
+            file_len: content.len() as u64,
+        }
     }
 }
 
@@ -140,15 +145,15 @@ async fn send(
     transport: &GraphTransport,
     content: &[u8],
 ) -> Result<GraphPath, GraphError> {
-    let spool = f.spool("spool.eml", content);
+    static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let mut source = f.source(&format!("spool-{n}.eml"), content);
     let recipients = vec!["ops@example.net".to_string()];
     transport
         .send(
             &f.tokens,
-            &GraphMessage {
-                prefix: PREFIX,
-                spool: &spool,
-                spool_len: content.len() as u64,
+            &mut GraphMessage {
+                source: &mut source,
                 recipients: &recipients,
             },
         )
@@ -400,15 +405,24 @@ async fn sends_per_asset_are_capped_and_waiting_is_bounded() {
     f.graph.set_delay(Duration::from_millis(200));
     let t = f.transport(false, 2, 10);
     let content = small_message();
-    let spool = f.spool("shared.eml", &content);
     let recipients = vec!["ops@example.net".to_string()];
-    let message = GraphMessage {
-        prefix: PREFIX,
-        spool: &spool,
-        spool_len: content.len() as u64,
-        recipients: &recipients,
+    let send_one = |n: usize| {
+        let mut source = f.source(&format!("s{n}.eml"), &content);
+        let t = &t;
+        let recipients = &recipients;
+        let tokens = &f.tokens;
+        async move {
+            t.send(
+                tokens,
+                &mut GraphMessage {
+                    source: &mut source,
+                    recipients,
+                },
+            )
+            .await
+        }
     };
-    let sends = (0..6).map(|_| t.send(&f.tokens, &message));
+    let sends = (0..6).map(send_one);
     for result in futures_util::future::join_all(sends).await {
         assert_eq!(result, Ok(GraphPath::SendMail));
     }
@@ -418,7 +432,7 @@ async fn sends_per_asset_are_capped_and_waiting_is_bounded() {
     f.graph.set_delay(Duration::from_millis(1500));
     let mut t = f.transport(false, 1, 10);
     t.timeouts.command = Duration::from_millis(300);
-    let (a, b) = tokio::join!(t.send(&f.tokens, &message), t.send(&f.tokens, &message));
+    let (a, b) = tokio::join!(send(&f, &t, &content), send(&f, &t, &content));
     let busy = [&a, &b]
         .iter()
         .filter(|r| matches!(r, Err(GraphError::Busy { .. })))
