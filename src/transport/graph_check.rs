@@ -112,6 +112,42 @@ impl TokenPermissions {
     }
 }
 
+/// Why `check` fails a Graph asset.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GraphCheckError {
+    #[error(transparent)]
+    Token(#[from] crate::oauth::token::TokenError),
+    #[error("{0}")]
+    Permission(#[from] PermissionError),
+}
+
+/// `check` for a Graph asset: a token (refreshed, or from the client-credentials grant),
+/// and the permissions it carries compared with what the asset needs. Sends nothing.
+pub async fn prove(
+    tokens: &crate::oauth::token::TokenManager,
+    asset: &crate::config::Asset,
+) -> Result<String, GraphCheckError> {
+    let token = tokens.access_token(&asset.name).await?;
+    let needed: &[&str] = if asset.graph.large_messages {
+        &["Mail.Send", "Mail.ReadWrite"]
+    } else {
+        &["Mail.Send"]
+    };
+    let valid_secs = token
+        .expires_at
+        .saturating_duration_since(tokio::time::Instant::now())
+        .as_secs();
+    let permissions = token_permissions(&token.token)?;
+    permissions.require(needed)?;
+    Ok(format!(
+        "token obtained (valid {valid_s} s), {} for {}; Microsoft Graph not called (Mail.Send allows \
+         no read), so the mailbox itself and an access policy are proven by the first message",
+        permissions.describe(),
+        asset.email,
+        valid_s = valid_secs,
+    ))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

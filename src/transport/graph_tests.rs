@@ -439,3 +439,34 @@ async fn sends_per_asset_are_capped_and_waiting_is_bounded() {
         .count();
     assert_eq!(busy, 1, "{a:?} {b:?}");
 }
+
+#[tokio::test]
+async fn check_reads_the_permissions_of_the_token() {
+    let f = Fixture::new(&[SEND]).await;
+    let summary = super::graph_check::prove(&f.tokens, &f.config.assets[0])
+        .await
+        .unwrap();
+    assert!(
+        summary.contains("app-only token with Mail.Send"),
+        "{summary}"
+    );
+    // With the draft path on, Mail.ReadWrite is missing.
+    let mut asset = (*f.config.assets[0]).clone();
+    asset.graph.large_messages = true;
+    let error = super::graph_check::prove(&f.tokens, &asset)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("Mail.ReadWrite") && error.contains("admin consent"),
+        "{error}"
+    );
+    // No permission consented: the token has no roles.
+    let f = Fixture::new(&[]).await;
+    let error = super::graph_check::prove(&f.tokens, &f.config.assets[0])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("no permission"), "{error}");
+    assert!(!error.contains(SECRET));
+}
