@@ -470,3 +470,77 @@ async fn check_reads_the_permissions_of_the_token() {
     assert!(error.contains("no permission"), "{error}");
     assert!(!error.contains(SECRET));
 }
+
+/// A log sink for the secrecy test.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+// A current-thread runtime: the relay's side and the fakes log on this thread.
+#[tokio::test]
+async fn no_secret_or_token_reaches_a_trace_log() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(captured.clone())
+        .finish();
+    let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry());
+    let _guard = tracing::subscriber::set_default(subscriber);
+    tracing::callsite::rebuild_interest_cache();
+
+    let f = Fixture::new(&[SEND, READ_WRITE]).await;
+    let t = f.transport(true, 4, 10);
+    // A send, a refused token and its retry, a refusal, the draft path with a failed send
+    // (and the draft deleted).
+    assert!(send(&f, &t, &small_message()).await.is_ok());
+    f.graph.add_fault(GraphFault::status(
+        Some(Route::SendMail),
+        401,
+        "InvalidAuthenticationToken",
+        1,
+    ));
+    assert!(send(&f, &t, &small_message()).await.is_ok());
+    f.graph.add_fault(GraphFault::status(
+        Some(Route::SendMail),
+        403,
+        "ErrorAccessDenied",
+        1,
+    ));
+    assert!(send(&f, &t, &small_message()).await.is_err());
+    f.graph.add_fault(GraphFault::status(
+        Some(Route::Send),
+        503,
+        "ServiceUnavailable",
+        1,
+    ));
+    assert!(send(&f, &t, &large_message(&attachment_bytes(3_000_000)))
+        .await
+        .is_err());
+    let authorization = f.graph.last_authorization().unwrap();
+    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    assert!(
+        logs.contains("refreshing once"),
+        "logs were captured: {logs}"
+    );
+    assert!(!logs.contains(SECRET), "client secret logged");
+    let token = authorization.trim_start_matches("Bearer ");
+    let signature = token.rsplit('.').next().unwrap();
+    assert!(!logs.contains(signature), "access token logged");
+}
