@@ -1,0 +1,206 @@
+//! The Graph transport through the relay (issue 13): an asset with `transport = "graph"`
+//! in front of the sandbox's fake Graph (real HTTPS with the test CA, tokens from the fake
+//! issuer's client-credentials grant or refresh grant): byte-exact small messages, the Bcc
+//! insertion, the 552 without `graph_large_messages`, the draft path with it, the
+//! concurrency cap, and every Graph answer mapped to the client's reply.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use crate::common::graph::*;
+use crate::common::*;
+use smtp_oauth_relay::sandbox::graph::{FaultKind, GraphFault, Route};
+
+/// The message as the client meant it (dot-unstuffed).
+fn meant(wire: &[u8]) -> Vec<u8> {
+    unstuffed(wire)
+}
+
+#[tokio::test]
+async fn a_small_message_arrives_byte_exact_and_envelope_only_recipients_become_bcc() {
+    let g = graph_env(GraphOptions::default()).await;
+    let mut client = g.env.logged_in(ADMIN).await;
+    let wire = graph_message("small");
+    let reply = client
+        .send_mail(GRAPH_EMAIL, &["ops@example.net", "hidden@example.org"], &wire)
+        .await;
+    assert_eq!(reply.code, 250, "{reply:?}");
+    client.quit().await;
+    let delivered = g.graph.delivered();
+    assert_eq!(delivered.len(), 1);
+    let (received, rest) = split_received(&delivered[0].mime);
+    assert!(received.contains("relay.test"), "{received}");
+    // The relay's Bcc for the envelope-only recipient, then the message byte for byte.
+    let text = String::from_utf8_lossy(&rest).into_owned();
+    assert!(text.to_ascii_lowercase().starts_with("bcc:"), "{text}");
+    assert!(text.contains("hidden@example.org"));
+    assert!(rest.ends_with(&meant(&wire)), "{text}");
+    assert_eq!(
+        delivered[0].recipients,
+        ["hidden@example.org", "ops@example.net"]
+    );
+    // Saved as .eml without the Bcc.
+    let saved: Vec<_> = std::fs::read_dir(g.env.path("graph-mail")).unwrap().collect();
+    assert_eq!(saved.len(), 1);
+    g.env.stop().await;
+}
+
+#[tokio::test]
+async fn header_only_recipients_are_refused() {
+    let g = graph_env(GraphOptions::default()).await;
+    let mut client = g.env.logged_in(ADMIN).await;
+    let wire = format!(
+        "From: <{GRAPH_EMAIL}>\r\nTo: <ops@example.net>, <stranger@example.com>\r\nSubject: x\r\n\r\nx\r\n"
+    );
+    let reply = client
+        .send_mail(GRAPH_EMAIL, &["ops@example.net"], wire.as_bytes())
+        .await;
+    assert_eq!(reply.code, 550, "{reply:?}");
+    assert!(g.graph.delivered().is_empty());
+    g.env.stop().await;
+}
+
+#[tokio::test]
+async fn a_large_message_needs_the_option() {
+    let g = graph_env(GraphOptions::default()).await;
+    let mut client = g.env.logged_in(ADMIN).await;
+    let wire = big_message(&attachment(3_000_000), 4_000_000);
+    let reply = client
+        .send_mail(GRAPH_EMAIL, &["ops@example.net"], &wire)
+        .await;
+    assert_eq!(reply.code, 552, "{reply:?}");
+    assert_eq!(reply.enhanced.map(|e| e.to_string()).as_deref(), Some("5.3.4"));
+    let text = reply.lines.join(" ");
+    assert!(text.contains("graph_large_messages") && text.contains("2900000"), "{text}");
+    assert_eq!(g.graph.requests(Route::SendMail), 0);
+    g.env.stop().await;
+}
+
+#[tokio::test]
+async fn a_10_mib_message_takes_the_draft_path_with_its_attachment_intact() {
+    let g = graph_env(GraphOptions {
+        large: true,
+        ..GraphOptions::default()
+    })
+    .await;
+    let pdf = attachment(6 * 1024 * 1024);
+    let wire = big_message(&pdf, 10 * 1024 * 1024);
+    assert!(wire.len() >= 10 * 1024 * 1024);
+    let mut client = g.env.logged_in(ADMIN).await;
+    let reply = client
+        .send_mail(GRAPH_EMAIL, &["ops@example.net"], &wire)
+        .await;
+    assert_eq!(reply.code, 250, "{reply:?}");
+    client.quit().await;
+    let delivered = g.graph.delivered();
+    assert_eq!(delivered[0].attachments.len(), 1);
+    assert_eq!(delivered[0].attachments[0].name, "report.pdf");
+    assert_eq!(delivered[0].attachments[0].content_type, "application/pdf");
+    assert!(delivered[0].attachments[0].uploaded);
+    assert!(delivered[0].attachments[0].bytes == pdf, "attachment bytes identical");
+    assert_eq!(g.graph.open_drafts(), 0);
+    g.env.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_sends_per_mailbox_are_capped() {
+    let g = graph_env(GraphOptions {
+        concurrency: 2,
+        ..GraphOptions::default()
+    })
+    .await;
+    g.graph.set_delay(Duration::from_millis(300));
+    let sends = (0..6).map(|n| {
+        let env = &g.env;
+        async move {
+            let mut client = env.logged_in(ADMIN).await;
+            let reply = client
+                .send_mail(GRAPH_EMAIL, &["ops@example.net"], &graph_message(&format!("c{n}")))
+                .await;
+            client.quit().await;
+            reply
+        }
+    });
+    for reply in futures_util::future::join_all(sends).await {
+        assert_eq!(reply.code, 250, "{reply:?}");
+    }
+    assert_eq!(g.graph.max_in_flight(), 2);
+    assert_eq!(g.graph.delivered().len(), 6);
+    g.env.stop().await;
+}
+
+fn status(status: u16, code: &str, retry_after: Option<u64>, times: usize) -> GraphFault {
+    GraphFault {
+        route: Some(Route::SendMail),
+        kind: FaultKind::Status {
+            status,
+            code: code.into(),
+            message: format!("{code}: forced by the test."),
+            retry_after,
+        },
+        times,
+    }
+}
+
+#[tokio::test]
+async fn every_graph_answer_maps_to_its_reply() {
+    let g = graph_env(GraphOptions {
+        timeouts: "upstream_final_reply_secs = 2".into(),
+        ..GraphOptions::default()
+    })
+    .await;
+    let cases: Vec<(GraphFault, u16, &str, &str)> = vec![
+        (status(401, "InvalidAuthenticationToken", None, 1), 250, "2.0.0", ""),
+        (status(401, "InvalidAuthenticationToken", None, 2), 454, "4.7.0", ""),
+        (status(403, "ErrorAccessDenied", None, 1), 454, "4.7.0", ""),
+        (status(429, "ApplicationThrottled", Some(5), 1), 451, "4.7.0", GRAPH_EMAIL),
+        (status(503, "ServiceUnavailable", Some(5), 1), 451, "4.7.0", GRAPH_EMAIL),
+        (status(413, "ErrorRequestEntityTooLarge", None, 1), 552, "5.3.4", ""),
+        (status(400, "ErrorMessageSizeExceeded", None, 1), 552, "5.3.4", ""),
+        (status(400, "ErrorInvalidRecipients", None, 1), 554, "5.6.0", "ErrorInvalidRecipients: forced"),
+        (status(500, "ErrorInternalServerError", None, 1), 451, "4.4.2", ""),
+        (
+            GraphFault {
+                route: Some(Route::SendMail),
+                kind: FaultKind::Hang,
+                times: 1,
+            },
+            451,
+            "4.4.2",
+            "duplicate",
+        ),
+        (
+            GraphFault {
+                route: Some(Route::SendMail),
+                kind: FaultKind::CloseAfterBody,
+                times: 1,
+            },
+            451,
+            "4.4.2",
+            "duplicate",
+        ),
+    ];
+    let mut accepted = 0;
+    for (fault, code, enhanced, text) in cases {
+        let label = format!("{fault:?}");
+        g.graph.clear_faults();
+        g.graph.add_fault(fault);
+        let mut client = g.env.logged_in(ADMIN).await;
+        let reply = client
+            .send_mail(GRAPH_EMAIL, &["ops@example.net"], &graph_message("fault"))
+            .await;
+        client.quit().await;
+        assert_eq!(reply.code, code, "{label}: {reply:?}");
+        assert_eq!(
+            reply.enhanced.map(|e| e.to_string()).as_deref(),
+            Some(enhanced),
+            "{label}: {reply:?}"
+        );
+        assert!(reply.lines.join(" ").contains(text), "{label}: {reply:?}");
+        if code == 250 {
+            accepted += 1;
+        }
+    }
+    assert_eq!(g.graph.delivered().len(), accepted, "no message without a 250");
+    g.env.stop().await;
+}
