@@ -70,5 +70,6 @@ pub mod smtp;
 pub mod stream;
 pub mod throttle;
 pub mod tls;
+pub mod transport;
 pub mod upstream;
 pub mod users;

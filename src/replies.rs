@@ -13,6 +13,7 @@ use crate::config::CredentialFailure;
 use crate::error::RelayError;
 use crate::smtp::command::CommandError;
 use crate::smtp::reply::{EnhancedCode, Reply};
+use crate::transport::{ApiFailure, TransportError};
 use crate::upstream::UpstreamError;
 
 const fn code(class: u8, subject: u16, detail: u16) -> Option<EnhancedCode> {
@@ -120,6 +121,24 @@ pub enum Say {
     /// The From: field is not a plain mailbox list (a group, an encoded word as the
     /// address, unbalanced quotes, bytes that are not UTF-8): nothing to vouch for.
     HeaderFromUnreadable,
+    /// An API transport accepted the message; `id` is the provider's message id.
+    ApiAccepted {
+        id: String,
+    },
+    /// The spool (memory or temporary file) an API transport keeps the message in failed.
+    SpoolFailed,
+    ApiRateLimited {
+        email: String,
+    },
+    /// The provider refused the message itself; `message` is its (sanitized) reason.
+    ApiRefused {
+        message: String,
+    },
+    ApiDeferred,
+    /// To/Cc/Bcc name addresses the client did not give at RCPT.
+    UndeclaredRecipients {
+        addresses: Vec<String>,
+    },
 }
 
 impl Say {
@@ -341,6 +360,36 @@ impl Say {
                 code(5, 6, 0),
                 "From: header address cannot be read as a plain mailbox list; message not sent",
             ),
+            Say::ApiAccepted { id } => Reply::new(250, code(2, 0, 0), format!("OK <{id}>")),
+            Say::SpoolFailed => Reply::new(
+                451,
+                code(4, 3, 0),
+                "Local error while keeping the message for sending; try again later",
+            ),
+            Say::ApiRateLimited { email } => Reply::new(
+                451,
+                code(4, 7, 0),
+                format!("sending rate limit of {email} reached; try again later"),
+            ),
+            Say::ApiRefused { message } => Reply::new(
+                554,
+                code(5, 6, 0),
+                format!("Message refused by the provider: {message}"),
+            ),
+            Say::ApiDeferred => Reply::new(
+                451,
+                code(4, 3, 0),
+                "The provider could not take the message now; try again later",
+            ),
+            Say::UndeclaredRecipients { addresses } => Reply::new(
+                550,
+                code(5, 7, 1),
+                format!(
+                    "To/Cc/Bcc name {} which {} not an envelope recipient (RCPT TO); the message would reach people the client did not ask for; message not sent",
+                    addresses.iter().map(|a| format!("<{a}>")).collect::<Vec<_>>().join(", "),
+                    if addresses.len() == 1 { "is" } else { "are" }
+                ),
+            ),
 
             Say::ShuttingDown => Reply::new(
                 421,
@@ -383,6 +432,48 @@ impl Say {
                 UpstreamError::Tls { .. } => Say::UpstreamTlsFailed,
                 UpstreamError::NoStartTls { .. } => Say::UpstreamNoTls,
                 UpstreamError::Lost { .. } | UpstreamError::Protocol { .. } => Say::UpstreamLost,
+            },
+        }
+    }
+
+    /// The reply for a transaction whose transport failed after the message began (see
+    /// [`TransportError`]): never 2xx, 4xx whenever the provider may take it later.
+    pub fn for_transport_failure(
+        error: &TransportError,
+        asset: &str,
+        mode: CredentialFailure,
+    ) -> Say {
+        match error {
+            TransportError::Token(err) => {
+                Say::for_failure(&RelayError::Token(err.clone()), asset, mode)
+            }
+            TransportError::HeaderBlockTooLarge => Say::HeaderBlockTooLarge,
+            TransportError::Smtp(_) => Say::UpstreamLost,
+            TransportError::SmtpVerdictLost(_) => Say::PossibleDuplicate,
+            TransportError::Spool(_) => Say::SpoolFailed,
+            TransportError::TooBig { limit, .. } => Say::MessageTooBig { limit: *limit },
+            TransportError::UndeclaredRecipients { addresses } => Say::UndeclaredRecipients {
+                addresses: addresses.clone(),
+            },
+            TransportError::Api(failure) => match failure {
+                ApiFailure::Unauthorized { .. } => Say::CredentialsNeedReauthorization {
+                    asset: asset.to_string(),
+                    mode,
+                },
+                // A missing scope is fixed by re-authorizing; the mail waits meanwhile.
+                ApiFailure::Forbidden { .. } => Say::CredentialsNeedReauthorization {
+                    asset: asset.to_string(),
+                    mode: CredentialFailure::Temporary,
+                },
+                ApiFailure::RateLimited { email, .. } => Say::ApiRateLimited {
+                    email: email.clone(),
+                },
+                ApiFailure::Invalid { message, .. } => Say::ApiRefused {
+                    message: crate::oauth::http::provider_text(message),
+                },
+                ApiFailure::Deferred { .. } => Say::ApiDeferred,
+                ApiFailure::Unavailable { .. } => Say::UpstreamLost,
+                ApiFailure::VerdictLost { .. } => Say::PossibleDuplicate,
             },
         }
     }

@@ -62,6 +62,8 @@ pub fn sandbox_config(
             tls: UpstreamTls::Starttls,
             client_config: tls::client_config_from(upstream.pki.root_store())?,
         },
+        transport: Default::default(),
+        header_recipients: Default::default(),
     };
     let mut senders = SenderMap::default();
     // Only one claim on an empty map: it cannot collide.

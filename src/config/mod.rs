@@ -20,6 +20,7 @@ mod env;
 mod problems;
 mod provider;
 mod raw;
+mod transport;
 mod types;
 mod validate;
 
@@ -36,6 +37,11 @@ pub use types::{
     Asset, AssetAccess, Config, CredentialFailure, HeaderFromPolicy, Limits, LogFormat,
     PoolSettings, Provider, RefreshTokenSource, ServerSettings, Timeouts, TokenSettings,
     UpstreamTarget, UpstreamTls, User,
+};
+
+pub use transport::{
+    AssetTransport, GmailApiSettings, HeaderRecipients, GMAIL_API_MAX_MESSAGE, GMAIL_API_URL,
+    GMAIL_SEND_SCOPE, GOOGLE_TOKENINFO_URL,
 };
 
 use problems::{Checker, LineIndex};

@@ -158,4 +158,9 @@ pub(super) struct RawAsset {
     pub(super) token_url: Option<Spanned<String>>,
     pub(super) scope: Option<String>,
     pub(super) redirect_uri: Option<Spanned<String>>,
+    // Transports (config/transport.rs).
+    pub(super) transport: Option<Spanned<super::transport::TransportName>>,
+    pub(super) api_url: Option<Spanned<String>>,
+    pub(super) tokeninfo_url: Option<Spanned<String>>,
+    pub(super) header_recipients: Option<Spanned<super::transport::HeaderRecipients>>,
 }

@@ -231,6 +231,11 @@ pub struct Asset {
     pub scopes: Vec<String>,
     pub redirect_uri: Option<String>,
     pub upstream: UpstreamTarget,
+    /// How mail reaches the provider (`transport`); for API transports `upstream` only
+    /// lends its TLS roots (web PKI plus `upstream_ca`) to the HTTPS client.
+    pub transport: super::transport::AssetTransport,
+    /// API transports: To/Cc/Bcc addresses that are not envelope recipients.
+    pub header_recipients: super::transport::HeaderRecipients,
 }
 
 #[derive(Clone)]
