@@ -8,6 +8,7 @@ use crate::config::{Config, User};
 use crate::metrics::Metrics;
 use crate::oauth::token::{HttpClientInitError, TokenManager};
 use crate::throttle::AuthThrottle;
+use crate::transport::{self, ApiClients, Link};
 use crate::upstream::pool::UpstreamPool;
 use crate::upstream::UpstreamSettings;
 use crate::users::Users;
@@ -18,8 +19,10 @@ pub struct Relay {
     pub tokens: TokenManager,
     pub upstream: UpstreamSettings,
     pub tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
-    /// Warm authenticated upstream connections, per asset.
-    pub pool: UpstreamPool,
+    /// Warm authenticated upstream links, per asset.
+    pub pool: UpstreamPool<Link>,
+    /// HTTPS clients of the assets on API transports.
+    pub apis: ApiClients,
     /// Shared across reloads, so a SIGHUP does not clear lockouts.
     pub auth_throttle: Arc<AuthThrottle>,
     /// Shared with the relay that came before a reload, so counters keep counting.
@@ -88,6 +91,7 @@ impl Relay {
         });
         Ok(Relay {
             pool: UpstreamPool::new(config.pool),
+            apis: ApiClients::new(&config)?,
             metrics,
             auth_throttle,
             trusted_user,
@@ -99,6 +103,16 @@ impl Relay {
             id_prefix: format!("{:08X}", started as u32),
             next_session: AtomicU64::new(1),
         })
+    }
+
+    /// What transports need from the relay to open links and finish messages.
+    pub fn transport_context(&self) -> transport::Context<'_> {
+        transport::Context {
+            tokens: &self.tokens,
+            settings: &self.upstream,
+            metrics: Some(&self.metrics),
+            apis: &self.apis,
+        }
     }
 
     pub fn next_session_id(&self) -> String {

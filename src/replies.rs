@@ -14,6 +14,7 @@ use crate::error::RelayError;
 use crate::smtp::command::CommandError;
 use crate::smtp::reply::{EnhancedCode, Reply};
 use crate::transport::graph_error::GraphError;
+use crate::transport::{ApiFailure, TransportError};
 use crate::upstream::UpstreamError;
 
 const fn code(class: u8, subject: u16, detail: u16) -> Option<EnhancedCode> {
@@ -121,11 +122,25 @@ pub enum Say {
     /// The From: field is not a plain mailbox list (a group, an encoded word as the
     /// address, unbalanced quotes, bytes that are not UTF-8): nothing to vouch for.
     HeaderFromUnreadable,
-    // Microsoft Graph (issue 13), mapped from `GraphError` by `Say::for_graph`.
-    /// 429, or 503 with Retry-After, for this mailbox.
-    GraphThrottled {
-        mailbox: String,
+    /// An API transport accepted the message; `id` is the provider's message id.
+    ApiAccepted {
+        id: String,
     },
+    /// The spool (memory or temporary file) an API transport keeps the message in failed.
+    SpoolFailed,
+    ApiRateLimited {
+        email: String,
+    },
+    /// The provider refused the message itself; `message` is its (sanitized) reason.
+    ApiRefused {
+        message: String,
+    },
+    ApiDeferred,
+    /// To/Cc/Bcc name addresses the client did not give at RCPT.
+    UndeclaredRecipients {
+        addresses: Vec<String>,
+    },
+    // Microsoft Graph (issue 13), mapped from `GraphError` by `Say::for_graph`.
     /// No `graph_concurrency` slot for the mailbox in time.
     GraphBusy {
         mailbox: String,
@@ -136,14 +151,8 @@ pub enum Say {
     GraphNeedsLargeMessages {
         limit: u64,
     },
-    /// 400 with Graph's message.
-    GraphRejected {
-        message: String,
-    },
     /// 5xx, timeouts, connection errors (before the request could have arrived).
     GraphFailed,
-    /// The relay could not read its spool or parse the message.
-    LocalError,
 }
 
 impl Say {
@@ -365,10 +374,35 @@ impl Say {
                 code(5, 6, 0),
                 "From: header address cannot be read as a plain mailbox list; message not sent",
             ),
-            Say::GraphThrottled { mailbox } => Reply::new(
+            Say::ApiAccepted { id } => Reply::new(250, code(2, 0, 0), format!("OK <{id}>")),
+            Say::SpoolFailed => Reply::new(
+                451,
+                code(4, 3, 0),
+                "Local error while keeping the message for sending; try again later",
+            ),
+            Say::ApiRateLimited { email } => Reply::new(
                 451,
                 code(4, 7, 0),
-                format!("Microsoft Graph sending rate limit of {mailbox} reached; try again later"),
+                format!("sending rate limit of {email} reached; try again later"),
+            ),
+            Say::ApiRefused { message } => Reply::new(
+                554,
+                code(5, 6, 0),
+                format!("Message refused by the provider: {message}"),
+            ),
+            Say::ApiDeferred => Reply::new(
+                451,
+                code(4, 3, 0),
+                "The provider could not take the message now; try again later",
+            ),
+            Say::UndeclaredRecipients { addresses } => Reply::new(
+                550,
+                code(5, 7, 1),
+                format!(
+                    "To/Cc/Bcc name {} which {} not an envelope recipient (RCPT TO); the message would reach people the client did not ask for; message not sent",
+                    addresses.iter().map(|a| format!("<{a}>")).collect::<Vec<_>>().join(", "),
+                    if addresses.len() == 1 { "is" } else { "are" }
+                ),
             ),
             Say::GraphBusy { mailbox } => Reply::new(
                 451,
@@ -388,20 +422,10 @@ impl Say {
                      the relay operator can allow larger ones with graph_large_messages = true; message not sent"
                 ),
             ),
-            Say::GraphRejected { message } => Reply::new(
-                554,
-                code(5, 6, 0),
-                format!("Microsoft Graph rejected the message: {message}"),
-            ),
             Say::GraphFailed => Reply::new(
                 451,
                 code(4, 4, 2),
                 "Microsoft Graph did not accept the message, try again later",
-            ),
-            Say::LocalError => Reply::new(
-                451,
-                code(4, 3, 0),
-                "Local error in processing, try again later",
             ),
 
             Say::ShuttingDown => Reply::new(
@@ -449,6 +473,49 @@ impl Say {
         }
     }
 
+    /// The reply for a transaction whose transport failed after the message began (see
+    /// [`TransportError`]): never 2xx, 4xx whenever the provider may take it later.
+    pub fn for_transport_failure(
+        error: &TransportError,
+        asset: &str,
+        mode: CredentialFailure,
+    ) -> Say {
+        match error {
+            TransportError::Token(err) => {
+                Say::for_failure(&RelayError::Token(err.clone()), asset, mode)
+            }
+            TransportError::HeaderBlockTooLarge => Say::HeaderBlockTooLarge,
+            TransportError::Smtp(_) => Say::UpstreamLost,
+            TransportError::SmtpVerdictLost(_) => Say::PossibleDuplicate,
+            TransportError::Spool(_) => Say::SpoolFailed,
+            TransportError::TooBig { limit, .. } => Say::MessageTooBig { limit: *limit },
+            TransportError::UndeclaredRecipients { addresses } => Say::UndeclaredRecipients {
+                addresses: addresses.clone(),
+            },
+            TransportError::Api(failure) => match failure {
+                ApiFailure::Unauthorized { .. } => Say::CredentialsNeedReauthorization {
+                    asset: asset.to_string(),
+                    mode,
+                },
+                // A missing scope is fixed by re-authorizing; the mail waits meanwhile.
+                ApiFailure::Forbidden { .. } => Say::CredentialsNeedReauthorization {
+                    asset: asset.to_string(),
+                    mode: CredentialFailure::Temporary,
+                },
+                ApiFailure::RateLimited { email, .. } => Say::ApiRateLimited {
+                    email: email.clone(),
+                },
+                ApiFailure::Invalid { message, .. } => Say::ApiRefused {
+                    message: crate::oauth::http::provider_text(message),
+                },
+                ApiFailure::Deferred { .. } => Say::ApiDeferred,
+                ApiFailure::Unavailable { .. } => Say::UpstreamLost,
+                ApiFailure::VerdictLost { .. } => Say::PossibleDuplicate,
+            },
+            TransportError::Graph(error) => Say::for_graph(error, asset, mode),
+        }
+    }
+
     /// The reply for a message Microsoft Graph did not take (issue 13): 401 after the one
     /// retry and 403 are the operator's (454); throttling and busy slots 451 4.7.0; size
     /// 552 5.3.4; 400 554 5.6.0 with Graph's message; anything without an answer 451
@@ -458,11 +525,15 @@ impl Say {
             GraphError::Token(err) => {
                 Say::for_failure(&RelayError::Token(err.clone()), asset, mode)
             }
+            // Only an operator can fix these; the mail waits meanwhile (issue 13: 454).
             GraphError::Unauthorized { .. } | GraphError::Forbidden { .. } => {
-                Say::CredentialsUnavailable
+                Say::CredentialsNeedReauthorization {
+                    asset: asset.to_string(),
+                    mode: CredentialFailure::Temporary,
+                }
             }
-            GraphError::Throttled { mailbox, .. } => Say::GraphThrottled {
-                mailbox: mailbox.clone(),
+            GraphError::Throttled { mailbox, .. } => Say::ApiRateLimited {
+                email: mailbox.clone(),
             },
             GraphError::Busy { mailbox, .. } => Say::GraphBusy {
                 mailbox: mailbox.clone(),
@@ -471,7 +542,7 @@ impl Say {
             GraphError::NeedsLargeMessages { limit, .. } => {
                 Say::GraphNeedsLargeMessages { limit: *limit }
             }
-            GraphError::Rejected { message, .. } => Say::GraphRejected {
+            GraphError::Rejected { message, .. } => Say::ApiRefused {
                 message: message.clone(),
             },
             GraphError::Transport {
@@ -479,7 +550,7 @@ impl Say {
                 ..
             } => Say::PossibleDuplicate,
             GraphError::Transport { .. } | GraphError::Failed { .. } => Say::GraphFailed,
-            GraphError::Local { .. } => Say::LocalError,
+            GraphError::Local { .. } => Say::SpoolFailed,
         }
     }
 
@@ -551,7 +622,7 @@ mod tests {
                     code: "InvalidAuthenticationToken".into(),
                     message: "m".into(),
                 },
-                "454 4.7.0 Temporary authentication failure towards the mail provider, try again later\r\n",
+                "454 4.7.0 Sending account \"a\" needs re-authorization by the relay operator\r\n",
             ),
             (
                 GraphError::Throttled {
@@ -559,7 +630,7 @@ mod tests {
                     status: 429,
                     retry_after: Some(3),
                 },
-                "451 4.7.0 Microsoft Graph sending rate limit of m@x.org reached; try again later\r\n",
+                "451 4.7.0 sending rate limit of m@x.org reached; try again later\r\n",
             ),
             (
                 GraphError::TooLarge {
@@ -574,7 +645,7 @@ mod tests {
                     code: "ErrorInvalidRecipients".into(),
                     message: "At least one recipient isn't valid.".into(),
                 },
-                "554 5.6.0 Microsoft Graph rejected the message: At least one recipient isn't valid.\r\n",
+                "554 5.6.0 Message refused by the provider: At least one recipient isn't valid.\r\n",
             ),
             (
                 GraphError::Failed {

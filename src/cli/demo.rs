@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::{
-    Asset, AssetAccess, Config, CredentialFailure, Grant, GraphSettings, HeaderFromPolicy, Limits,
-    PoolSettings, Provider, RefreshTokenSource, ServerSettings, Timeouts, TokenSettings,
-    UpstreamTarget, UpstreamTls, User,
+    Asset, AssetAccess, Config, CredentialFailure, Grant, HeaderFromPolicy, Limits, PoolSettings,
+    Provider, RefreshTokenSource, ServerSettings, Timeouts, TokenSettings, UpstreamTarget,
+    UpstreamTls, User,
 };
 use crate::credentials::secret::Secret;
 use crate::sandbox::SandboxUpstream;
@@ -62,8 +62,9 @@ pub fn sandbox_config(
             tls: UpstreamTls::Starttls,
             client_config: tls::client_config_from(upstream.pki.root_store())?,
         },
+        transport: Default::default(),
+        header_recipients: Default::default(),
         grant: Grant::RefreshToken,
-        graph: GraphSettings::default(),
     };
     let mut senders = SenderMap::default();
     // Only one claim on an empty map: it cannot collide.

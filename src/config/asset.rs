@@ -11,10 +11,11 @@ use std::sync::Arc;
 
 use toml::Spanned;
 
-use super::grant::{graph_settings, preset_for_grant, validate_grant};
+use super::grant::{preset_for_grant, validate_grant};
 use super::problems::Checker;
 use super::provider::{preset, GoogleClientFile, ProviderPreset};
 use super::raw::RawAsset;
+use super::transport::{validate_transport, AssetTransport};
 use super::types::{Asset, Provider, RefreshTokenSource, UpstreamTarget, UpstreamTls};
 use crate::credentials::secret::Secret;
 use crate::credentials::service_account::ServiceAccountKey;
@@ -45,17 +46,27 @@ pub(super) fn validate_asset(raw: &RawAsset, index: usize, check: &mut Checker) 
     }
     let provider = raw.provider.unwrap_or(Provider::Google);
     let grant = validate_grant(raw, provider, &field, check);
-    let graph = graph_settings(raw, &field, check);
     let preset =
         preset(provider, raw.tenant.as_deref()).map(|preset| preset_for_grant(preset, grant));
 
     // Every part is checked before any failure ends the asset, so all its problems show.
     let files = credential_files(raw, &field, check);
     let credentials = credentials(raw, &files, &field, check);
-    let endpoints = endpoints(raw, &files, preset.as_ref(), &field, check);
-    let upstream = upstream_target(raw, preset.as_ref(), &field, check);
+    let transport = validate_transport(raw, provider, &field, check);
+    let default_scope = match &transport {
+        Some(AssetTransport::Graph(graph)) => Some(graph.default_scope(grant)),
+        other => other.as_ref().and_then(AssetTransport::default_scope),
+    };
+    let endpoints = endpoints(raw, &files, preset.as_ref(), default_scope, &field, check);
+    let upstream = match &transport {
+        // API transports send over HTTPS; the target only carries the TLS roots.
+        Some(AssetTransport::GmailApi(api)) => api_target(raw, &api.api_url, &field, check),
+        Some(AssetTransport::Graph(graph)) => api_target(raw, &graph.api_url, &field, check),
+        _ => upstream_target(raw, preset.as_ref(), &field, check),
+    };
     let credentials = credentials?;
     let endpoints = endpoints?;
+    let transport = transport?;
     Some(Asset {
         name,
         email,
@@ -69,8 +80,13 @@ pub(super) fn validate_asset(raw: &RawAsset, index: usize, check: &mut Checker) 
         scopes: endpoints.scopes,
         redirect_uri: endpoints.redirect_uri,
         upstream: upstream?,
+        transport,
+        header_recipients: raw
+            .header_recipients
+            .as_ref()
+            .map(|value| *value.get_ref())
+            .unwrap_or_default(),
         grant,
-        graph,
     })
 }
 
@@ -239,6 +255,7 @@ fn endpoints(
     raw: &RawAsset,
     files: &CredentialFiles,
     preset: Option<&ProviderPreset>,
+    transport_scope: Option<&str>,
     field: Field<'_>,
     check: &mut Checker,
 ) -> Option<Endpoints> {
@@ -283,6 +300,8 @@ fn endpoints(
     );
     let scope = match (&raw.scope, preset) {
         (Some(scope), _) => Some(scope.clone()),
+        // The transport's scope (gmail.send for the Gmail API) before the provider's.
+        (None, _) if transport_scope.is_some() => transport_scope.map(str::to_string),
         (None, Some(preset)) => Some(preset.scope.to_string()),
         (None, None) => {
             check.at(
@@ -363,6 +382,34 @@ fn upstream_target(
         host,
         port,
         tls: upstream_tls,
+        client_config,
+    })
+}
+
+/// The TLS side of an API transport: `api_url`'s host, trusting the web PKI plus
+/// `upstream_ca` (which applies to `api_url` and `tokeninfo_url` too).
+fn api_target(
+    raw: &RawAsset,
+    api_url: &str,
+    field: Field<'_>,
+    check: &mut Checker,
+) -> Option<UpstreamTarget> {
+    let parsed = reqwest::Url::parse(api_url).ok()?;
+    let client_config =
+        match tls::client_config(raw.upstream_ca.as_ref().map(|ca| ca.get_ref().as_path())) {
+            Ok(config) => config,
+            Err(err) => {
+                match &raw.upstream_ca {
+                    Some(ca) => check.at(ca, field("upstream_ca"), err.to_string()),
+                    None => check.general(field("upstream_ca"), err.to_string()),
+                }
+                return None;
+            }
+        };
+    Some(UpstreamTarget {
+        host: parsed.host_str().unwrap_or_default().to_string(),
+        port: parsed.port_or_known_default().unwrap_or(443),
+        tls: UpstreamTls::Implicit,
         client_config,
     })
 }

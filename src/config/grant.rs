@@ -11,7 +11,7 @@
 use super::problems::Checker;
 use super::provider::ProviderPreset;
 use super::raw::RawAsset;
-use super::types::{Grant, GraphSettings, Provider};
+use super::types::{Grant, Provider};
 
 /// App-only SMTP AUTH: the Exchange Online resource, whose `SMTP.SendAsApp` permission
 /// the token then carries.
@@ -56,29 +56,6 @@ pub(super) fn validate_grant(
         }
     }
     Grant::ClientCredentials
-}
-
-/// `graph_large_messages` and `graph_concurrency`.
-pub(super) fn graph_settings(
-    raw: &RawAsset,
-    field: &dyn Fn(&str) -> String,
-    check: &mut Checker,
-) -> GraphSettings {
-    let mut settings = GraphSettings::default();
-    if let Some(large) = &raw.graph_large_messages {
-        settings.large_messages = *large.get_ref();
-    }
-    if let Some(concurrency) = &raw.graph_concurrency {
-        if *concurrency.get_ref() == 0 {
-            check.at(
-                concurrency,
-                field("graph_concurrency"),
-                "graph_concurrency must be at least 1",
-            );
-        }
-        settings.concurrency = (*concurrency.get_ref()).max(1);
-    }
-    settings
 }
 
 /// The preset as the grant needs it: app-only tokens ask for the resource's `/.default`.

@@ -18,9 +18,11 @@ mod asset;
 mod defaults;
 mod env;
 mod grant;
+mod graph;
 mod problems;
 mod provider;
 mod raw;
+mod transport;
 mod types;
 mod validate;
 
@@ -34,9 +36,15 @@ pub use defaults::DEFAULT_AUTH_THROTTLE_ENTRIES;
 pub use env::{expand_env, STORE_KEY_ENV};
 pub use problems::{ConfigError, Problem};
 pub use types::{
-    Asset, AssetAccess, Config, CredentialFailure, Grant, GraphSettings, HeaderFromPolicy, Limits,
-    LogFormat, PoolSettings, Provider, RefreshTokenSource, ServerSettings, Timeouts, TokenSettings,
+    Asset, AssetAccess, Config, CredentialFailure, Grant, HeaderFromPolicy, Limits, LogFormat,
+    PoolSettings, Provider, RefreshTokenSource, ServerSettings, Timeouts, TokenSettings,
     UpstreamTarget, UpstreamTls, User,
+};
+
+pub use graph::{GraphSettings, DEFAULT_GRAPH_CONCURRENCY, GRAPH_API_URL};
+pub use transport::{
+    AssetTransport, GmailApiSettings, HeaderRecipients, GMAIL_API_MAX_MESSAGE, GMAIL_API_URL,
+    GMAIL_SEND_SCOPE, GOOGLE_TOKENINFO_URL,
 };
 
 use problems::{Checker, LineIndex};

@@ -158,6 +158,11 @@ pub(super) struct RawAsset {
     pub(super) token_url: Option<Spanned<String>>,
     pub(super) scope: Option<String>,
     pub(super) redirect_uri: Option<Spanned<String>>,
+    // Transports (config/transport.rs).
+    pub(super) transport: Option<Spanned<super::transport::TransportName>>,
+    pub(super) api_url: Option<Spanned<String>>,
+    pub(super) tokeninfo_url: Option<Spanned<String>>,
+    pub(super) header_recipients: Option<Spanned<super::transport::HeaderRecipients>>,
     // Issue 13 (grant.rs): app-only credentials and the Graph transport's options.
     pub(super) grant: Option<Spanned<Grant>>,
     pub(super) graph_large_messages: Option<Spanned<bool>>,

@@ -231,33 +231,15 @@ pub struct Asset {
     pub scopes: Vec<String>,
     pub redirect_uri: Option<String>,
     pub upstream: UpstreamTarget,
+    /// How mail reaches the provider (`transport`); for API transports `upstream` only
+    /// lends its TLS roots (web PKI plus `upstream_ca`) to the HTTPS client.
+    pub transport: super::transport::AssetTransport,
+    /// API transports: To/Cc/Bcc addresses that are not envelope recipients.
+    pub header_recipients: super::transport::HeaderRecipients,
     /// How access tokens are obtained (issue 13): a refresh token from a consent, or
     /// app-only client credentials (no consent, no token store).
     pub grant: Grant,
-    /// `transport = "graph"` options (issue 13); read only by the Graph transport.
-    pub graph: GraphSettings,
 }
-
-/// The Graph transport's per-asset options.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GraphSettings {
-    /// `graph_large_messages`: the draft + upload-session path (needs Mail.ReadWrite).
-    pub large_messages: bool,
-    /// `graph_concurrency`: sends to the mailbox at once (Graph serves 4 per mailbox).
-    pub concurrency: usize,
-}
-
-impl Default for GraphSettings {
-    fn default() -> Self {
-        GraphSettings {
-            large_messages: false,
-            concurrency: DEFAULT_GRAPH_CONCURRENCY,
-        }
-    }
-}
-
-/// Outlook's limit of concurrent Graph requests per app and mailbox.
-pub const DEFAULT_GRAPH_CONCURRENCY: usize = 4;
 
 impl Asset {
     /// Whether the asset's refresh token lives in the token store `authorize` writes.

@@ -1,5 +1,6 @@
-//! DATA: the 354, copying the message to the upstream as it arrives (behind the DATA
-//! scanner and the header gate), and the final reply, which is the upstream's own.
+//! DATA: the 354, copying the message to the transport as it arrives (behind the DATA
+//! scanner and the header gate), and the final reply: the provider's own, or for a
+//! failure the one `replies` maps it to.
 
 use std::time::SystemTime;
 
@@ -16,13 +17,13 @@ use crate::received::Trace;
 use crate::replies::{relayed, Say};
 use crate::smtp::data::{DataProblem, DataScanner};
 use crate::smtp::reply::Reply;
-use crate::upstream::UpstreamError;
+use crate::transport::{Envelope, TransportError};
 
 /// How copying a message ended.
 enum Streamed {
     Complete { size: u64 },
     Refused { say: Say, size: u64 },
-    UpstreamFailed { error: UpstreamError, size: u64 },
+    UpstreamFailed { error: TransportError, size: u64 },
     ClientGone,
     ClientTimedOut,
 }
@@ -39,7 +40,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         else {
             return Flow::Continue;
         };
-        match transaction.upstream.command("DATA").await {
+        let envelope = Envelope {
+            sender: transaction.sender.clone(),
+            recipients: transaction.recipients.clone(),
+        };
+        match transaction.link.data(&envelope).await {
             Ok(reply) if reply.code == 354 => {}
             Ok(reply) => {
                 self.send(&relayed(reply));
@@ -55,20 +60,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         self.say(Say::StartData);
         self.transactions += 1;
         let started = Instant::now();
-        let mut outcome = self.stream_message(&mut transaction).await;
-        if let Streamed::Complete { size } = outcome {
-            // A failed write of the terminator is not a possible duplicate: the provider
-            // never saw it (a TLS record arrives whole or is useless, and the dot's is the
-            // last one), so it discards the partial message like any other cut-off DATA.
-            if let Err(error) = transaction.upstream.send_terminator().await {
-                outcome = Streamed::UpstreamFailed { error, size };
-            }
-        }
+        let outcome = self.stream_message(&mut transaction).await;
         let asset = transaction.asset.name.clone();
         let recipients = transaction.recipients.len();
         let metrics = self.relay.metrics.clone();
         let message_id = transaction.message_id.clone().unwrap_or_default();
-        let log_done = |outcome: &str, reply: &Reply, size: u64| {
+        let relay = self.relay.clone();
+        let credential_failure = relay.config.server.credential_failure;
+        let log_done = |outcome: &str, reply: &Reply, size: u64, upstream_id: Option<&str>| {
             tracing::info!(
                 asset = %asset,
                 from = %Untrusted(&transaction.sender),
@@ -77,41 +76,71 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 message_id = %Untrusted(&message_id),
                 upstream_setup_ms = transaction.upstream_setup.as_millis() as u64,
                 transfer_ms = started.elapsed().as_millis() as u64,
+                upstream_id = upstream_id.map(tracing::field::display),
                 reply = %reply,
                 "{outcome}"
             );
         };
         match outcome {
-            Streamed::Complete { size } => match transaction.upstream.final_reply().await {
-                Ok(reply) => {
-                    let (outcome, counted) = match reply.code / 100 {
-                        2 => ("message relayed", Outcome::Delivered),
-                        4 => ("message deferred by upstream", Outcome::TempFailed),
-                        _ => ("message refused by upstream", Outcome::PermFailed),
-                    };
-                    metrics.transaction(counted);
-                    if counted == Outcome::Delivered {
-                        metrics.bytes_relayed.inc_by(size);
-                        // Postfix too starts the junk count again after a delivery.
-                        self.junk_commands = 0;
+            Streamed::Complete { size } => {
+                match transaction.link.finish(&relay.transport_context()).await {
+                    Ok(reply) => {
+                        let (outcome, counted) = match reply.code / 100 {
+                            2 => ("message relayed", Outcome::Delivered),
+                            4 => ("message deferred by upstream", Outcome::TempFailed),
+                            _ => ("message refused by upstream", Outcome::PermFailed),
+                        };
+                        metrics.transaction(counted);
+                        if counted == Outcome::Delivered {
+                            metrics.bytes_relayed.inc_by(size);
+                            // Postfix too starts the junk count again after a delivery.
+                            self.junk_commands = 0;
+                        }
+                        log_done(outcome, &reply, size, transaction.link.accepted_id());
+                        self.send(&relayed(reply));
+                        self.park_upstream(&transaction.asset, transaction.link);
                     }
-                    log_done(outcome, &reply, size);
-                    self.send(&relayed(reply));
-                    self.park_upstream(&transaction.asset, transaction.upstream);
+                    Err(error) if error.possible_duplicate() => {
+                        let reply = Say::PossibleDuplicate.reply();
+                        tracing::warn!(
+                            asset = %asset,
+                            error = %error,
+                            possible_duplicate = true,
+                            "upstream connection lost after the end of data: the message may or may not have been delivered"
+                        );
+                        metrics.transaction(Outcome::PossibleDuplicate);
+                        log_done("message outcome unknown", &reply, size, None);
+                        self.send(&reply);
+                    }
+                    Err(error) => {
+                        let say = Say::for_transport_failure(&error, &asset, credential_failure);
+                        let reply = say.reply();
+                        self.transport_failed(&transaction.asset, &error, &reply);
+                        let counted = if error.is_policy() {
+                            Outcome::PolicyRejected
+                        } else if reply.code / 100 == 5 {
+                            Outcome::PermFailed
+                        } else {
+                            Outcome::TempFailed
+                        };
+                        if matches!(error, TransportError::TooBig { .. }) {
+                            metrics.limit_hit("message_size");
+                        }
+                        metrics.transaction(counted);
+                        log_done("message not relayed", &reply, size, None);
+                        self.send(&reply);
+                        // A link whose message was refused by the provider is still good.
+                        if matches!(
+                            error,
+                            TransportError::Api(_)
+                                | TransportError::TooBig { .. }
+                                | TransportError::UndeclaredRecipients { .. }
+                        ) {
+                            self.park_upstream(&transaction.asset, transaction.link);
+                        }
+                    }
                 }
-                Err(err) => {
-                    let reply = Say::PossibleDuplicate.reply();
-                    tracing::warn!(
-                        asset = %asset,
-                        error = %err,
-                        possible_duplicate = true,
-                        "upstream connection lost after the end of data: the message may or may not have been delivered"
-                    );
-                    metrics.transaction(Outcome::PossibleDuplicate);
-                    log_done("message outcome unknown", &reply, size);
-                    self.send(&reply);
-                }
-            },
+            }
             Streamed::Refused { say, size } => {
                 // The upstream gets no terminator: dropping the connection makes it discard
                 // the partial message.
@@ -122,14 +151,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                     _ => {}
                 }
                 metrics.transaction(Outcome::PolicyRejected);
-                log_done("message refused", &reply, size);
+                log_done("message refused", &reply, size, None);
                 self.send(&reply);
             }
             Streamed::UpstreamFailed { error, size } => {
-                let reply = Say::UpstreamLost.reply();
+                let reply = Say::for_transport_failure(&error, &asset, credential_failure).reply();
                 tracing::warn!(asset = %asset, error = %error, "upstream failed during DATA");
                 metrics.transaction(Outcome::TempFailed);
-                log_done("message not relayed", &reply, size);
+                log_done("message not relayed", &reply, size, None);
                 self.send(&reply);
             }
             Streamed::ClientGone => {
@@ -167,7 +196,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         };
         let mut out = Vec::with_capacity(READ_CHUNK + 1024);
         out.extend_from_slice(trace.header(SystemTime::now()).as_bytes());
-        let mut upstream_error: Option<UpstreamError> = None;
+        let mut upstream_error: Option<TransportError> = None;
         let mut too_big = false;
         let mut header_gate = HeaderGate::new();
         let data_deadline = Instant::now() + params.data_total_timeout;
@@ -197,7 +226,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 && refused.is_none()
                 && scanner.problem().is_none();
             if forwarding && !out.is_empty() {
-                if let Err(err) = transaction.upstream.send_data(&out).await {
+                if let Err(err) = transaction.link.send_data(&out).await {
                     upstream_error = Some(err);
                 }
             }

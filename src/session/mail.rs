@@ -15,8 +15,7 @@ use crate::replies::{relayed, Say};
 use crate::smtp::address::{self, CanonicalAddress};
 use crate::smtp::command::Param;
 use crate::smtp::reply::Reply;
-use crate::upstream::pool::refuses_authentication;
-use crate::upstream::Upstream;
+use crate::transport::{Link, MailRequest, Unusable};
 
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     pub(super) async fn mail(&mut self, from: String, params: &[Param]) -> Flow {
@@ -76,7 +75,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         let from = canonical.map_or(from, |canonical| canonical.to_string());
 
         let setup_started = Instant::now();
-        let (mut upstream, reused) = match self.upstream_for(&asset).await {
+        let (mut link, reused) = match self.upstream_for(&asset).await {
             Ok(found) => found,
             Err(reply) => {
                 self.relay.metrics.transaction(Outcome::TempFailed);
@@ -84,30 +83,23 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 return Flow::Continue;
             }
         };
-        let mut line = format!("MAIL FROM:<{from}>");
-        let capabilities = upstream.capabilities().clone();
-        if let Some(size) = envelope.size {
-            if capabilities.size.is_some() {
-                line.push_str(&format!(" SIZE={size}"));
-            }
+        if envelope.smtputf8 && !link.supports_smtputf8() {
+            self.park_upstream(&asset, link);
+            return self.reject(Say::Utf8NotSupportedUpstream);
         }
-        if envelope.eight_bit && capabilities.eight_bit_mime {
-            line.push_str(" BODY=8BITMIME");
-        }
-        if envelope.smtputf8 {
-            if !capabilities.smtputf8 {
-                self.park_upstream(&asset, upstream);
-                return self.reject(Say::Utf8NotSupportedUpstream);
-            }
-            line.push_str(" SMTPUTF8");
-        }
+        let request = MailRequest {
+            from: &from,
+            size: envelope.size,
+            eight_bit: envelope.eight_bit,
+            smtputf8: envelope.smtputf8,
+        };
         let mut mail_reply = None;
         if reused {
             // RSET checks the kept connection and guarantees a clean transaction state;
             // with PIPELINING it travels in the same packet as MAIL FROM. Nothing is
             // committed on this connection yet, so if it turns out dead (or its
             // authentication gone) a new one is opened and the client never notices.
-            let reused_reply = mail_on_reused(&mut upstream, &line).await;
+            let reused_reply = link.mail_on_reused(&request).await;
             if let Err(why) = &reused_reply {
                 tracing::debug!(asset = %asset.name, why = why.as_str(), "kept upstream connection is unusable, opening a new one");
                 if let Unusable::AuthenticationRefused {
@@ -116,13 +108,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 {
                     // The provider ended the session for this token: the new connection
                     // must not try the same (cached) token first.
-                    if let Some(token) = upstream.token() {
+                    if let Some(token) = link.token() {
                         self.relay.tokens.invalidate(&asset.name, token).await;
                     }
                 }
                 // Dropped without QUIT: it is dead or its session is over.
-                upstream = match self.open_upstream(&asset).await {
-                    Ok(upstream) => upstream,
+                link = match self.open_upstream(&asset).await {
+                    Ok(link) => link,
                     Err(reply) => {
                         self.relay.metrics.transaction(Outcome::TempFailed);
                         self.send(&reply);
@@ -134,7 +126,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         }
         let mail_reply = match mail_reply {
             Some(reply) => Ok(reply),
-            None => upstream.command(&line).await,
+            None => link.mail(&request).await,
         };
         match mail_reply {
             Ok(reply) => {
@@ -143,14 +135,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 if accepted {
                     self.phase = Phase::Transaction(Box::new(Transaction {
                         asset,
-                        upstream,
+                        link,
                         sender: from,
                         recipients: Vec::new(),
                         message_id: None,
                         upstream_setup: setup_started.elapsed(),
                     }));
                 } else {
-                    self.park_upstream(&asset, upstream);
+                    self.park_upstream(&asset, link);
                 }
             }
             Err(err) => {
@@ -175,11 +167,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             self.say(Say::TooManyRecipients);
             return Flow::Continue;
         }
-        match transaction
-            .upstream
-            .command(&format!("RCPT TO:<{to}>"))
-            .await
-        {
+        match transaction.link.rcpt(&to).await {
             Ok(reply) => {
                 if reply.is_positive() {
                     transaction.recipients.push(to);
@@ -203,17 +191,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
 
     /// An authenticated upstream for `asset`, and whether it was kept from earlier (this
     /// session's previous message, or the pool) and so must be checked before use.
-    pub(super) async fn upstream_for(
-        &mut self,
-        asset: &Arc<Asset>,
-    ) -> Result<(Upstream, bool), Reply> {
+    pub(super) async fn upstream_for(&mut self, asset: &Arc<Asset>) -> Result<(Link, bool), Reply> {
         if let Some(idle) = self.idle_upstream.take() {
             if idle.asset == asset.name {
-                if self.relay.pool.is_reusable(&idle.upstream, idle.parked_at) {
-                    return Ok((idle.upstream, true));
+                if self.relay.pool.is_reusable(&idle.link, idle.parked_at) {
+                    return Ok((idle.link, true));
                 }
                 tracing::debug!(asset = %asset.name, "kept upstream connection idle too long or its token expiring, opening a new one");
-                idle.upstream.quit().await;
+                idle.link.quit().await;
             } else {
                 self.release(idle).await;
             }
@@ -227,19 +212,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
 
     /// Hands a connection this session no longer needs to the pool, or closes it.
     pub(super) async fn release(&self, idle: IdleUpstream) {
-        if let Some(unwanted) = self
-            .relay
-            .pool
-            .put(&idle.asset, idle.upstream, idle.parked_at)
-        {
+        if let Some(unwanted) = self.relay.pool.put(&idle.asset, idle.link, idle.parked_at) {
             unwanted.quit().await;
         }
     }
 
-    pub(super) fn park_upstream(&mut self, asset: &Asset, upstream: Upstream) {
+    pub(super) fn park_upstream(&mut self, asset: &Asset, link: Link) {
         self.idle_upstream = Some(IdleUpstream {
             asset: asset.name.clone(),
-            upstream,
+            link,
             parked_at: Instant::now(),
         });
     }
@@ -248,9 +229,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     pub(super) async fn end_transaction(&mut self) {
         if let Phase::Transaction(mut transaction) = std::mem::replace(&mut self.phase, Phase::Idle)
         {
-            if matches!(transaction.upstream.command("RSET").await, Ok(reply) if reply.is_positive())
-            {
-                self.park_upstream(&transaction.asset, transaction.upstream);
+            if transaction.link.reset().await {
+                self.park_upstream(&transaction.asset, transaction.link);
             }
         }
     }
@@ -290,58 +270,6 @@ pub(super) fn choose_asset(
         });
     }
     config.asset(name).cloned().ok_or_else(not_served)
-}
-
-/// Why a kept connection cannot carry the next transaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Unusable {
-    /// No answer to RSET or MAIL: the connection is dead.
-    Dead,
-    /// RSET refused: the connection's state is unknown.
-    ResetRefused,
-    /// MAIL refused for authentication (`pool::refuses_authentication`): the provider
-    /// ended the authenticated session, typically because the token expired.
-    /// `token_refused` for 530/535, which name the credentials; a 5.7.x policy refusal
-    /// says nothing against the token, so it is not thrown away for one.
-    AuthenticationRefused { token_refused: bool },
-}
-
-impl Unusable {
-    fn as_str(self) -> &'static str {
-        match self {
-            Unusable::Dead => "no answer to RSET or MAIL",
-            Unusable::ResetRefused => "RSET refused",
-            Unusable::AuthenticationRefused { .. } => "MAIL refused for authentication",
-        }
-    }
-}
-
-/// RSET and MAIL FROM on a kept connection; Err when the connection is not usable.
-async fn mail_on_reused(upstream: &mut Upstream, mail: &str) -> Result<Reply, Unusable> {
-    let reply = if upstream.capabilities().pipelining {
-        let replies = upstream
-            .pipeline(&["RSET", mail])
-            .await
-            .map_err(|_| Unusable::Dead)?;
-        let mut replies = replies.into_iter();
-        let reset = replies.next().ok_or(Unusable::Dead)?;
-        if !reset.is_positive() {
-            return Err(Unusable::ResetRefused);
-        }
-        replies.next().ok_or(Unusable::Dead)?
-    } else {
-        let reset = upstream.command("RSET").await.map_err(|_| Unusable::Dead)?;
-        if !reset.is_positive() {
-            return Err(Unusable::ResetRefused);
-        }
-        upstream.command(mail).await.map_err(|_| Unusable::Dead)?
-    };
-    if refuses_authentication(&reply) {
-        return Err(Unusable::AuthenticationRefused {
-            token_refused: matches!(reply.code, 530 | 535),
-        });
-    }
-    Ok(reply)
 }
 
 /// The MAIL FROM parameters we advertise and understand.

@@ -44,7 +44,7 @@ use crate::smtp::command::{parse_command, Command};
 use crate::smtp::data::DataLimits;
 use crate::smtp::reply::Reply;
 use crate::stream::MaybeTls;
-use crate::upstream::Upstream;
+use crate::transport::Link;
 
 use conn::{ClientConnection, Input};
 
@@ -65,7 +65,8 @@ enum Phase {
 
 struct Transaction {
     asset: Arc<Asset>,
-    upstream: Upstream,
+    /// The asset's transport (an SMTP upstream connection, or an API link).
+    link: Link,
     sender: String,
     recipients: Vec<String>,
     /// From the parsed header block, for the log line.
@@ -79,7 +80,7 @@ struct Transaction {
 /// reused only under the shared pool's rule (`pool::reusable`: idle age, token margin).
 struct IdleUpstream {
     asset: String,
-    upstream: Upstream,
+    link: Link,
     /// When its last transaction ended.
     parked_at: Instant,
 }

@@ -1,7 +1,10 @@
-//! Getting an authenticated upstream for a transaction through the shared
-//! [`Connector`](crate::upstream::Connector) (access token, connection, TLS,
-//! `AUTH XOAUTH2`, one retry on a fresh token when a cached one is refused). Failures are
-//! logged for the operator and answered through `replies` (`Say::for_failure`).
+//! Getting a link to the provider for a transaction through the asset's transport
+//! ([`Link::open`]: the access token and, for SMTP, the shared
+//! [`Connector`](crate::upstream::Connector) with its connection, TLS, `AUTH XOAUTH2` and
+//! one retry on a fresh token when a cached one is refused). Failures are logged for the
+//! operator and answered through `replies` (`Say::for_failure`).
+
+use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -10,14 +13,13 @@ use crate::config::Asset;
 use crate::error::RelayError;
 use crate::replies::Say;
 use crate::smtp::reply::Reply;
-use crate::upstream::{Connector, Upstream};
+use crate::transport::{Link, TransportError};
 
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
-    pub(super) async fn open_upstream(&self, asset: &Asset) -> Result<Upstream, Reply> {
+    pub(super) async fn open_upstream(&self, asset: &Arc<Asset>) -> Result<Link, Reply> {
         let relay = &self.relay;
-        let connector = Connector::new(&relay.tokens, &relay.upstream).with_metrics(&relay.metrics);
-        let error = match connector.open(asset).await {
-            Ok(upstream) => return Ok(upstream),
+        let error = match Link::open(&relay.transport_context(), asset).await {
+            Ok(link) => return Ok(link),
             Err(error) => error,
         };
         let reply =
@@ -43,5 +45,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             );
         }
         Err(reply)
+    }
+
+    /// Logs a transport failure after the message: at ERROR when only an operator can fix
+    /// it (a refused token, a missing scope), else at WARN.
+    pub(super) fn transport_failed(&self, asset: &Asset, error: &TransportError, reply: &Reply) {
+        if error.needs_operator() {
+            tracing::error!(asset = %asset.name, error = %error, reply = %reply, "asset needs attention");
+        } else {
+            tracing::warn!(asset = %asset.name, error = %error, reply = %reply, "message not accepted by the provider");
+        }
     }
 }

@@ -10,6 +10,7 @@ pub mod address;
 pub mod command;
 pub mod data;
 pub mod ehlo;
+pub mod recipients;
 pub mod reply;
 pub mod sasl;
 pub mod unstuff;

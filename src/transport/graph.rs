@@ -20,7 +20,7 @@ use tokio::io::AsyncReadExt as _;
 use tokio::sync::Semaphore;
 
 use super::graph_error::{classify, parse_error_body, retry_after, GraphError, GraphStep};
-use crate::config::{Asset, Grant};
+use crate::config::{Asset, Grant, GraphSettings};
 use crate::credentials::secret::Secret;
 use crate::oauth::http::describe_error;
 use crate::oauth::token::TokenManager;
@@ -40,21 +40,9 @@ pub fn base64_len(n: u64) -> u64 {
     n.div_ceil(3) * 4
 }
 
-/// What the Graph transport needs of an asset (`transport = "graph"`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GraphOptions {
-    /// `https://graph.microsoft.com`, or a loopback `http://` override for tests.
-    pub api_url: String,
-    /// The draft + upload-session path for messages over [`SEND_MAIL_MAX_MIME`].
-    pub large_messages: bool,
-    /// Concurrent sends per asset.
-    pub concurrency: usize,
-}
-
 /// Timeouts of the Graph requests.
 #[derive(Debug, Clone, Copy)]
 pub struct GraphTimeouts {
-    pub connect: Duration,
     /// Each request but the final send; also the wait for a slot.
     pub command: Duration,
     /// The request that sends the mail.
@@ -125,14 +113,10 @@ pub enum GraphPath {
 pub struct GraphTransport {
     pub(super) http: reqwest::Client,
     pub(super) asset: Arc<Asset>,
-    pub(super) options: GraphOptions,
+    pub(super) options: GraphSettings,
     pub(super) timeouts: GraphTimeouts,
     slots: Arc<Semaphore>,
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("cannot build the HTTP client for Microsoft Graph: {0}")]
-pub struct GraphInitError(#[from] reqwest::Error);
 
 /// A token for one attempt, and whether it came fresh from the token endpoint.
 pub(super) struct Bearer {
@@ -141,27 +125,26 @@ pub(super) struct Bearer {
 }
 
 impl GraphTransport {
+    /// The transport of `asset` (whose transport is Graph, with `options`), sending with
+    /// `http` (the asset's client from [`super::http`]: its roots, no redirects).
     pub fn new(
         asset: Arc<Asset>,
-        options: GraphOptions,
+        options: GraphSettings,
         timeouts: GraphTimeouts,
-    ) -> Result<GraphTransport, GraphInitError> {
-        // The asset's roots (web PKI plus upstream_ca); no redirects: a redirect could
-        // carry the bearer token somewhere else.
-        let tls = (*asset.upstream.client_config).clone();
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(timeouts.connect)
-            .build()?;
+        http: reqwest::Client,
+    ) -> GraphTransport {
         let slots = Arc::new(Semaphore::new(options.concurrency.max(1)));
-        Ok(GraphTransport {
+        GraphTransport {
             http,
             asset,
             options,
             timeouts,
             slots,
-        })
+        }
+    }
+
+    pub fn api_url(&self) -> &str {
+        &self.options.api_url
     }
 
     pub fn mailbox(&self) -> &str {

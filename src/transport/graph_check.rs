@@ -126,9 +126,10 @@ pub enum GraphCheckError {
 pub async fn prove(
     tokens: &crate::oauth::token::TokenManager,
     asset: &crate::config::Asset,
+    large_messages: bool,
 ) -> Result<String, GraphCheckError> {
     let token = tokens.access_token(&asset.name).await?;
-    let needed: &[&str] = if asset.graph.large_messages {
+    let needed: &[&str] = if large_messages {
         &["Mail.Send", "Mail.ReadWrite"]
     } else {
         &["Mail.Send"]

@@ -8,10 +8,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::graph::{
-    FileSource, GraphMessage, GraphOptions, GraphPath, GraphTimeouts, GraphTransport,
-};
+use super::graph::{FileSource, GraphMessage, GraphPath, GraphTimeouts, GraphTransport};
 use super::graph_error::GraphError;
+use crate::config::GraphSettings;
 use crate::oauth::token::TokenManager;
 use crate::sandbox::graph::{FakeGraph, FakeGraphConfig, FaultKind, GraphFault, Route};
 use crate::sandbox::pki::TestPki;
@@ -106,20 +105,21 @@ senders = ["{MAILBOX}"]
         concurrency: usize,
         final_secs: u64,
     ) -> GraphTransport {
+        let asset = Arc::clone(&self.config.assets[0]);
+        let http = super::http::client_for(&asset, Duration::from_secs(5)).unwrap();
         GraphTransport::new(
-            Arc::clone(&self.config.assets[0]),
-            GraphOptions {
+            asset,
+            GraphSettings {
                 api_url: self.graph.api_url(),
                 large_messages,
                 concurrency,
             },
             GraphTimeouts {
-                connect: Duration::from_secs(5),
                 command: Duration::from_secs(5),
                 final_reply: Duration::from_secs(final_secs),
             },
+            http,
         )
-        .unwrap()
     }
 
     fn source(&self, name: &str, content: &[u8]) -> FileSource {
@@ -443,7 +443,7 @@ async fn sends_per_asset_are_capped_and_waiting_is_bounded() {
 #[tokio::test]
 async fn check_reads_the_permissions_of_the_token() {
     let f = Fixture::new(&[SEND]).await;
-    let summary = super::graph_check::prove(&f.tokens, &f.config.assets[0])
+    let summary = super::graph_check::prove(&f.tokens, &f.config.assets[0], false)
         .await
         .unwrap();
     assert!(
@@ -451,9 +451,7 @@ async fn check_reads_the_permissions_of_the_token() {
         "{summary}"
     );
     // With the draft path on, Mail.ReadWrite is missing.
-    let mut asset = (*f.config.assets[0]).clone();
-    asset.graph.large_messages = true;
-    let error = super::graph_check::prove(&f.tokens, &asset)
+    let error = super::graph_check::prove(&f.tokens, &f.config.assets[0], true)
         .await
         .unwrap_err()
         .to_string();
@@ -463,7 +461,7 @@ async fn check_reads_the_permissions_of_the_token() {
     );
     // No permission consented: the token has no roles.
     let f = Fixture::new(&[]).await;
-    let error = super::graph_check::prove(&f.tokens, &f.config.assets[0])
+    let error = super::graph_check::prove(&f.tokens, &f.config.assets[0], false)
         .await
         .unwrap_err()
         .to_string();

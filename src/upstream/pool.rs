@@ -20,21 +20,33 @@ use crate::config::PoolSettings;
 use crate::smtp::reply::Reply;
 use crate::upstream::Upstream;
 
+/// What the pool keeps: anything that knows when its access token expires (an SMTP
+/// connection, or a transport link around one).
+pub trait Reusable {
+    fn token_expires_at(&self) -> Option<Instant>;
+}
+
+impl Reusable for Upstream {
+    fn token_expires_at(&self) -> Option<Instant> {
+        Upstream::token_expires_at(self)
+    }
+}
+
 /// A pooled connection is not handed out when its token has less than this left: the
 /// provider may end an authenticated session when its token expires.
 const TOKEN_MARGIN: Duration = Duration::from_secs(60);
 
-struct Idle {
-    upstream: Upstream,
+struct Idle<C> {
+    upstream: C,
     parked_at: Instant,
 }
 
-pub struct UpstreamPool {
+pub struct UpstreamPool<C = Upstream> {
     settings: PoolSettings,
-    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    idle: Mutex<HashMap<String, Vec<Idle<C>>>>,
 }
 
-impl UpstreamPool {
+impl<C: Reusable> UpstreamPool<C> {
     pub fn new(settings: PoolSettings) -> Self {
         UpstreamPool {
             settings,
@@ -44,7 +56,7 @@ impl UpstreamPool {
 
     /// The freshest usable idle connection for `asset`, if any. The caller still checks
     /// it (RSET) before trusting it.
-    pub fn take(&self, asset: &str) -> Option<Upstream> {
+    pub fn take(&self, asset: &str) -> Option<C> {
         let now = Instant::now();
         let mut idle = self.lock();
         let connections = idle.get_mut(asset)?;
@@ -58,7 +70,7 @@ impl UpstreamPool {
 
     /// Whether a connection idle since `idle_since` may carry another transaction, by the
     /// pool's rule; for the connection a session keeps between its own messages.
-    pub fn is_reusable(&self, upstream: &Upstream, idle_since: Instant) -> bool {
+    pub fn is_reusable(&self, upstream: &C, idle_since: Instant) -> bool {
         reusable(
             upstream,
             idle_since,
@@ -71,7 +83,7 @@ impl UpstreamPool {
     /// (a session may have kept it for a while before giving it up). Returns it back when
     /// the pool does not want it (disabled, full, idle too long, token expiring), so the
     /// caller can QUIT it.
-    pub fn put(&self, asset: &str, upstream: Upstream, idle_since: Instant) -> Option<Upstream> {
+    pub fn put(&self, asset: &str, upstream: C, idle_since: Instant) -> Option<C> {
         if !self.settings.enabled || self.settings.size == 0 {
             return Some(upstream);
         }
@@ -97,7 +109,7 @@ impl UpstreamPool {
         self.lock().get(asset).map_or(0, Vec::len)
     }
 
-    fn usable(&self, entry: &Idle, now: Instant) -> bool {
+    fn usable(&self, entry: &Idle<C>, now: Instant) -> bool {
         reusable(
             &entry.upstream,
             entry.parked_at,
@@ -106,7 +118,7 @@ impl UpstreamPool {
         )
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Idle>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Idle<C>>>> {
         self.idle
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -118,7 +130,7 @@ impl UpstreamPool {
 /// [`TOKEN_MARGIN`] (a provider may end an authenticated session when its token expires;
 /// a connection whose token expiry is unknown is not reused).
 pub fn reusable(
-    upstream: &Upstream,
+    upstream: &impl Reusable,
     idle_since: Instant,
     idle_timeout: Duration,
     now: Instant,
