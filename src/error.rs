@@ -13,6 +13,10 @@ pub enum RelayError {
     Token(#[from] TokenError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// The token works but lacks a permission the asset needs (`check` on a Graph asset
+    /// reads it from the token, issue 13).
+    #[error("asset \"{asset}\": {detail}")]
+    MissingPermission { asset: String, detail: String },
 }
 
 impl RelayError {
@@ -21,6 +25,7 @@ impl RelayError {
         match self {
             RelayError::Token(err) => err.needs_operator(),
             RelayError::Upstream(err) => err.is_credential_rejection(),
+            RelayError::MissingPermission { .. } => true,
         }
     }
 
@@ -28,6 +33,10 @@ impl RelayError {
     pub fn hint(&self) -> String {
         let text = match self {
             RelayError::Token(err) => return err.hint(),
+            RelayError::MissingPermission { .. } => {
+                "grant the permission in Microsoft Entra (application permissions need admin consent; \
+                 delegated ones a new `authorize`)"
+            }
             RelayError::Upstream(err) if err.is_credential_rejection() => {
                 "the provider refused a freshly refreshed token: check that the asset's email is the \
                  account that consented, that the scope includes SMTP (Google: https://mail.google.com/), \

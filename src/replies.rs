@@ -458,7 +458,9 @@ impl Say {
             };
         }
         match error {
-            RelayError::Token(_) => Say::CredentialsUnavailable,
+            RelayError::Token(_) | RelayError::MissingPermission { .. } => {
+                Say::CredentialsUnavailable
+            }
             RelayError::Upstream(err) => match err {
                 UpstreamError::AuthRejected { .. } | UpstreamError::NoXoauth2 { .. } => {
                     Say::CredentialsUnavailable

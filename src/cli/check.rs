@@ -4,9 +4,10 @@ use std::io::Write;
 
 use tokio::time::Instant;
 
-use crate::config::{Asset, Config};
+use crate::config::{Asset, AssetTransport, Config};
 use crate::error::RelayError;
 use crate::oauth::token::TokenManager;
+use crate::transport::graph_check::{self, GraphCheckError};
 use crate::upstream::{Connector, UpstreamSettings};
 
 /// The outcome for one asset, printable as one line.
@@ -27,6 +28,22 @@ pub async fn check_assets(config: &Config, tokens: &TokenManager) -> Vec<AssetCh
 /// The same for one asset.
 pub async fn check_asset(config: &Config, tokens: &TokenManager, asset: &Asset) -> AssetCheck {
     let settings = UpstreamSettings::from_config(config);
+    if let AssetTransport::Graph(graph) = &asset.transport {
+        // Mail.Send allows no read call: the proof is the token and what it carries.
+        let result = graph_check::prove(tokens, asset, graph.large_messages)
+            .await
+            .map_err(|err| match err {
+                GraphCheckError::Token(err) => RelayError::Token(err),
+                GraphCheckError::Permission(err) => RelayError::MissingPermission {
+                    asset: asset.name.clone(),
+                    detail: err.to_string(),
+                },
+            });
+        return AssetCheck {
+            asset: asset.name.clone(),
+            result,
+        };
+    }
     let result = async {
         // The same login as the relay's, refreshing once if a cached token is refused.
         let upstream = Connector::new(tokens, &settings).open(asset).await?;

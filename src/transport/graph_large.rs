@@ -191,13 +191,25 @@ impl GraphTransport {
                 })?;
             build_draft(&raw, message.recipients)?
         };
+        // The draft itself (headers and body, no attachment) must fit one request.
+        let resource = json_bytes(&draft.resource);
+        if resource.len() as u64 > super::graph::SEND_MAIL_MAX_MIME {
+            return Err(GraphError::TooLarge {
+                status: 413,
+                code: "BodyTooLarge".to_string(),
+                message: format!(
+                    "the message body ({} bytes as JSON) is over what one Graph request takes",
+                    resource.len()
+                ),
+            });
+        }
         let created = self
             .call(
                 self.http
                     .post(format!("{}/messages", self.user_url()))
                     .bearer_auth(bearer.token.expose())
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(json_bytes(&draft.resource)),
+                    .body(resource),
                 GraphStep::Draft,
                 bearer,
                 false,

@@ -105,33 +105,66 @@ pub fn graph_message(subject: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A message of `size` bytes or more whose attachment has `attachment` bytes.
+/// A message of `size` bytes or more: a short text body, `attachment` as report.pdf, and
+/// a text attachment (notes.txt, posted whole) that makes up the size.
 pub fn big_message(attachment: &[u8], size: usize) -> Vec<u8> {
     use base64::Engine as _;
+    let encode = |bytes: &[u8], out: &mut Vec<u8>| {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+        for line in encoded.as_bytes().chunks(76) {
+            out.extend_from_slice(line);
+            out.extend_from_slice(b"\r\n");
+        }
+    };
     let mut m = format!(
         "From: <{GRAPH_EMAIL}>\r\nTo: <ops@example.net>\r\nSubject: big\r\nMIME-Version: 1.0\r\n\
-         Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\nContent-Type: text/plain\r\n\r\n"
+         Content-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\nContent-Type: text/plain\r\n\r\n\
+         The report is attached.\r\n--zz\r\nContent-Type: application/pdf; name=\"report.pdf\"\r\n\
+         Content-Disposition: attachment; filename=\"report.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
     )
     .into_bytes();
-    // Text filler up to the wanted size (after the attachment's base64).
-    let encoded = base64::engine::general_purpose::STANDARD.encode(attachment);
-    let attachment_wire = encoded.len() + encoded.len() / 76 * 2 + 400;
-    while m.len() + attachment_wire < size {
-        m.extend_from_slice(b"filler text line of a large report, seventy-odd characters long\r\n");
-    }
+    encode(attachment, &mut m);
     m.extend_from_slice(
-        b"--zz\r\nContent-Type: application/pdf; name=\"report.pdf\"\r\n\
-Content-Disposition: attachment; filename=\"report.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n",
+        b"--zz\r\nContent-Type: text/plain; name=\"notes.txt\"\r\n\
+Content-Disposition: attachment; filename=\"notes.txt\"\r\nContent-Transfer-Encoding: base64\r\n\r\n",
     );
-    for line in encoded.as_bytes().chunks(76) {
-        m.extend_from_slice(line);
-        m.extend_from_slice(b"\r\n");
-    }
+    // base64 with line breaks: 78 bytes per 57 raw.
+    let missing = (size + 1024).saturating_sub(m.len() + 10);
+    encode(&notes(missing / 78 * 57), &mut m);
     m.extend_from_slice(b"--zz--\r\n");
     m
+}
+
+/// The filler attachment's bytes.
+pub fn notes(len: usize) -> Vec<u8> {
+    (0..len).map(|i| b'a' + (i % 26) as u8).collect()
 }
 
 pub fn attachment(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 31 % 251) as u8).collect()
 }
 
+/// The delivered MIME split as the relay builds it: the inserted `Bcc:` field (empty when
+/// none), the Received header, and the client's message.
+pub fn split_graph_mime(mime: &[u8]) -> (String, String, Vec<u8>) {
+    let mut bcc = String::new();
+    let mut rest = mime;
+    if rest.len() >= 4 && rest[..4].eq_ignore_ascii_case(b"bcc:") {
+        // The field and its folded lines.
+        let mut end = 0;
+        loop {
+            let line_end = rest[end..]
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .map_or(rest.len(), |p| end + p + 2);
+            end = line_end;
+            if end >= rest.len() || !matches!(rest[end], b' ' | b'\t') {
+                break;
+            }
+        }
+        bcc = String::from_utf8_lossy(&rest[..end]).into_owned();
+        rest = &rest[end..];
+    }
+    let (received, message) = super::split_received(rest);
+    (bcc, received, message)
+}

@@ -6,6 +6,7 @@
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 mod client;
+pub mod graph;
 mod logs;
 
 pub use client::{Client, ExpectCode, MemoryClient};

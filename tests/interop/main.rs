@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod graph_clients;
 mod postfix;
 mod real_clients;
 mod snippets;
