@@ -13,6 +13,9 @@ pub enum RelayError {
     Token(#[from] TokenError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// An API transport's own trouble (`check`: a token without the needed scope).
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
 }
 
 impl RelayError {
@@ -21,6 +24,7 @@ impl RelayError {
         match self {
             RelayError::Token(err) => err.needs_operator(),
             RelayError::Upstream(err) => err.is_credential_rejection(),
+            RelayError::Transport(err) => err.needs_operator(),
         }
     }
 
@@ -40,6 +44,17 @@ impl RelayError {
                 "check the upstream host name and, for a private CA, the asset's upstream_ca"
             }
             RelayError::Upstream(_) => "the client was told to retry later",
+            RelayError::Transport(crate::transport::TransportError::Api(
+                crate::transport::ApiFailure::Forbidden { scope, .. },
+            )) => {
+                return format!(
+                    "authorize the asset again with the scope {scope} (`smtp-oauth-relay authorize ASSET`;                      for a service account, allow that scope in the domain-wide delegation)"
+                )
+            }
+            RelayError::Transport(err) if err.needs_operator() => {
+                "re-authorize the asset (`smtp-oauth-relay authorize`) and check the API is enabled in the Google Cloud project"
+            }
+            RelayError::Transport(_) => "the client was told to retry later",
         };
         text.to_string()
     }

@@ -433,6 +433,7 @@ impl Say {
                 UpstreamError::NoStartTls { .. } => Say::UpstreamNoTls,
                 UpstreamError::Lost { .. } | UpstreamError::Protocol { .. } => Say::UpstreamLost,
             },
+            RelayError::Transport(err) => Say::for_transport_failure(err, asset, mode),
         }
     }
 

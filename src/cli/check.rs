@@ -4,9 +4,11 @@ use std::io::Write;
 
 use tokio::time::Instant;
 
-use crate::config::{Asset, Config};
+use crate::config::{Asset, AssetTransport, Config};
 use crate::error::RelayError;
 use crate::oauth::token::TokenManager;
+use crate::transport::check::check_gmail_api;
+use crate::transport::{ApiClients, Context};
 use crate::upstream::{Connector, UpstreamSettings};
 
 /// The outcome for one asset, printable as one line.
@@ -27,6 +29,19 @@ pub async fn check_assets(config: &Config, tokens: &TokenManager) -> Vec<AssetCh
 /// The same for one asset.
 pub async fn check_asset(config: &Config, tokens: &TokenManager, asset: &Asset) -> AssetCheck {
     let settings = UpstreamSettings::from_config(config);
+    if let AssetTransport::GmailApi(api) = &asset.transport {
+        let apis = ApiClients::new(config).unwrap_or_default();
+        let cx = Context {
+            tokens,
+            settings: &settings,
+            metrics: None,
+            apis: &apis,
+        };
+        return AssetCheck {
+            asset: asset.name.clone(),
+            result: check_gmail_api(&cx, asset, api).await,
+        };
+    }
     let result = async {
         // The same login as the relay's, refreshing once if a cached token is refused.
         let upstream = Connector::new(tokens, &settings).open(asset).await?;

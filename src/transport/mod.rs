@@ -17,6 +17,7 @@
 //! `match` arm in each method below (the compiler lists them), and its check in `check`.
 
 pub mod body;
+pub mod check;
 pub mod error;
 pub mod gmail_api;
 pub mod http;

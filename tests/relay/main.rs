@@ -11,6 +11,7 @@ mod common;
 mod admin;
 mod client_abuse;
 mod faults;
+mod gmail_api;
 mod hardening;
 mod pool;
 mod relay;
