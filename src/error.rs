@@ -13,10 +13,9 @@ pub enum RelayError {
     Token(#[from] TokenError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
-    /// The token works but lacks a permission the asset needs (`check` on a Graph asset
-    /// reads it from the token, issue 13).
-    #[error("asset \"{asset}\": {detail}")]
-    MissingPermission { asset: String, detail: String },
+    /// An API transport's own trouble (`check`: a token without the needed scope).
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
 }
 
 impl RelayError {
@@ -25,7 +24,7 @@ impl RelayError {
         match self {
             RelayError::Token(err) => err.needs_operator(),
             RelayError::Upstream(err) => err.is_credential_rejection(),
-            RelayError::MissingPermission { .. } => true,
+            RelayError::Transport(err) => err.needs_operator(),
         }
     }
 
@@ -33,10 +32,6 @@ impl RelayError {
     pub fn hint(&self) -> String {
         let text = match self {
             RelayError::Token(err) => return err.hint(),
-            RelayError::MissingPermission { .. } => {
-                "grant the permission in Microsoft Entra (application permissions need admin consent; \
-                 delegated ones a new `authorize`)"
-            }
             RelayError::Upstream(err) if err.is_credential_rejection() => {
                 "the provider refused a freshly refreshed token: check that the asset's email is the \
                  account that consented, that the scope includes SMTP (Google: https://mail.google.com/), \
@@ -49,6 +44,17 @@ impl RelayError {
                 "check the upstream host name and, for a private CA, the asset's upstream_ca"
             }
             RelayError::Upstream(_) => "the client was told to retry later",
+            RelayError::Transport(crate::transport::TransportError::Api(
+                crate::transport::ApiFailure::Forbidden { scope, .. },
+            )) => {
+                return format!(
+                    "authorize the asset again with the scope {scope} (`smtp-oauth-relay authorize ASSET`;                      for a service account, allow that scope in the domain-wide delegation)"
+                )
+            }
+            RelayError::Transport(err) if err.needs_operator() => {
+                "re-authorize the asset (`smtp-oauth-relay authorize`) and check the API is enabled in the Google Cloud project"
+            }
+            RelayError::Transport(_) => "the client was told to retry later",
         };
         text.to_string()
     }

@@ -458,9 +458,7 @@ impl Say {
             };
         }
         match error {
-            RelayError::Token(_) | RelayError::MissingPermission { .. } => {
-                Say::CredentialsUnavailable
-            }
+            RelayError::Token(_) => Say::CredentialsUnavailable,
             RelayError::Upstream(err) => match err {
                 UpstreamError::AuthRejected { .. } | UpstreamError::NoXoauth2 { .. } => {
                     Say::CredentialsUnavailable
@@ -472,6 +470,7 @@ impl Say {
                 UpstreamError::NoStartTls { .. } => Say::UpstreamNoTls,
                 UpstreamError::Lost { .. } | UpstreamError::Protocol { .. } => Say::UpstreamLost,
             },
+            RelayError::Transport(err) => Say::for_transport_failure(err, asset, mode),
         }
     }
 

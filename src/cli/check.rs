@@ -7,7 +7,9 @@ use tokio::time::Instant;
 use crate::config::{Asset, AssetTransport, Config};
 use crate::error::RelayError;
 use crate::oauth::token::TokenManager;
+use crate::transport::check::check_gmail_api;
 use crate::transport::graph_check::{self, GraphCheckError};
+use crate::transport::{ApiClients, ApiFailure, Context, TransportError};
 use crate::upstream::{Connector, UpstreamSettings};
 
 /// The outcome for one asset, printable as one line.
@@ -34,14 +36,30 @@ pub async fn check_asset(config: &Config, tokens: &TokenManager, asset: &Asset) 
             .await
             .map_err(|err| match err {
                 GraphCheckError::Token(err) => RelayError::Token(err),
-                GraphCheckError::Permission(err) => RelayError::MissingPermission {
-                    asset: asset.name.clone(),
-                    detail: err.to_string(),
-                },
+                GraphCheckError::Permission(err) => {
+                    RelayError::Transport(TransportError::Api(ApiFailure::Forbidden {
+                        api: "Microsoft Graph",
+                        scope: graph.default_scope(asset.grant).to_string(),
+                        message: err.to_string(),
+                    }))
+                }
             });
         return AssetCheck {
             asset: asset.name.clone(),
             result,
+        };
+    }
+    if let AssetTransport::GmailApi(api) = &asset.transport {
+        let apis = ApiClients::new(config).unwrap_or_default();
+        let cx = Context {
+            tokens,
+            settings: &settings,
+            metrics: None,
+            apis: &apis,
+        };
+        return AssetCheck {
+            asset: asset.name.clone(),
+            result: check_gmail_api(&cx, asset, api).await,
         };
     }
     let result = async {

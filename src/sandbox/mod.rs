@@ -6,6 +6,7 @@
 //! `smtp.gmail.com`. [`SandboxUpstream`] wires all three together for `serve --sandbox`.
 
 pub mod gmail;
+pub mod gmail_api;
 pub mod graph;
 pub mod jwt;
 pub mod pki;

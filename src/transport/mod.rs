@@ -18,6 +18,7 @@
 
 pub mod api_recipients;
 pub mod body;
+pub mod check;
 pub mod error;
 pub mod gmail_api;
 pub mod graph;

@@ -24,6 +24,7 @@ use smtp_oauth_relay::config;
 use smtp_oauth_relay::credentials::secret::Secret;
 use smtp_oauth_relay::relay::Relay;
 use smtp_oauth_relay::sandbox::gmail::{FakeGmail, FakeGmailConfig};
+use smtp_oauth_relay::sandbox::gmail_api::FakeGmailApi;
 use smtp_oauth_relay::sandbox::pki::TestPki;
 use smtp_oauth_relay::sandbox::token_issuer::{AccessTokens, IssuerAccount, TokenIssuer};
 use smtp_oauth_relay::server::{self, Listeners};
@@ -76,7 +77,8 @@ pub struct Options {
     pub tokens: String,
     /// More `[[asset]]` tables, appended after the two standard ones. Placeholders:
     /// `@TOKEN_URL@`, `@AUTH_URL@` (the fake issuer), `@UPSTREAM@`, `@UPSTREAM_TLS@`, `@CA@`
-    /// (the fake Gmail and its CA file) and `@DIR@` (the env's directory).
+    /// (the fake Gmail and its CA file), `@DIR@` (the env's directory), `@API_URL@` and
+    /// `@TOKENINFO_URL@` (the fake Gmail API).
     pub extra_assets: String,
     /// Files written (mode 0600) into the env's directory before the config is loaded, as
     /// (name, contents); the contents take the placeholders of `extra_assets`.
@@ -106,6 +108,8 @@ pub struct Env {
     pub relay_tls_addr: SocketAddr,
     pub relay: Arc<Relay>,
     pub gmail: FakeGmail,
+    /// A fake Gmail API (HTTPS with the same CA) for assets with `transport = "gmail-api"`.
+    pub gmail_api: FakeGmailApi,
     pub issuer: TokenIssuer,
     pub tokens: AccessTokens,
     pub pki: TestPki,
@@ -166,6 +170,16 @@ impl Env {
         .await
         .unwrap();
 
+        let gmail_api = FakeGmailApi::start(
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            pki.server_config().unwrap(),
+            tokens.clone(),
+            None,
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+
         let path = |name: &str| dir.path().join(name);
         std::fs::write(path("ca.pem"), &pki.ca_cert_pem).unwrap();
         std::fs::write(path("relay.crt"), pki.server_cert_pem()).unwrap();
@@ -184,6 +198,8 @@ impl Env {
                 .replace("@UPSTREAM_TLS@", upstream_tls_mode)
                 .replace("@CA@", &path("ca.pem").display().to_string())
                 .replace("@DIR@", &dir.path().display().to_string())
+                .replace("@API_URL@", &gmail_api.url())
+                .replace("@TOKENINFO_URL@", &gmail_api.tokeninfo_url())
         };
         for (name, contents) in &options.files {
             // Private (0600), as key files must be.
@@ -351,6 +367,7 @@ token_url = "{token_url}"
             relay_tls_addr,
             relay,
             gmail,
+            gmail_api,
             issuer,
             tokens,
             pki,

@@ -12,6 +12,7 @@ mod admin;
 mod app_only;
 mod client_abuse;
 mod faults;
+mod gmail_api;
 mod graph;
 mod hardening;
 mod pool;

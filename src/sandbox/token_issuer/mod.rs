@@ -167,6 +167,11 @@ impl AccessTokens {
         lock(&self.apps).get(token).cloned()
     }
 
+    /// The account `token` was issued for, if it is valid (the fake Gmail API's `me`).
+    pub fn owner(&self, token: &str) -> Option<String> {
+        lock(&self.inner).get(token).cloned()
+    }
+
     /// Makes later tokens at least `len` characters long.
     pub fn set_min_token_len(&self, len: usize) {
         self.min_len
