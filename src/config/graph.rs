@@ -120,3 +120,107 @@ pub(super) fn validate_graph(
         concurrency,
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::{parse_with_env, AssetTransport, ConfigError};
+    use super::*;
+
+    fn config(asset: &str) -> String {
+        format!(
+            r#"
+[[user]]
+name = "u"
+password_hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$ZHVtbXloYXNoZHVtbXloYXNoZHVtbXloYXNoZHVtbXk"
+assets = ["a"]
+
+[[asset]]
+name = "a"
+email = "alerts@contoso.example"
+senders = ["alerts@contoso.example"]
+client_id = "id"
+client_secret = "s"
+{asset}
+"#
+        )
+    }
+
+    fn fields(asset: &str) -> Vec<String> {
+        match parse_with_env(&config(asset), Path::new("t.toml"), |_| None) {
+            Err(ConfigError::Invalid { problems, .. }) => {
+                problems.into_iter().map(|p| p.field).collect()
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("accepted: {asset}"),
+        }
+    }
+
+    #[test]
+    fn scopes_follow_the_transport_and_the_grant() {
+        let cases = [
+            ("transport = \"graph\"", vec![GRAPH_DELEGATED_SCOPE]),
+            (
+                "transport = \"graph\"\ngraph_large_messages = true",
+                vec![GRAPH_DELEGATED_LARGE_SCOPE],
+            ),
+            (
+                "transport = \"graph\"\ngrant = \"client_credentials\"",
+                vec![GRAPH_APP_SCOPE],
+            ),
+            (
+                "grant = \"client_credentials\"",
+                vec!["https://outlook.office365.com/.default"],
+            ),
+            (
+                "",
+                vec!["https://outlook.office.com/SMTP.Send offline_access"],
+            ),
+        ];
+        for (keys, scope) in cases {
+            let text = config(&format!("provider = \"microsoft\"\n{keys}"));
+            let parsed = parse_with_env(&text, Path::new("t.toml"), |_| None).unwrap();
+            let expected: Vec<String> = scope
+                .iter()
+                .flat_map(|s| s.split_whitespace())
+                .map(str::to_string)
+                .collect();
+            assert_eq!(parsed.assets[0].scopes, expected, "{keys}");
+        }
+        let text = config(
+            "provider = \"microsoft\"\ntransport = \"graph\"\ngraph_concurrency = 2\napi_url = \"http://127.0.0.1:9\"",
+        );
+        let parsed = parse_with_env(&text, Path::new("t.toml"), |_| None).unwrap();
+        let AssetTransport::Graph(graph) = &parsed.assets[0].transport else {
+            panic!("not graph");
+        };
+        assert_eq!(graph.api_url, "http://127.0.0.1:9");
+        assert_eq!(graph.concurrency, 2);
+        assert!(!graph.large_messages);
+    }
+
+    #[test]
+    fn wrong_combinations_are_config_errors() {
+        assert!(fields("transport = \"graph\"").contains(&"asset[0].transport".to_string()));
+        assert!(fields("provider = \"custom\"\nscope = \"x\"\ntoken_url = \"https://t.example\"\nauth_url = \"https://t.example\"\ntransport = \"graph\"")
+            .contains(&"asset[0].api_url".to_string()));
+        assert!(fields(
+            "provider = \"microsoft\"\ntransport = \"graph\"\nupstream = \"smtp.example:587\""
+        )
+        .contains(&"asset[0].upstream".to_string()));
+        assert!(
+            fields("provider = \"microsoft\"\ngraph_large_messages = true")
+                .contains(&"asset[0].graph_large_messages".to_string())
+        );
+        assert!(
+            fields("provider = \"microsoft\"\ntransport = \"graph\"\ngraph_concurrency = 0")
+                .contains(&"asset[0].graph_concurrency".to_string())
+        );
+        assert!(fields(
+            "provider = \"microsoft\"\ntransport = \"graph\"\napi_url = \"http://graph.example\""
+        )
+        .contains(&"asset[0].api_url".to_string()));
+    }
+}

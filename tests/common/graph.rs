@@ -10,6 +10,8 @@ use smtp_oauth_relay::sandbox::token_issuer::apps::AppRegistration;
 
 pub const GRAPH_EMAIL: &str = "alerts@contoso.example";
 pub const GRAPH_SECRET: &str = "graph-app-secret-Rr31~x";
+/// The sender the delegated Graph asset (`graph-user`, the support mailbox) serves.
+pub const GRAPH_USER_SENDER: &str = "graph-user@example.com";
 
 /// An [`Env`] with a Graph asset (`graph`, app-only) and the fake Graph behind it.
 pub struct GraphEnv {
@@ -62,7 +64,23 @@ upstream_ca = "@CA@"
 senders = ["{GRAPH_EMAIL}"]
 graph_large_messages = {large}
 graph_concurrency = {concurrency}
+
+# Delegated (refresh token, as `authorize` would store it) for the support mailbox.
+[[asset]]
+name = "graph-user"
+email = "{support}"
+provider = "microsoft"
+transport = "graph"
+client_id = "support-client"
+client_secret = "{support_secret}"
+refresh_token_file = "@DIR@/support.refresh"
+token_url = "@TOKEN_URL@"
+api_url = "https://{addr}"
+upstream_ca = "@CA@"
+senders = ["{GRAPH_USER_SENDER}"]
 "#,
+            support = super::SUPPORT_EMAIL,
+            support_secret = super::SUPPORT_SECRET,
             large = options.large,
             concurrency = options.concurrency,
         ),

@@ -269,3 +269,66 @@ async fn every_graph_answer_maps_to_its_reply() {
     );
     g.env.stop().await;
 }
+
+#[tokio::test]
+async fn a_delegated_graph_asset_sends_with_its_refresh_token() {
+    let g = graph_env(GraphOptions::default()).await;
+    let reply = g
+        .env
+        .send_as(ADMIN, GRAPH_USER_SENDER, "someone@example.net", "delegated")
+        .await;
+    assert_eq!(reply.code, 250, "{reply:?}");
+    let delivered = g.graph.delivered();
+    assert_eq!(delivered[0].mailbox, SUPPORT_EMAIL);
+    assert!(!delivered[0].app_only);
+    g.env.stop().await;
+}
+
+#[tokio::test]
+async fn check_reports_the_permissions_of_graph_tokens() {
+    let g = graph_env(GraphOptions {
+        permissions: vec!["https://graph.microsoft.com/Mail.Send"],
+        ..GraphOptions::default()
+    })
+    .await;
+    let config = smtp_oauth_relay::config::load(&g.env.path("relay.toml")).unwrap();
+    let tokens = smtp_oauth_relay::oauth::token::TokenManager::new(&config).unwrap();
+    let results = smtp_oauth_relay::cli::check::check_assets(&config, &tokens).await;
+    let line = |name: &str| {
+        let check = results.iter().find(|c| c.asset == name).unwrap();
+        match &check.result {
+            Ok(summary) => format!("OK {summary}"),
+            Err(err) => format!("FAILED {err}"),
+        }
+    };
+    let app = line("graph");
+    assert!(
+        app.starts_with("OK ") && app.contains("app-only token with Mail.Send"),
+        "{app}"
+    );
+    let user = line("graph-user");
+    assert!(
+        user.starts_with("OK ") && user.contains("delegated token with Mail.Send"),
+        "{user}"
+    );
+    assert_eq!(g.graph.delivered().len(), 0, "check sends nothing");
+    g.env.stop().await;
+
+    // With the draft path on, the missing Mail.ReadWrite fails the check.
+    let g = graph_env(GraphOptions {
+        large: true,
+        permissions: vec!["https://graph.microsoft.com/Mail.Send"],
+        ..GraphOptions::default()
+    })
+    .await;
+    let config = smtp_oauth_relay::config::load(&g.env.path("relay.toml")).unwrap();
+    let tokens = smtp_oauth_relay::oauth::token::TokenManager::new(&config).unwrap();
+    let results = smtp_oauth_relay::cli::check::check_assets(&config, &tokens).await;
+    let app = results.iter().find(|c| c.asset == "graph").unwrap();
+    let error = app.result.as_ref().unwrap_err().to_string();
+    assert!(
+        error.contains("Mail.ReadWrite") && error.contains("admin consent"),
+        "{error}"
+    );
+    g.env.stop().await;
+}
