@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use smtp_oauth_relay::cli::demo::SandboxTransport;
 use smtp_oauth_relay::cli::error::CliError;
 use smtp_oauth_relay::cli::logging::init_logging;
 use smtp_oauth_relay::cli::{authorize, check_command, hash_password, serve, token};
@@ -51,6 +52,9 @@ enum Command {
         /// Where --sandbox saves delivered messages.
         #[arg(long, default_value = "sandbox-mail")]
         sandbox_mail_dir: PathBuf,
+        /// Which embedded upstream --sandbox sends through.
+        #[arg(long, value_enum, default_value = "smtp")]
+        sandbox_transport: SandboxTransport,
     },
     /// Validate the config, then refresh a token and authenticate upstream for every asset.
     Check,
@@ -114,7 +118,13 @@ fn main() -> ExitCode {
             listen,
             sandbox_mail_dir,
             admin_listen,
-        } => with_runtime(serve::serve_sandbox(listen, sandbox_mail_dir, admin_listen)),
+            sandbox_transport,
+        } => with_runtime(serve::serve_sandbox(
+            listen,
+            sandbox_mail_dir,
+            admin_listen,
+            sandbox_transport,
+        )),
         Command::Serve {
             listen,
             admin_listen,

@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::{
-    Asset, AssetAccess, Config, CredentialFailure, Grant, HeaderFromPolicy, Limits, PoolSettings,
-    Provider, RefreshTokenSource, ServerSettings, Timeouts, TokenSettings, UpstreamTarget,
-    UpstreamTls, User,
+    Asset, AssetAccess, AssetTransport, Config, CredentialFailure, Grant, GraphSettings,
+    HeaderFromPolicy, Limits, PoolSettings, Provider, RefreshTokenSource, ServerSettings, Timeouts,
+    TokenSettings, UpstreamTarget, UpstreamTls, User, DEFAULT_GRAPH_CONCURRENCY,
 };
 use crate::credentials::secret::Secret;
 use crate::sandbox::SandboxUpstream;
@@ -104,6 +104,47 @@ pub fn sandbox_config(
             key: None,
         },
     })
+}
+
+/// Which embedded upstream `serve --sandbox` sends through (`--sandbox-transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SandboxTransport {
+    /// The Gmail-like SMTP server (XOAUTH2 with a refresh token).
+    #[default]
+    Smtp,
+    /// The Microsoft Graph-like HTTPS endpoint, with app-only (client-credentials)
+    /// tokens and the large-message path on.
+    Graph,
+}
+
+/// [`sandbox_config`] for `transport`: the one asset sends through the chosen fake.
+pub fn sandbox_config_for(
+    upstream: &SandboxUpstream,
+    listen: Vec<SocketAddr>,
+    transport: SandboxTransport,
+) -> Result<Config, DemoError> {
+    let mut config = sandbox_config(upstream, listen)?;
+    if transport == SandboxTransport::Graph {
+        let addr = upstream.graph.addr();
+        let mut asset = Asset::clone(&config.assets[0]);
+        asset.transport = AssetTransport::Graph(GraphSettings {
+            api_url: upstream.graph.api_url(),
+            large_messages: true,
+            concurrency: DEFAULT_GRAPH_CONCURRENCY,
+        });
+        asset.grant = Grant::ClientCredentials;
+        asset.client_id = upstream.graph_client_id.clone();
+        asset.client_secret = Secret::new(upstream.graph_client_secret.clone());
+        asset.scopes = vec!["https://graph.microsoft.com/.default".to_string()];
+        asset.upstream = UpstreamTarget {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            tls: UpstreamTls::Implicit,
+            client_config: tls::client_config_from(upstream.pki.root_store())?,
+        };
+        config.assets = vec![Arc::new(asset)];
+    }
+    Ok(config)
 }
 
 /// Where the sandbox saves delivered mail by default.

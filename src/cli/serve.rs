@@ -57,6 +57,7 @@ pub async fn serve_sandbox(
     listen: Vec<SocketAddr>,
     mail_dir: PathBuf,
     admin_listen: Option<SocketAddr>,
+    transport: demo::SandboxTransport,
 ) -> Result<(), CliError> {
     let shutdown = CancellationToken::new();
     let upstream = SandboxUpstream::start(Some(mail_dir.clone()), shutdown.clone())
@@ -67,7 +68,18 @@ pub async fn serve_sandbox(
     } else {
         listen
     };
-    let mut config = demo::sandbox_config(&upstream, listen.clone()).map_err(CliError::failed)?;
+    let mut config =
+        demo::sandbox_config_for(&upstream, listen.clone(), transport).map_err(CliError::failed)?;
+    let upstream_line = match transport {
+        demo::SandboxTransport::Smtp => format!(
+            "embedded Gmail-like server on {} (TLS + XOAUTH2)",
+            upstream.gmail.addr()
+        ),
+        demo::SandboxTransport::Graph => format!(
+            "embedded Microsoft Graph-like endpoint on {} (HTTPS, app-only token)",
+            upstream.graph.api_url()
+        ),
+    };
     config.admin_listen = admin_listen;
     let first = listen[0];
     println!(
@@ -76,7 +88,7 @@ pub async fn serve_sandbox(
          \x20 user:       {user}\n\
          \x20 password:   {password}\n\
          \x20 senders:    any address\n\
-         \x20 upstream:   embedded Gmail-like server on {upstream_addr} (TLS + XOAUTH2)\n\
+         \x20 upstream:   {upstream_line}\n\
          \x20 mail saved: {dir}/\n\
          try:\n\
          \x20 swaks --server {first} --auth-user {user} --auth-password {password} \\\n\
@@ -84,7 +96,6 @@ pub async fn serve_sandbox(
          Press Ctrl-C to stop.",
         user = demo::DEMO_USER,
         password = demo::DEMO_PASSWORD,
-        upstream_addr = upstream.gmail.addr(),
         dir = mail_dir.display(),
     );
     run_relay(config, shutdown, None).await

@@ -50,6 +50,11 @@ impl SandboxError {
 /// port 587-style) on 127.0.0.1:0 with one account, saving mail to `mail_dir` when given.
 pub struct SandboxUpstream {
     pub gmail: gmail::FakeGmail,
+    /// The fake Microsoft Graph (`--sandbox-transport graph`), with an app registered for
+    /// the client-credentials grant (`graph_client_id`, `graph_client_secret`).
+    pub graph: graph::FakeGraph,
+    pub graph_client_id: String,
+    pub graph_client_secret: String,
     pub issuer: token_issuer::TokenIssuer,
     pub pki: pki::TestPki,
     pub email: String,
@@ -97,11 +102,40 @@ impl SandboxUpstream {
             .await
             .map_err(SandboxError::io("binding the sandbox SMTP server"))?;
         let mut config = gmail::FakeGmailConfig::new(pki.server_config()?, tokens);
-        config.mail_dir = mail_dir;
-        let gmail = gmail::FakeGmail::start(gmail_listener, config, shutdown).await?;
+        config.mail_dir = mail_dir.clone();
+        let gmail = gmail::FakeGmail::start(gmail_listener, config, shutdown.clone()).await?;
+
+        // Microsoft Graph: an app with Mail.Send and Mail.ReadWrite (admin consent given).
+        let graph_client_id = format!("sandbox-graph-{}", random_hex(8));
+        let graph_client_secret = format!("sandbox~graph~{}", random_hex(16));
+        issuer.add_app(token_issuer::apps::AppRegistration {
+            client_id: graph_client_id.clone(),
+            client_secret: graph_client_secret.clone(),
+            permissions: vec![
+                format!("{}/Mail.Send", token_issuer::apps::GRAPH_RESOURCE),
+                format!("{}/Mail.ReadWrite", token_issuer::apps::GRAPH_RESOURCE),
+            ],
+            mailboxes: Vec::new(),
+        });
+        let graph_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(SandboxError::io("binding the sandbox Graph server"))?;
+        let graph = graph::FakeGraph::start(
+            graph_listener,
+            graph::FakeGraphConfig {
+                tls: pki.server_config()?,
+                tokens: issuer.tokens().clone(),
+                mail_dir: mail_dir.clone(),
+            },
+            shutdown,
+        )
+        .await?;
 
         Ok(SandboxUpstream {
             gmail,
+            graph,
+            graph_client_id,
+            graph_client_secret,
             issuer,
             pki,
             email: account.email,
@@ -116,6 +150,7 @@ impl fmt::Debug for SandboxUpstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SandboxUpstream")
             .field("gmail", &self.gmail)
+            .field("graph", &self.graph)
             .field("issuer", &self.issuer)
             .field("pki", &self.pki)
             .field("email", &self.email)

@@ -15,5 +15,6 @@ mod authorize_cli;
 mod binary;
 mod config_example;
 mod reload;
+mod sandbox_graph;
 #[cfg(unix)]
 mod secret_modes;
