@@ -147,6 +147,11 @@ impl GraphTransport {
         &self.options.api_url
     }
 
+    /// Whether the draft path is on (`graph_large_messages`).
+    pub fn large_messages(&self) -> bool {
+        self.options.large_messages
+    }
+
     pub fn mailbox(&self) -> &str {
         &self.asset.email
     }

@@ -7,7 +7,9 @@
 use std::sync::Arc;
 
 use super::body::BodySpool;
-use super::graph::{ByteStream, GraphMessage, GraphPath, GraphTransport, MessageSource};
+use super::graph::{
+    ByteStream, GraphMessage, GraphPath, GraphTransport, MessageSource, SEND_MAIL_MAX_MIME,
+};
 use super::{Context, Envelope, MailRequest, TransportError};
 use crate::config::Asset;
 use crate::error::RelayError;
@@ -73,8 +75,18 @@ impl GraphLink {
         self.accepted
     }
 
-    pub fn mail(&mut self, _request: &MailRequest<'_>) -> Reply {
+    /// MAIL FROM: nothing to ask Graph; a declared SIZE over one request is refused now
+    /// when the draft path is off.
+    pub fn mail(&mut self, request: &MailRequest<'_>) -> Reply {
         self.reset();
+        if !self.transport.large_messages()
+            && request.size.is_some_and(|size| size > SEND_MAIL_MAX_MIME)
+        {
+            return Say::GraphNeedsLargeMessages {
+                limit: SEND_MAIL_MAX_MIME,
+            }
+            .reply();
+        }
         Say::Ok.reply()
     }
 
