@@ -13,7 +13,8 @@
 //!   Outlook's throttling does), and faults on demand ([`GraphFault`]).
 //!
 //! Delivered mail is kept ([`GraphDelivered`]) and saved as `.eml`. This file holds the
-//! handle and state; `routes` the request handling; `mime` the fake's own header reading
+//! handle and state; `routes` the request handling (`drafts` the draft path); `mime` the
+//! fake's own header reading
 //! and `.eml` building (an oracle shares no parsing code with the relay).
 
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use super::token_issuer::AccessTokens;
 use super::SandboxError;
 
+mod drafts;
 mod mime;
 mod routes;
 #[cfg(test)]

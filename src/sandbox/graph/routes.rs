@@ -14,16 +14,15 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use super::mime::{draft_eml, draft_recipients, header_recipients, strip_bcc};
+use super::drafts::{add_attachment, create_draft, create_upload_session, send_draft, upload};
+use super::mime::{header_recipients, strip_bcc};
 use super::{
-    lock, Draft, FaultKind, GraphAttachment, GraphDelivered, Route, Shared, UploadSession,
-    MAX_CONCURRENT_PER_MAILBOX, MAX_INLINE_ATTACHMENT, MAX_REQUEST_BYTES, MAX_UPLOAD_RANGE,
-    UPLOAD_RANGE_UNIT,
+    lock, FaultKind, GraphDelivered, Route, Shared, MAX_CONCURRENT_PER_MAILBOX, MAX_REQUEST_BYTES,
+    MAX_UPLOAD_RANGE,
 };
-use crate::sandbox::random_hex;
 use crate::sandbox::token_issuer::apps::GRAPH_RESOURCE;
 
-type HttpResponse = Response<Full<Bytes>>;
+pub(super) type HttpResponse = Response<Full<Bytes>>;
 
 /// Dropping the connection without an answer (a hyper service error does exactly that).
 #[derive(Debug)]
@@ -71,7 +70,7 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 /// Graph's JSON error body.
-fn graph_error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
+pub(super) fn graph_error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
     let body = serde_json::json!({"error": {"code": code, "message": message}});
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
@@ -82,13 +81,13 @@ fn graph_error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
     resp
 }
 
-fn empty(status: StatusCode) -> HttpResponse {
+pub(super) fn empty(status: StatusCode) -> HttpResponse {
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = status;
     resp
 }
 
-fn json(status: StatusCode, body: &serde_json::Value) -> HttpResponse {
+pub(super) fn json(status: StatusCode, body: &serde_json::Value) -> HttpResponse {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -99,11 +98,11 @@ fn json(status: StatusCode, body: &serde_json::Value) -> HttpResponse {
 }
 
 /// The route and its path parameters: mailbox, message id, upload session.
-struct Target {
-    route: Route,
-    mailbox: String,
-    message: Option<String>,
-    session: Option<String>,
+pub(super) struct Target {
+    pub(super) route: Route,
+    pub(super) mailbox: String,
+    pub(super) message: Option<String>,
+    pub(super) session: Option<String>,
 }
 
 fn route(method: &Method, path: &str) -> Option<Target> {
@@ -328,7 +327,7 @@ async fn respond(
     }
 }
 
-fn not_found() -> HttpResponse {
+pub(super) fn not_found() -> HttpResponse {
     graph_error(
         StatusCode::NOT_FOUND,
         "ErrorItemNotFound",
@@ -386,7 +385,7 @@ async fn send_mail(
     empty(StatusCode::ACCEPTED)
 }
 
-async fn deliver(shared: &Shared, message: GraphDelivered, eml: &[u8]) {
+pub(super) async fn deliver(shared: &Shared, message: GraphDelivered, eml: &[u8]) {
     if let Some(dir) = &shared.config.mail_dir {
         let n = shared.file_seq.fetch_add(1, Ordering::SeqCst) + 1;
         let millis = std::time::SystemTime::now()
@@ -412,224 +411,6 @@ async fn deliver(shared: &Shared, message: GraphDelivered, eml: &[u8]) {
     shared.count.send_replace(count);
 }
 
-fn bad_request(message: &str) -> HttpResponse {
+pub(super) fn bad_request(message: &str) -> HttpResponse {
     graph_error(StatusCode::BAD_REQUEST, "ErrorInvalidRequest", message)
-}
-
-fn create_draft(shared: &Shared, target: &Target, body: &[u8]) -> HttpResponse {
-    let Ok(resource) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return bad_request("Unable to read JSON request payload.");
-    };
-    if !resource.is_object() {
-        return bad_request("The message must be a JSON object.");
-    }
-    let id = format!("AAMk-sandbox-{}", random_hex(12));
-    let mut answer = resource.clone();
-    answer["id"] = serde_json::Value::String(id.clone());
-    answer["isDraft"] = serde_json::Value::Bool(true);
-    lock(&shared.state).drafts.insert(
-        id,
-        Draft {
-            mailbox: target.mailbox.clone(),
-            resource,
-            attachments: Vec::new(),
-        },
-    );
-    json(StatusCode::CREATED, &answer)
-}
-
-fn attachment_from(item: &serde_json::Value, bytes: Vec<u8>, uploaded: bool) -> GraphAttachment {
-    let text = |key: &str| item.get(key).and_then(|v| v.as_str()).map(str::to_string);
-    GraphAttachment {
-        name: text("name").unwrap_or_default(),
-        content_type: text("contentType").unwrap_or_else(|| "application/octet-stream".into()),
-        content_id: text("contentId"),
-        is_inline: item
-            .get("isInline")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false),
-        bytes,
-        uploaded,
-    }
-}
-
-fn add_attachment(shared: &Shared, target: &Target, body: &[u8]) -> HttpResponse {
-    let Ok(item) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return bad_request("Unable to read JSON request payload.");
-    };
-    if item.get("@odata.type").and_then(|v| v.as_str()) != Some("#microsoft.graph.fileAttachment") {
-        return bad_request("Only file attachments are supported here.");
-    }
-    let content = item
-        .get("contentBytes")
-        .and_then(|v| v.as_str())
-        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
-    let Some(content) = content else {
-        return bad_request("contentBytes must be base64.");
-    };
-    if content.len() >= MAX_INLINE_ATTACHMENT {
-        return graph_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "ErrorRequestEntityTooLarge",
-            "Attachments of 3 MB or more need an upload session.",
-        );
-    }
-    let attachment = attachment_from(&item, content, false);
-    let mut state = lock(&shared.state);
-    let Some(draft) = target
-        .message
-        .as_ref()
-        .and_then(|id| state.drafts.get_mut(id))
-        .filter(|d| d.mailbox == target.mailbox)
-    else {
-        return not_found();
-    };
-    draft.attachments.push(attachment);
-    json(
-        StatusCode::CREATED,
-        &serde_json::json!({"id": format!("AAMkAtt-{}", random_hex(6))}),
-    )
-}
-
-fn create_upload_session(shared: &Shared, target: &Target, body: &[u8]) -> HttpResponse {
-    let Ok(request) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return bad_request("Unable to read JSON request payload.");
-    };
-    let Some(item) = request.get("AttachmentItem") else {
-        return bad_request("AttachmentItem is required.");
-    };
-    let size = item.get("size").and_then(|v| v.as_u64()).unwrap_or(0);
-    if item.get("attachmentType").and_then(|v| v.as_str()) != Some("file") || size == 0 {
-        return bad_request("AttachmentItem needs attachmentType file and a size.");
-    }
-    let mut state = lock(&shared.state);
-    let Some(draft_id) = target.message.clone().filter(|id| {
-        state
-            .drafts
-            .get(id)
-            .is_some_and(|d| d.mailbox == target.mailbox)
-    }) else {
-        return not_found();
-    };
-    let session = random_hex(16);
-    state.uploads.insert(
-        session.clone(),
-        UploadSession {
-            draft: draft_id,
-            attachment: attachment_from(item, Vec::new(), true),
-            size,
-        },
-    );
-    json(
-        StatusCode::CREATED,
-        &serde_json::json!({
-            "uploadUrl": format!("https://{}/upload/{session}", shared.addr),
-            "expirationDateTime": "2099-01-01T00:00:00Z",
-            "nextExpectedRanges": ["0-"],
-        }),
-    )
-}
-
-/// `Content-Range: bytes FIRST-LAST/TOTAL`.
-fn content_range(headers: &hyper::HeaderMap) -> Option<(u64, u64, u64)> {
-    let value = headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
-    let (range, total) = value.strip_prefix("bytes ")?.split_once('/')?;
-    let (first, last) = range.split_once('-')?;
-    Some((first.parse().ok()?, last.parse().ok()?, total.parse().ok()?))
-}
-
-fn upload(
-    shared: &Shared,
-    target: &Target,
-    headers: &hyper::HeaderMap,
-    body: &[u8],
-) -> HttpResponse {
-    let invalid =
-        |message: &str| graph_error(StatusCode::BAD_REQUEST, "InvalidContentRange", message);
-    let Some((first, last, total)) = content_range(headers) else {
-        return invalid("Content-Range is missing or malformed.");
-    };
-    let mut state = lock(&shared.state);
-    let Some(session) = target
-        .session
-        .as_ref()
-        .and_then(|id| state.uploads.get_mut(id))
-    else {
-        return not_found();
-    };
-    let len = body.len() as u64;
-    let expected = session.attachment.bytes.len() as u64;
-    if first != expected || last < first || last - first + 1 != len || total != session.size {
-        return invalid("The Content-Range does not match the next expected range.");
-    }
-    let final_range = last + 1 == total;
-    if len > MAX_UPLOAD_RANGE || (!final_range && !len.is_multiple_of(UPLOAD_RANGE_UNIT)) {
-        return invalid("Ranges must be at most 4 MiB and multiples of 320 KiB except the last.");
-    }
-    session.attachment.bytes.extend_from_slice(body);
-    if !final_range {
-        return json(
-            StatusCode::OK,
-            &serde_json::json!({
-                "expirationDateTime": "2099-01-01T00:00:00Z",
-                "nextExpectedRanges": [format!("{}-", last + 1)],
-            }),
-        );
-    }
-    let Some(id) = target.session.clone() else {
-        return not_found();
-    };
-    let Some(done) = state.uploads.remove(&id) else {
-        return not_found();
-    };
-    match state.drafts.get_mut(&done.draft) {
-        Some(draft) => {
-            draft.attachments.push(done.attachment);
-            empty(StatusCode::CREATED)
-        }
-        None => not_found(),
-    }
-}
-
-async fn send_draft(shared: &Shared, target: &Target, app_only: bool) -> HttpResponse {
-    let draft = {
-        let mut state = lock(&shared.state);
-        let found = target
-            .message
-            .as_ref()
-            .filter(|id| {
-                state
-                    .drafts
-                    .get(*id)
-                    .is_some_and(|d| d.mailbox == target.mailbox)
-            })
-            .cloned();
-        found.and_then(|id| state.drafts.remove(&id))
-    };
-    let Some(draft) = draft else {
-        return not_found();
-    };
-    let recipients = draft_recipients(&draft.resource);
-    if recipients.is_empty() {
-        return graph_error(
-            StatusCode::BAD_REQUEST,
-            "ErrorInvalidRecipients",
-            "At least one recipient isn't valid.",
-        );
-    }
-    let eml = draft_eml(&draft.mailbox, &draft.resource, &draft.attachments);
-    deliver(
-        shared,
-        GraphDelivered {
-            mailbox: draft.mailbox,
-            mime: eml.clone(),
-            recipients,
-            draft: Some(draft.resource),
-            attachments: draft.attachments,
-            app_only,
-        },
-        &eml,
-    )
-    .await;
-    empty(StatusCode::ACCEPTED)
 }
