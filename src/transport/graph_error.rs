@@ -301,4 +301,78 @@ mod tests {
         assert_eq!(odd.code, "unknown");
         assert!(!odd.message.contains("secret"));
     }
+
+    /// Every Graph failure's reply (the mapping lives in `replies.rs`).
+    #[test]
+    fn graph_failures_map_to_replies() {
+        use crate::config::CredentialFailure;
+        use crate::replies::Say;
+        let wire = |say: Say| String::from_utf8_lossy(&say.reply().to_wire()).into_owned();
+        let temporary = CredentialFailure::Temporary;
+        let cases = [
+            (
+                GraphError::Unauthorized {
+                    mailbox: "m@x.org".into(),
+                    code: "InvalidAuthenticationToken".into(),
+                    message: "m".into(),
+                },
+                "454 4.7.0 Sending account \"a\" needs re-authorization by the relay operator\r\n",
+            ),
+            (
+                GraphError::Throttled {
+                    mailbox: "m@x.org".into(),
+                    status: 429,
+                    retry_after: Some(3),
+                },
+                "451 4.7.0 sending rate limit of m@x.org reached; try again later\r\n",
+            ),
+            (
+                GraphError::TooLarge {
+                    status: 413,
+                    code: "x".into(),
+                    message: "m".into(),
+                },
+                "552 5.3.4 Message too large for Microsoft Graph; message not sent\r\n",
+            ),
+            (
+                GraphError::Rejected {
+                    code: "ErrorInvalidRecipients".into(),
+                    message: "At least one recipient isn't valid.".into(),
+                },
+                "554 5.6.0 Message refused by the provider: At least one recipient isn't valid.\r\n",
+            ),
+            (
+                GraphError::Failed {
+                    status: 500,
+                    code: "x".into(),
+                    message: "m".into(),
+                },
+                "451 4.4.2 Microsoft Graph did not accept the message, try again later\r\n",
+            ),
+            (
+                GraphError::Transport {
+                    step: "sendMail",
+                    reason: "reset".into(),
+                    possible_duplicate: true,
+                },
+                "451 4.4.2 Upstream connection lost before it confirmed the message; try again (a duplicate is possible)\r\n",
+            ),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(
+                wire(Say::for_graph(&error, "a", temporary)),
+                expected,
+                "{error}"
+            );
+        }
+        let needs = wire(Say::for_graph(
+            &GraphError::NeedsLargeMessages { size: 5, limit: 4 },
+            "a",
+            temporary,
+        ));
+        assert!(
+            needs.starts_with("552 5.3.4 ") && needs.contains("graph_large_messages"),
+            "{needs}"
+        );
+    }
 }
