@@ -220,26 +220,23 @@ fn upstream_switches_are_reported_with_line_and_field() {
         GOOGLE_CLIENT,
         "[upstream]\npipelining = \"yes\"\nchunking = 1",
     );
-    let problems = problems(&text, |_| None);
-    assert_eq!(
-        fields(&problems),
-        ["upstream.pipelining", "upstream.chunking"]
-    );
+    let found = problems(&text, |_| None);
+    assert_eq!(fields(&found), ["upstream.pipelining", "upstream.chunking"]);
     let line_of = |key: &str| {
         text.lines()
             .position(|line| line.starts_with(key))
             .map(|i| i + 1)
     };
-    assert_eq!(problems[0].line, line_of("pipelining"));
-    assert_eq!(problems[1].line, line_of("chunking"));
+    assert_eq!(found[0].line, line_of("pipelining"));
+    assert_eq!(found[1].line, line_of("chunking"));
     assert!(
-        problems[0].message.contains("true or false"),
+        found[0].message.contains("true or false"),
         "{}",
-        problems[0].message
+        found[0].message
     );
     let rendered = ConfigError::Invalid {
         path: "t.toml".into(),
-        problems,
+        problems: found,
     }
     .to_string();
     assert!(
@@ -251,11 +248,7 @@ fn upstream_switches_are_reported_with_line_and_field() {
     );
     // An unknown key is a problem too, with its line.
     let text = config_text(GOOGLE_CLIENT, "[upstream]\npipelineing = true");
-    let problems = problems(&text, |_| None);
-    assert!(
-        problems[0].message.contains("pipelineing"),
-        "{:?}",
-        problems
-    );
-    assert!(problems[0].line.is_some());
+    let unknown = problems(&text, |_| None);
+    assert!(unknown[0].message.contains("pipelineing"), "{:?}", unknown);
+    assert!(unknown[0].line.is_some());
 }

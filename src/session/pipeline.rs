@@ -214,3 +214,26 @@ pub(super) async fn flight_on_reused(
     }
     Ok(replies)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(code: u16) -> Reply {
+        Reply::new(code, None, "x")
+    }
+
+    #[test]
+    fn replies_sent_ahead_are_taken_in_order_and_only_for_their_command() {
+        let lines = ["RCPT TO:<a@x>".to_string(), "DATA".to_string()];
+        let mut ahead = Prefetched::new(&lines, [reply(250), reply(354)]);
+        assert!(ahead.holds_data_go_ahead());
+        assert!(matches!(ahead.take("DATA"), Ahead::OutOfStep));
+        assert!(matches!(ahead.take("RCPT TO:<a@x>"), Ahead::Reply(r) if r.code == 250));
+        assert!(matches!(ahead.take("DATA"), Ahead::Reply(r) if r.code == 354));
+        assert!(ahead.is_empty());
+        assert!(matches!(ahead.take("DATA"), Ahead::NotSent));
+        let refused = Prefetched::new(&lines, [reply(550), reply(554)]);
+        assert!(!refused.holds_data_go_ahead());
+    }
+}

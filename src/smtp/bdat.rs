@@ -101,7 +101,7 @@ mod tests {
         let mut unstuffer = Unstuffer::new();
         chunk.extend_unstuffed(&mut unstuffer, b"a\r\n..b\r\n");
         chunk.extend_unstuffed(&mut unstuffer, b"..c\r\n");
-        assert_eq!(chunk.framed(true), b"BDAT 10 LAST\r\na\r\n.b\r\n.c\r\n");
+        assert_eq!(chunk.framed(true), b"BDAT 11 LAST\r\na\r\n.b\r\n.c\r\n");
     }
 
     #[test]
