@@ -368,11 +368,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SmtpClient<T> {
                     })
                 }
             }
-            let mut chunk = [0u8; 4096];
-            let read = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await;
+            // Straight into the buffer: a 4 KiB array here would sit in every future that
+            // awaits a reply (each session's among them).
+            self.read_buf.reserve(4096);
+            let read =
+                tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.read_buf)).await;
             match read {
                 Ok(Ok(0)) => return Err(self.lost("connection closed by the server".into())),
-                Ok(Ok(n)) => self.read_buf.extend_from_slice(&chunk[..n]),
+                Ok(Ok(_)) => {}
                 Ok(Err(err)) => return Err(self.lost(err.to_string())),
                 Err(_) => return Err(self.timed_out(limit)),
             }
