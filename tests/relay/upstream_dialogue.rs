@@ -401,3 +401,30 @@ async fn pipelined_bdat_session_logs_no_secret() {
     }
     env.stop().await;
 }
+
+#[tokio::test]
+async fn pipelined_recipients_beyond_the_limit_are_refused_in_their_place() {
+    let env = Env::with(Options {
+        limits: "max_recipients = 2".into(),
+        ..Options::default()
+    })
+    .await;
+    env.gmail.set_behaviour(recording(Behaviour::default()));
+    let codes = pipelined_send(&env, &[A, B, NOBODY], &message("limit")).await;
+    // The third RCPT is refused by the relay's own limit, and never goes upstream.
+    assert_eq!(codes, [250, 250, 250, 452, 354, 250]);
+    let messages = env.gmail.messages();
+    assert_eq!(messages[0].rcpt_to, [A, B]);
+    assert_turns(
+        &client_turns(&after_login(&env, 1)),
+        &[
+            lines(&[
+                &format!("MAIL FROM:<{SUPPORT_EMAIL}>"),
+                &format!("RCPT TO:<{A}>"),
+                &format!("RCPT TO:<{B}>"),
+            ]),
+            bdat_last(&messages[0]),
+        ],
+    );
+    env.stop().await;
+}
