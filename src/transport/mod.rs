@@ -19,6 +19,7 @@
 pub mod body;
 pub mod check;
 pub mod error;
+mod face;
 pub mod gmail_api;
 pub mod http;
 pub mod smtp;

@@ -132,7 +132,7 @@ async fn a_20_mib_message_is_delivered_byte_exact() {
     while body.len() < 20 * 1024 * 1024 {
         n += 1;
         body.extend_from_slice(format!("{n:020} .. line of a large message\r\n").as_bytes());
-        if n % 1000 == 0 {
+        if n.is_multiple_of(1000) {
             body.extend_from_slice(b".starts with a dot\r\n");
         }
     }
