@@ -34,6 +34,13 @@ enum LogFormat {
     Json,
 }
 
+/// `serve --sandbox-transport`.
+#[derive(Clone, Copy, ValueEnum)]
+enum SandboxTransport {
+    Smtp,
+    GmailApi,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the relay.
@@ -51,6 +58,9 @@ enum Command {
         /// Where --sandbox saves delivered messages.
         #[arg(long, default_value = "sandbox-mail")]
         sandbox_mail_dir: PathBuf,
+        /// How the sandbox asset sends: SMTP with XOAUTH2, or the Gmail API (gmail.send).
+        #[arg(long, value_enum, default_value = "smtp")]
+        sandbox_transport: SandboxTransport,
     },
     /// Validate the config, then refresh a token and authenticate upstream for every asset.
     Check,
@@ -114,7 +124,13 @@ fn main() -> ExitCode {
             listen,
             sandbox_mail_dir,
             admin_listen,
-        } => with_runtime(serve::serve_sandbox(listen, sandbox_mail_dir, admin_listen)),
+            sandbox_transport,
+        } => with_runtime(serve::serve_sandbox(
+            listen,
+            sandbox_mail_dir,
+            admin_listen,
+            matches!(sandbox_transport, SandboxTransport::GmailApi),
+        )),
         Command::Serve {
             listen,
             admin_listen,

@@ -106,6 +106,21 @@ pub fn sandbox_config(
     })
 }
 
+/// Switches the sandbox asset to the Gmail API transport, pointed at the sandbox's fake
+/// Gmail API (and its tokeninfo), with the gmail.send scope.
+pub fn use_gmail_api(config: &mut Config, upstream: &SandboxUpstream) {
+    for asset in &mut config.assets {
+        let mut changed = (**asset).clone();
+        changed.transport =
+            crate::config::AssetTransport::GmailApi(crate::config::GmailApiSettings {
+                api_url: upstream.gmail_api.url(),
+                tokeninfo_url: upstream.gmail_api.tokeninfo_url(),
+            });
+        changed.scopes = vec![crate::config::GMAIL_SEND_SCOPE.to_string()];
+        *asset = Arc::new(changed);
+    }
+}
+
 /// Where the sandbox saves delivered mail by default.
 pub fn default_mail_dir() -> PathBuf {
     PathBuf::from("sandbox-mail")

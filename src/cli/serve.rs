@@ -57,6 +57,7 @@ pub async fn serve_sandbox(
     listen: Vec<SocketAddr>,
     mail_dir: PathBuf,
     admin_listen: Option<SocketAddr>,
+    gmail_api: bool,
 ) -> Result<(), CliError> {
     let shutdown = CancellationToken::new();
     let upstream = SandboxUpstream::start(Some(mail_dir.clone()), shutdown.clone())
@@ -69,6 +70,20 @@ pub async fn serve_sandbox(
     };
     let mut config = demo::sandbox_config(&upstream, listen.clone()).map_err(CliError::failed)?;
     config.admin_listen = admin_listen;
+    if gmail_api {
+        demo::use_gmail_api(&mut config, &upstream);
+    }
+    let upstream_line = if gmail_api {
+        format!(
+            "embedded Gmail API on {} (HTTPS, bearer token, scope gmail.send)",
+            upstream.gmail_api.url()
+        )
+    } else {
+        format!(
+            "embedded Gmail-like server on {} (TLS + XOAUTH2)",
+            upstream.gmail.addr()
+        )
+    };
     let first = listen[0];
     println!(
         "smtp-oauth-relay sandbox\n\
@@ -76,7 +91,7 @@ pub async fn serve_sandbox(
          \x20 user:       {user}\n\
          \x20 password:   {password}\n\
          \x20 senders:    any address\n\
-         \x20 upstream:   embedded Gmail-like server on {upstream_addr} (TLS + XOAUTH2)\n\
+         \x20 upstream:   {upstream_line}\n\
          \x20 mail saved: {dir}/\n\
          try:\n\
          \x20 swaks --server {first} --auth-user {user} --auth-password {password} \\\n\
@@ -84,7 +99,6 @@ pub async fn serve_sandbox(
          Press Ctrl-C to stop.",
         user = demo::DEMO_USER,
         password = demo::DEMO_PASSWORD,
-        upstream_addr = upstream.gmail.addr(),
         dir = mail_dir.display(),
     );
     run_relay(config, shutdown, None).await

@@ -49,6 +49,8 @@ impl SandboxError {
 /// port 587-style) on 127.0.0.1:0 with one account, saving mail to `mail_dir` when given.
 pub struct SandboxUpstream {
     pub gmail: gmail::FakeGmail,
+    /// The Gmail API fake (HTTPS with the same CA), for `--sandbox-transport gmail-api`.
+    pub gmail_api: gmail_api::FakeGmailApi,
     pub issuer: token_issuer::TokenIssuer,
     pub pki: pki::TestPki,
     pub email: String,
@@ -95,12 +97,24 @@ impl SandboxUpstream {
         let gmail_listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(SandboxError::io("binding the sandbox SMTP server"))?;
+        let api_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(SandboxError::io("binding the sandbox Gmail API"))?;
+        let gmail_api = gmail_api::FakeGmailApi::start(
+            api_listener,
+            pki.server_config()?,
+            tokens.clone(),
+            mail_dir.clone(),
+            shutdown.clone(),
+        )
+        .await?;
         let mut config = gmail::FakeGmailConfig::new(pki.server_config()?, tokens);
         config.mail_dir = mail_dir;
         let gmail = gmail::FakeGmail::start(gmail_listener, config, shutdown).await?;
 
         Ok(SandboxUpstream {
             gmail,
+            gmail_api,
             issuer,
             pki,
             email: account.email,
@@ -115,6 +129,7 @@ impl fmt::Debug for SandboxUpstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SandboxUpstream")
             .field("gmail", &self.gmail)
+            .field("gmail_api", &self.gmail_api)
             .field("issuer", &self.issuer)
             .field("pki", &self.pki)
             .field("email", &self.email)
