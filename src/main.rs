@@ -52,7 +52,8 @@ enum Command {
         /// Where --sandbox saves delivered messages.
         #[arg(long, default_value = "sandbox-mail")]
         sandbox_mail_dir: PathBuf,
-        /// Which embedded upstream --sandbox sends through.
+        /// How the sandbox asset sends: SMTP with XOAUTH2, the Gmail API (gmail.send), or
+        /// Microsoft Graph (app-only).
         #[arg(long, value_enum, default_value = "smtp")]
         sandbox_transport: SandboxTransport,
     },

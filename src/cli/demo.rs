@@ -98,6 +98,7 @@ pub fn sandbox_config(
         // Unused: the sandbox asset's refresh token is inline.
         admin_listen: None,
         pool: PoolSettings::default(),
+        upstream: crate::config::UpstreamDialogue::default(),
         warnings: Vec::new(),
         tokens: TokenSettings {
             path: PathBuf::from("sandbox-state/tokens.json"),
@@ -112,6 +113,8 @@ pub enum SandboxTransport {
     /// The Gmail-like SMTP server (XOAUTH2 with a refresh token).
     #[default]
     Smtp,
+    /// The Gmail API fake (HTTPS, bearer token, scope gmail.send).
+    GmailApi,
     /// The Microsoft Graph-like HTTPS endpoint, with app-only (client-credentials)
     /// tokens and the large-message path on.
     Graph,
@@ -124,6 +127,9 @@ pub fn sandbox_config_for(
     transport: SandboxTransport,
 ) -> Result<Config, DemoError> {
     let mut config = sandbox_config(upstream, listen)?;
+    if transport == SandboxTransport::GmailApi {
+        use_gmail_api(&mut config, upstream);
+    }
     if transport == SandboxTransport::Graph {
         let addr = upstream.graph.addr();
         let mut asset = Asset::clone(&config.assets[0]);
@@ -145,6 +151,21 @@ pub fn sandbox_config_for(
         config.assets = vec![Arc::new(asset)];
     }
     Ok(config)
+}
+
+/// Switches the sandbox asset to the Gmail API transport, pointed at the sandbox's fake
+/// Gmail API (and its tokeninfo), with the gmail.send scope.
+pub fn use_gmail_api(config: &mut Config, upstream: &SandboxUpstream) {
+    for asset in &mut config.assets {
+        let mut changed = (**asset).clone();
+        changed.transport =
+            crate::config::AssetTransport::GmailApi(crate::config::GmailApiSettings {
+                api_url: upstream.gmail_api.url(),
+                tokeninfo_url: upstream.gmail_api.tokeninfo_url(),
+            });
+        changed.scopes = vec![crate::config::GMAIL_SEND_SCOPE.to_string()];
+        *asset = Arc::new(changed);
+    }
 }
 
 /// Where the sandbox saves delivered mail by default.

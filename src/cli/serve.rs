@@ -75,6 +75,10 @@ pub async fn serve_sandbox(
             "embedded Gmail-like server on {} (TLS + XOAUTH2)",
             upstream.gmail.addr()
         ),
+        demo::SandboxTransport::GmailApi => format!(
+            "embedded Gmail API on {} (HTTPS, bearer token, scope gmail.send)",
+            upstream.gmail_api.url()
+        ),
         demo::SandboxTransport::Graph => format!(
             "embedded Microsoft Graph-like endpoint on {} (HTTPS, app-only token)",
             upstream.graph.api_url()

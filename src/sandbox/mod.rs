@@ -55,6 +55,8 @@ pub struct SandboxUpstream {
     pub graph: graph::FakeGraph,
     pub graph_client_id: String,
     pub graph_client_secret: String,
+    /// The Gmail API fake (HTTPS with the same CA), for `--sandbox-transport gmail-api`.
+    pub gmail_api: gmail_api::FakeGmailApi,
     pub issuer: token_issuer::TokenIssuer,
     pub pki: pki::TestPki,
     pub email: String,
@@ -101,6 +103,17 @@ impl SandboxUpstream {
         let gmail_listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(SandboxError::io("binding the sandbox SMTP server"))?;
+        let api_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(SandboxError::io("binding the sandbox Gmail API"))?;
+        let gmail_api = gmail_api::FakeGmailApi::start(
+            api_listener,
+            pki.server_config()?,
+            tokens.clone(),
+            mail_dir.clone(),
+            shutdown.clone(),
+        )
+        .await?;
         let mut config = gmail::FakeGmailConfig::new(pki.server_config()?, tokens);
         config.mail_dir = mail_dir.clone();
         let gmail = gmail::FakeGmail::start(gmail_listener, config, shutdown.clone()).await?;
@@ -136,6 +149,7 @@ impl SandboxUpstream {
             graph,
             graph_client_id,
             graph_client_secret,
+            gmail_api,
             issuer,
             pki,
             email: account.email,
@@ -151,6 +165,7 @@ impl fmt::Debug for SandboxUpstream {
         f.debug_struct("SandboxUpstream")
             .field("gmail", &self.gmail)
             .field("graph", &self.graph)
+            .field("gmail_api", &self.gmail_api)
             .field("issuer", &self.issuer)
             .field("pki", &self.pki)
             .field("email", &self.email)

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
+use super::pipeline::{exchange, flight_on_reused, followers, Ahead, Prefetched, Unusable};
 use super::{Flow, IdleUpstream, Phase, Session, Transaction};
 use crate::config::{Asset, AssetAccess, Config, User};
 use crate::logsafe::Untrusted;
@@ -15,7 +16,8 @@ use crate::replies::{relayed, Say};
 use crate::smtp::address::{self, CanonicalAddress};
 use crate::smtp::command::Param;
 use crate::smtp::reply::Reply;
-use crate::transport::{Link, MailRequest, Unusable};
+use crate::transport::Link;
+use crate::upstream::UpstreamError;
 
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     pub(super) async fn mail(&mut self, from: String, params: &[Param]) -> Flow {
@@ -75,7 +77,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         let from = canonical.map_or(from, |canonical| canonical.to_string());
 
         let setup_started = Instant::now();
-        let (mut link, reused) = match self.upstream_for(&asset).await {
+        let (mut upstream, reused) = match self.upstream_for(&asset).await {
             Ok(found) => found,
             Err(reply) => {
                 self.relay.metrics.transaction(Outcome::TempFailed);
@@ -83,72 +85,96 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 return Flow::Continue;
             }
         };
-        if envelope.smtputf8 && !link.supports_smtputf8() {
-            self.park_upstream(&asset, link);
-            return self.reject(Say::Utf8NotSupportedUpstream);
+        let mut line = format!("MAIL FROM:<{from}>");
+        let capabilities = upstream.capabilities().clone();
+        if let Some(size) = envelope.size {
+            if capabilities.size.is_some() {
+                line.push_str(&format!(" SIZE={size}"));
+            }
         }
-        let request = MailRequest {
-            from: &from,
-            size: envelope.size,
-            eight_bit: envelope.eight_bit,
-            smtputf8: envelope.smtputf8,
-        };
-        let mut mail_reply = None;
+        if envelope.eight_bit && capabilities.eight_bit_mime {
+            line.push_str(" BODY=8BITMIME");
+        }
+        if envelope.smtputf8 {
+            if !capabilities.smtputf8 {
+                self.park_upstream(&asset, upstream);
+                return self.reject(Say::Utf8NotSupportedUpstream);
+            }
+            line.push_str(" SMTPUTF8");
+        }
+        // The RCPTs (and DATA) the client pipelined behind this MAIL go in the same flight.
+        let mut lines = vec![line];
+        lines.extend(followers(
+            &self.params,
+            &self.conn,
+            &upstream,
+            self.params.max_recipients,
+            0,
+        ));
+        let mut replies = None;
         if reused {
-            // RSET checks the kept connection and guarantees a clean transaction state;
-            // with PIPELINING it travels in the same packet as MAIL FROM. Nothing is
-            // committed on this connection yet, so if it turns out dead (or its
-            // authentication gone) a new one is opened and the client never notices.
-            let reused_reply = link.mail_on_reused(&request).await;
-            if let Err(why) = &reused_reply {
-                tracing::debug!(asset = %asset.name, why = why.as_str(), "kept upstream connection is unusable, opening a new one");
-                if let Unusable::AuthenticationRefused {
-                    token_refused: true,
-                } = why
-                {
-                    // The provider ended the session for this token: the new connection
-                    // must not try the same (cached) token first.
-                    if let Some(token) = link.token() {
-                        self.relay.tokens.invalidate(&asset.name, token).await;
+            // Nothing is committed on a kept connection at MAIL: if it turns out dead (or
+            // its authentication gone), a new one is opened, the flight sent again, and the
+            // client never notices.
+            match flight_on_reused(&mut upstream, &lines).await {
+                Ok(found) => replies = Some(found),
+                Err(why) => {
+                    tracing::debug!(asset = %asset.name, why = why.as_str(), "kept upstream connection is unusable, opening a new one");
+                    if let Unusable::AuthenticationRefused {
+                        token_refused: true,
+                    } = why
+                    {
+                        // The provider ended the session for this token: the new connection
+                        // must not try the same (cached) token first.
+                        if let Some(token) = upstream.token() {
+                            self.relay.tokens.invalidate(&asset.name, token).await;
+                        }
                     }
+                    // Dropped without QUIT: it is dead or its session is over.
+                    upstream = match self.open_upstream(&asset).await {
+                        Ok(upstream) => upstream,
+                        Err(reply) => {
+                            self.relay.metrics.transaction(Outcome::TempFailed);
+                            self.send(&reply);
+                            return Flow::Continue;
+                        }
+                    };
                 }
-                // Dropped without QUIT: it is dead or its session is over.
-                link = match self.open_upstream(&asset).await {
-                    Ok(link) => link,
-                    Err(reply) => {
-                        self.relay.metrics.transaction(Outcome::TempFailed);
-                        self.send(&reply);
-                        return Flow::Continue;
-                    }
-                };
             }
-            mail_reply = reused_reply.ok();
         }
-        let mail_reply = match mail_reply {
-            Some(reply) => Ok(reply),
-            None => link.mail(&request).await,
+        let replies = match replies {
+            Some(replies) => Ok(replies),
+            None => exchange(&mut upstream, &lines).await,
         };
-        match mail_reply {
-            Ok(reply) => {
-                let accepted = reply.is_positive();
-                self.send(&relayed(reply));
-                if accepted {
-                    self.phase = Phase::Transaction(Box::new(Transaction {
-                        asset,
-                        link,
-                        sender: from,
-                        recipients: Vec::new(),
-                        message_id: None,
-                        upstream_setup: setup_started.elapsed(),
-                    }));
-                } else {
-                    self.park_upstream(&asset, link);
-                }
-            }
+        let mut replies = match replies {
+            Ok(replies) => replies.into_iter(),
             Err(err) => {
                 tracing::warn!(asset = %asset.name, error = %err, "upstream failed at MAIL FROM");
                 self.say(Say::UpstreamLost);
+                return Flow::Continue;
             }
+        };
+        let Some(reply) = replies.next() else {
+            self.say(Say::UpstreamLost);
+            return Flow::Continue;
+        };
+        let prefetched = Prefetched::new(lines.get(1..).unwrap_or_default(), replies);
+        let accepted = reply.is_positive();
+        self.send(&relayed(reply));
+        if accepted {
+            self.phase = Phase::Transaction(Box::new(Transaction {
+                asset,
+                upstream,
+                sender: from,
+                recipients: Vec::new(),
+                message_id: None,
+                upstream_setup: setup_started.elapsed(),
+                prefetched,
+            }));
+        } else if !prefetched.holds_data_go_ahead() {
+            // The pipelined RCPTs and DATA were refused upstream for want of a MAIL; the
+            // client's copies get their refusal from the session when it reads them.
+            self.park_upstream(&asset, upstream);
         }
         Flow::Continue
     }
@@ -167,7 +193,38 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             self.say(Say::TooManyRecipients);
             return Flow::Continue;
         }
-        match transaction.link.rcpt(&to).await {
+        let line = format!("RCPT TO:<{to}>");
+        let reply = match transaction.prefetched.take(&line) {
+            Ahead::Reply(reply) => Ok(reply),
+            Ahead::NotSent => {
+                // This RCPT and those pipelined behind it, in one flight.
+                let room = max_recipients.saturating_sub(transaction.recipients.len() + 1);
+                let accepted = transaction.recipients.len();
+                let mut lines = vec![line];
+                lines.extend(followers(
+                    &self.params,
+                    &self.conn,
+                    &transaction.upstream,
+                    room,
+                    accepted,
+                ));
+                match exchange(&mut transaction.upstream, &lines).await {
+                    Ok(replies) => {
+                        let mut replies = replies.into_iter();
+                        let first = replies.next();
+                        transaction.prefetched =
+                            Prefetched::new(lines.get(1..).unwrap_or_default(), replies);
+                        first.ok_or_else(|| out_of_step(&transaction.upstream))
+                    }
+                    Err(err) => Err(err),
+                }
+            }
+            Ahead::OutOfStep => Err(out_of_step(&transaction.upstream)),
+        };
+        let Phase::Transaction(transaction) = &mut self.phase else {
+            return Flow::Continue;
+        };
+        match reply {
             Ok(reply) => {
                 if reply.is_positive() {
                     transaction.recipients.push(to);
@@ -194,11 +251,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     pub(super) async fn upstream_for(&mut self, asset: &Arc<Asset>) -> Result<(Link, bool), Reply> {
         if let Some(idle) = self.idle_upstream.take() {
             if idle.asset == asset.name {
-                if self.relay.pool.is_reusable(&idle.link, idle.parked_at) {
-                    return Ok((idle.link, true));
+                if self.relay.pool.is_reusable(&idle.upstream, idle.parked_at) {
+                    return Ok((idle.upstream, true));
                 }
                 tracing::debug!(asset = %asset.name, "kept upstream connection idle too long or its token expiring, opening a new one");
-                idle.link.quit().await;
+                idle.upstream.quit().await;
             } else {
                 self.release(idle).await;
             }
@@ -212,15 +269,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
 
     /// Hands a connection this session no longer needs to the pool, or closes it.
     pub(super) async fn release(&self, idle: IdleUpstream) {
-        if let Some(unwanted) = self.relay.pool.put(&idle.asset, idle.link, idle.parked_at) {
+        if let Some(unwanted) = self
+            .relay
+            .pool
+            .put(&idle.asset, idle.upstream, idle.parked_at)
+        {
             unwanted.quit().await;
         }
     }
 
-    pub(super) fn park_upstream(&mut self, asset: &Asset, link: Link) {
+    pub(super) fn park_upstream(&mut self, asset: &Asset, upstream: Link) {
         self.idle_upstream = Some(IdleUpstream {
             asset: asset.name.clone(),
-            link,
+            upstream,
             parked_at: Instant::now(),
         });
     }
@@ -229,8 +290,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     pub(super) async fn end_transaction(&mut self) {
         if let Phase::Transaction(mut transaction) = std::mem::replace(&mut self.phase, Phase::Idle)
         {
-            if transaction.link.reset().await {
-                self.park_upstream(&transaction.asset, transaction.link);
+            if transaction.prefetched.is_empty()
+                && matches!(transaction.upstream.command("RSET").await, Ok(reply) if reply.is_positive())
+            {
+                self.park_upstream(&transaction.asset, transaction.upstream);
             }
         }
     }
@@ -270,6 +333,14 @@ pub(super) fn choose_asset(
         });
     }
     config.asset(name).cloned().ok_or_else(not_served)
+}
+
+/// The error for replies that no longer match the commands sent ahead.
+fn out_of_step(upstream: &Link) -> UpstreamError {
+    UpstreamError::Protocol {
+        target: upstream.target().to_string(),
+        reason: "replies to pipelined commands out of step".to_string(),
+    }
 }
 
 /// The MAIL FROM parameters we advertise and understand.

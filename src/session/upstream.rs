@@ -18,8 +18,12 @@ use crate::transport::{Link, TransportError};
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     pub(super) async fn open_upstream(&self, asset: &Arc<Asset>) -> Result<Link, Reply> {
         let relay = &self.relay;
-        let error = match Link::open(&relay.transport_context(), asset).await {
-            Ok(link) => return Ok(link),
+        let cx = relay.transport_context();
+        // Boxed: opening a connection (token, TCP, TLS, XOAUTH2) is the largest future a
+        // session awaits, and inline it would make every session's future that large,
+        // idle ones included.
+        let error = match Box::pin(Link::open(&cx, asset)).await {
+            Ok(upstream) => return Ok(upstream),
             Err(error) => error,
         };
         let reply =

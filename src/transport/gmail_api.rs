@@ -41,6 +41,8 @@ pub struct GmailApiLink {
     http: reqwest::Client,
     token: AccessToken,
     envelope: Envelope,
+    /// The envelope as the session's command lines build it (see `face.rs`).
+    pub(super) pending: Envelope,
     spool: Option<BodySpool>,
     accepted_id: Option<String>,
 }
@@ -59,6 +61,7 @@ impl GmailApiLink {
             settings: settings.clone(),
             token,
             envelope: Envelope::default(),
+            pending: Envelope::default(),
             spool: None,
             accepted_id: None,
         })
@@ -93,6 +96,7 @@ impl GmailApiLink {
 
     pub fn reset(&mut self) {
         self.envelope = Envelope::default();
+        self.pending = Envelope::default();
         self.spool = None;
         self.accepted_id = None;
     }

@@ -39,6 +39,8 @@ pub struct GraphLink {
     transport: Arc<GraphTransport>,
     token: AccessToken,
     envelope: Envelope,
+    /// The envelope as MAIL and RCPT build it (the SMTP-shaped face, `face.rs`).
+    pub(super) pending: Envelope,
     spool: Option<BodySpool>,
     accepted: Option<&'static str>,
 }
@@ -58,6 +60,7 @@ impl GraphLink {
             transport,
             token,
             envelope: Envelope::default(),
+            pending: Envelope::default(),
             spool: None,
             accepted: None,
         })
@@ -92,6 +95,7 @@ impl GraphLink {
 
     pub fn reset(&mut self) {
         self.envelope = Envelope::default();
+        self.pending = Envelope::default();
         self.spool = None;
         self.accepted = None;
     }

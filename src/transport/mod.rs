@@ -20,6 +20,7 @@ pub mod api_recipients;
 pub mod body;
 pub mod check;
 pub mod error;
+mod face;
 pub mod gmail_api;
 pub mod graph;
 pub mod graph_check;

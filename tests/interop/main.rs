@@ -7,6 +7,7 @@
 mod common;
 
 mod graph_clients;
+mod pipelining;
 mod postfix;
 mod real_clients;
 mod snippets;

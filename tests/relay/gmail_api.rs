@@ -248,7 +248,7 @@ async fn several_transactions_rset_and_bdat_work_as_on_smtp() {
 }
 
 #[tokio::test]
-async fn python_smtplib_and_curl_deliver_through_the_api() {
+async fn python_smtplib_curl_and_swaks_deliver_through_the_api() {
     let env = api_env("", "", "").await;
     let body = api_message("py@example.net", "python");
     let message_path = env.path("python.eml");
@@ -304,6 +304,34 @@ async fn python_smtplib_and_curl_deliver_through_the_api() {
     );
     let (_, rest) = split_received(&delivered(&env, 2));
     assert_eq!(rest, body);
+
+    // swaks sends the file given with --data and a CRLF of its own before the final dot.
+    let body = api_message("swaks@example.net", "swaks");
+    let message_path = env.path("swaks.eml");
+    std::fs::write(&message_path, &body).unwrap();
+    let swaks = tokio::process::Command::new("swaks")
+        .arg("--server")
+        .arg(env.relay_addr.to_string())
+        .args([
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            ADMIN.0,
+            "--auth-password",
+            ADMIN.1,
+        ])
+        .args(["--from", FROM, "--to", "swaks@example.net", "--data"])
+        .arg(format!("@{}", message_path.display()))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        swaks.status.success(),
+        "{}",
+        String::from_utf8_lossy(&swaks.stdout)
+    );
+    let (_, rest) = split_received(&delivered(&env, 3));
+    assert_eq!(rest, [body.as_slice(), b"\r\n"].concat());
 }
 
 #[tokio::test]
