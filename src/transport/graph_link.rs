@@ -7,9 +7,7 @@
 use std::sync::Arc;
 
 use super::body::BodySpool;
-use super::graph::{
-    ByteStream, GraphMessage, GraphPath, GraphTransport, MessageSource, SEND_MAIL_MAX_MIME,
-};
+use super::graph::{ByteStream, GraphMessage, GraphPath, GraphTransport, MessageSource};
 use super::{Context, Envelope, MailRequest, TransportError};
 use crate::config::Asset;
 use crate::error::RelayError;
@@ -78,18 +76,10 @@ impl GraphLink {
         self.accepted
     }
 
-    /// MAIL FROM: nothing to ask Graph; a declared SIZE over one request is refused now
-    /// when the draft path is off.
-    pub fn mail(&mut self, request: &MailRequest<'_>) -> Reply {
+    /// MAIL FROM: nothing to ask Graph (the size is judged at the final dot, when the
+    /// message with the relay's headers is known).
+    pub fn mail(&mut self, _request: &MailRequest<'_>) -> Reply {
         self.reset();
-        if !self.transport.large_messages()
-            && request.size.is_some_and(|size| size > SEND_MAIL_MAX_MIME)
-        {
-            return Say::GraphNeedsLargeMessages {
-                limit: SEND_MAIL_MAX_MIME,
-            }
-            .reply();
-        }
         Say::Ok.reply()
     }
 
