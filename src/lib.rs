@@ -22,6 +22,8 @@
 //!   (`client`), TCP/TLS and the one `Connector` (token → connect → XOAUTH2) that the
 //!   session and `check` share (`connect`), BDAT chunks (`chunking`), errors and their
 //!   classification, the warm connection pool.
+//! - [`transport`]: the seam between session and provider (a `Link` per asset: SMTP, the
+//!   Gmail API, Microsoft Graph with its `sendMail` and draft paths, `graph*.rs`).
 //! - [`oauth`]: the access-token manager (refresh, rotation, back-off) and the consent
 //!   flow `authorize` runs; [`credentials`]: secrets, the encrypted token store, service
 //!   account keys.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::body::BodySpool;
 use super::graph::{ByteStream, GraphMessage, GraphPath, GraphTransport, MessageSource};
+use super::graph_error::GraphError;
 use super::{Context, Envelope, MailRequest, TransportError};
 use crate::config::Asset;
 use crate::error::RelayError;
@@ -131,7 +132,19 @@ impl GraphLink {
                 });
                 Ok(Say::Ok.reply())
             }
-            Err(error) => Err(TransportError::Graph(error)),
+            Err(error) => {
+                if matches!(
+                    error,
+                    GraphError::Unauthorized { .. } | GraphError::Forbidden { .. }
+                ) {
+                    // The operator's to fix: say what, once per message, and mark the asset.
+                    tracing::error!(asset = %self.asset.name, %error, "Microsoft Graph refused the asset's credentials; the client was told to retry later");
+                    if let Some(metrics) = cx.metrics {
+                        metrics.set_asset_ready(&self.asset.name, false);
+                    }
+                }
+                Err(TransportError::Graph(error))
+            }
         }
     }
 }
