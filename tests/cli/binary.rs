@@ -73,6 +73,15 @@ fn read_lossy(path: &Path) -> String {
 /// Starts `serve --sandbox` on a free port and waits until it accepts connections.
 /// Returns the guard, the address and the file that collects its stderr.
 fn start_sandbox(dir: &Path, mail_dir: &Path) -> (ChildGuard, SocketAddr, PathBuf) {
+    start_sandbox_with(dir, mail_dir, &[])
+}
+
+/// [`start_sandbox`] with more arguments for `serve` (e.g. `--sandbox-transport`).
+fn start_sandbox_with(
+    dir: &Path,
+    mail_dir: &Path,
+    extra: &[&str],
+) -> (ChildGuard, SocketAddr, PathBuf) {
     let mut last_log = String::new();
     for attempt in 0..5 {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -81,6 +90,7 @@ fn start_sandbox(dir: &Path, mail_dir: &Path) -> (ChildGuard, SocketAddr, PathBu
             .args(["serve", "--sandbox", "--listen", &addr.to_string()])
             .arg("--sandbox-mail-dir")
             .arg(mail_dir)
+            .args(extra)
             .env_remove("SMTP_OAUTH_RELAY_CONFIG")
             .env_remove("SMTP_OAUTH_RELAY_LISTEN")
             .stdin(Stdio::null())
@@ -183,6 +193,42 @@ fn text(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
+}
+
+#[test]
+fn serve_sandbox_over_the_gmail_api_delivers_byte_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail_dir = dir.path().join("mail");
+    let (_relay, addr, log) =
+        start_sandbox_with(dir.path(), &mail_dir, &["--sandbox-transport", "gmail-api"]);
+    let message = b"From: You <you@example.com>\r\n\
+        To: Friend <friend@example.net>\r\n\
+        Subject: sandbox over the Gmail API\r\n\
+        \r\n\
+        Hello through the API.\r\n\
+        .a line with a leading dot\r\n";
+    let output = send_with_smtplib(addr, message);
+    assert!(
+        output.status.success(),
+        "smtplib failed: {}\nrelay log:\n{}",
+        text(&output),
+        read_lossy(&log)
+    );
+    // The fake API saves before it answers 200, and the relay answers 250 only after.
+    let found: Vec<PathBuf> = std::fs::read_dir(&mail_dir)
+        .unwrap()
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "eml"))
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    let content = std::fs::read(&found[0]).unwrap();
+    let (_, rest) = split_received(&content);
+    assert_eq!(
+        String::from_utf8_lossy(&rest),
+        String::from_utf8_lossy(message)
+    );
+    let log_text = read_lossy(&log);
+    assert!(log_text.contains("upstream_id=18c"), "{log_text}");
 }
 
 #[test]
