@@ -231,6 +231,65 @@ fn serve_sandbox_over_the_gmail_api_delivers_byte_exact() {
     assert!(log_text.contains("upstream_id=18c"), "{log_text}");
 }
 
+/// Peak resident memory of a process, from /proc (kB).
+fn peak_rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A 20 MiB message through the Gmail API transport is spooled and streamed, not held:
+/// the relay's peak memory (which includes the in-process fake API) grows far less than
+/// the message. Not a timing assertion: a memory bound.
+#[test]
+fn a_20_mib_message_over_the_gmail_api_keeps_memory_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail_dir = dir.path().join("mail");
+    let (relay, addr, log) =
+        start_sandbox_with(dir.path(), &mail_dir, &["--sandbox-transport", "gmail-api"]);
+    let mut message =
+        b"From: you@example.com\r\nTo: friend@example.net\r\nSubject: big\r\n\r\n".to_vec();
+    while message.len() < 20 * 1024 * 1024 {
+        message.extend_from_slice(&[b'x'; 76]);
+        message.extend_from_slice(b"\r\n");
+    }
+    // A small message first, so the baseline includes TLS, token and connection state.
+    let warm = send_with_smtplib(
+        addr,
+        b"From: you@example.com\r\nTo: friend@example.net\r\n\r\nwarm\r\n",
+    );
+    assert!(
+        warm.status.success(),
+        "{}\n{}",
+        text(&warm),
+        read_lossy(&log)
+    );
+    let pid = relay.id();
+    let before = peak_rss_kb(pid);
+    let output = send_with_smtplib(addr, &message);
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        text(&output),
+        read_lossy(&log)
+    );
+    let after = peak_rss_kb(pid);
+    let grown_mib = after.saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < 12,
+        "peak RSS grew {grown_mib} MiB ({before} kB -> {after} kB) for a 20 MiB message"
+    );
+    let delivered: u64 = std::fs::read_dir(&mail_dir)
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.metadata().ok().map(|m| m.len()))
+        .max()
+        .unwrap();
+    assert!(delivered > message.len() as u64, "{delivered}");
+}
+
 #[test]
 fn serve_sandbox_relays_to_mail_dir_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
