@@ -18,7 +18,11 @@
 //!   to a [`session`], the SMTP dialogue with one client (one file per verb family).
 //! - [`users`]: local users and argon2id; [`senders`]: envelope sender → asset;
 //!   [`throttle`]: failed-login counting; [`received`]: the trace header.
-//! - [`upstream`]: the provider leg: the SMTP dialogue generic over its stream
+//! - [`transport`]: the seam between a session and its provider: a `Link` per asset,
+//!   SMTP (an [`upstream`] connection) or an HTTPS API (the Gmail API), spooling the
+//!   un-stuffed message for the APIs and classifying their failures (`TransportError`),
+//!   which `replies` maps to client replies.
+//! - [`upstream`]: the provider leg over SMTP: the SMTP dialogue generic over its stream
 //!   (`client`), TCP/TLS and the one `Connector` (token → connect → XOAUTH2) that the
 //!   session and `check` share (`connect`), BDAT chunks (`chunking`), errors and their
 //!   classification, the warm connection pool.

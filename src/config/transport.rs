@@ -224,3 +224,125 @@ pub(super) fn validate_transport(
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{parse, ConfigError};
+
+    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0VbV0jU5dEbWgZ5y3ZL4q3nSxRvLwUg8n6tQ3h2QW6I";
+
+    fn load(asset_lines: &str) -> Result<crate::config::Config, ConfigError> {
+        let text = format!(
+            "[[user]]\nname = \"app\"\npassword_hash = \"{HASH}\"\nassets = [\"*\"]\n\n\
+             [[asset]]\nname = \"box\"\nemail = \"box@example.com\"\nclient_id = \"c\"\n\
+             client_secret = \"s\"\nrefresh_token = \"r\"\nsenders = [\"box@example.com\"]\n\
+             {asset_lines}\n"
+        );
+        parse(&text, Path::new("relay.toml"))
+    }
+
+    fn problems(asset_lines: &str) -> Vec<String> {
+        match load(asset_lines) {
+            Ok(_) => panic!("accepted: {asset_lines}"),
+            Err(ConfigError::Invalid { problems, .. }) => problems
+                .iter()
+                .map(|p| format!("{}:{}: {}", p.line.unwrap_or(0), p.field, p.message))
+                .collect(),
+            Err(other) => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn gmail_api_on_google_gets_defaults_and_the_send_scope() {
+        let config = load("provider = \"google\"\ntransport = \"gmail-api\"").unwrap();
+        let asset = &config.assets[0];
+        assert_eq!(
+            asset.transport,
+            AssetTransport::GmailApi(GmailApiSettings {
+                api_url: GMAIL_API_URL.to_string(),
+                tokeninfo_url: GOOGLE_TOKENINFO_URL.to_string(),
+            })
+        );
+        assert_eq!(asset.scopes, vec![GMAIL_SEND_SCOPE.to_string()]);
+        assert_eq!(asset.header_recipients, HeaderRecipients::Refuse);
+        // SMTP keeps the full-mailbox scope.
+        let config = load("provider = \"google\"").unwrap();
+        assert_eq!(config.assets[0].transport, AssetTransport::Smtp);
+        assert_eq!(
+            config.assets[0].scopes,
+            vec!["https://mail.google.com/".to_string()]
+        );
+    }
+
+    #[test]
+    fn wrong_combinations_are_config_errors_with_line_and_field() {
+        let found = problems("transport = \"gmail-api\"\nupstream = \"smtp.gmail.com:587\"\nupstream_tls = \"starttls\"");
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("14:asset[0].upstream: upstream makes no sense")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|p| p.contains("asset[0].upstream_tls")),
+            "{found:?}"
+        );
+        let found = problems("provider = \"microsoft\"\ntransport = \"gmail-api\"");
+        assert!(
+            found.iter().any(|p| p
+                .contains("asset[0].transport: transport \"gmail-api\" needs provider \"google\"")),
+            "{found:?}"
+        );
+        let found = problems("provider = \"custom\"\ntransport = \"gmail-api\"\nauth_url = \"https://a.example/auth\"\ntoken_url = \"https://a.example/token\"");
+        assert!(
+            found.iter().any(|p| p.contains(
+                "asset[0].api_url: transport \"gmail-api\" with provider \"custom\" needs api_url"
+            )),
+            "{found:?}"
+        );
+        let found = problems("transport = \"gmail-api\"\napi_url = \"http://gmail.example.com\"");
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("asset[0].api_url") && p.contains("plain http")),
+            "{found:?}"
+        );
+        let found =
+            problems("api_url = \"https://gmail.googleapis.com\"\nheader_recipients = \"deliver\"");
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("asset[0].api_url: api_url only applies")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("asset[0].header_recipients")),
+            "{found:?}"
+        );
+        let found = problems("transport = \"pigeon\"");
+        assert!(!found.is_empty());
+    }
+
+    #[test]
+    fn custom_gmail_api_on_loopback_is_accepted() {
+        let config = load(
+            "provider = \"custom\"\ntransport = \"gmail-api\"\napi_url = \"http://127.0.0.1:9/\"\n\
+             auth_url = \"https://a.example/auth\"\ntoken_url = \"https://a.example/token\"\nheader_recipients = \"deliver\"",
+        )
+        .unwrap();
+        let AssetTransport::GmailApi(api) = &config.assets[0].transport else {
+            panic!("not gmail-api");
+        };
+        assert_eq!(api.api_url, "http://127.0.0.1:9");
+        assert_eq!(
+            config.assets[0].header_recipients,
+            HeaderRecipients::Deliver
+        );
+    }
+}

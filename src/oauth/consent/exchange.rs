@@ -77,6 +77,9 @@ pub async fn verify_account(
     asset: &Asset,
     consent: &Consent,
 ) -> Result<(), AuthorizeError> {
+    if let crate::config::AssetTransport::GmailApi(api) = &asset.transport {
+        return verify_with_tokeninfo(config, asset, &api.tokeninfo_url, consent).await;
+    }
     let settings = UpstreamSettings::from_config(config);
     let unverified = |err: UpstreamError| AuthorizeError::Unverified {
         email: asset.email.clone(),
@@ -96,6 +99,49 @@ pub async fn verify_account(
             reason: err.to_string(),
         }),
         Err(err) => Err(unverified(err)),
+    }
+}
+
+/// For an API transport there is no SMTP login to try: Google's tokeninfo names the
+/// account when the grant includes it, and a different account is refused. A grant that
+/// does not name its account (gmail.send alone) cannot be checked here; the first message
+/// proves it.
+async fn verify_with_tokeninfo(
+    config: &Config,
+    asset: &Asset,
+    tokeninfo_url: &str,
+    consent: &Consent,
+) -> Result<(), AuthorizeError> {
+    let unverified = |reason: String| AuthorizeError::Unverified {
+        email: asset.email.clone(),
+        reason,
+    };
+    let http = crate::transport::http::client_for(asset, config.timeouts.upstream_connect)
+        .map_err(|err| unverified(err.to_string()))?;
+    let response = http
+        .post(tokeninfo_url)
+        .form(&[("access_token", consent.access_token.expose())])
+        .timeout(config.timeouts.upstream_command)
+        .send()
+        .await
+        .map_err(|err| unverified(crate::oauth::http::describe_error(&err.without_url())))?;
+    let text = response
+        .text()
+        .await
+        .map_err(|err| unverified(crate::oauth::http::describe_error(&err.without_url())))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|_| unverified("tokeninfo did not answer JSON".to_string()))?;
+    match value["email"].as_str() {
+        Some(email) if !email.eq_ignore_ascii_case(&asset.email) => {
+            Err(AuthorizeError::WrongAccount {
+                email: asset.email.clone(),
+                reason: format!(
+                    "the grant is for {}",
+                    crate::oauth::http::provider_text(email)
+                ),
+            })
+        }
+        _ => Ok(()),
     }
 }
 
