@@ -19,15 +19,14 @@
 //! - [`users`]: local users and argon2id; [`senders`]: envelope sender → asset;
 //!   [`throttle`]: failed-login counting; [`received`]: the trace header.
 //! - [`transport`]: the seam between a session and its provider: a `Link` per asset,
-//!   SMTP (an [`upstream`] connection) or an HTTPS API (the Gmail API), spooling the
+//!   SMTP (an [`upstream`] connection) or an HTTPS API (the Gmail API; Microsoft Graph's
+//!   `sendMail` and draft paths in `graph*.rs`), spooling the
 //!   un-stuffed message for the APIs and classifying their failures (`TransportError`),
 //!   which `replies` maps to client replies.
 //! - [`upstream`]: the provider leg over SMTP: the SMTP dialogue generic over its stream
 //!   (`client`), TCP/TLS and the one `Connector` (token → connect → XOAUTH2) that the
 //!   session and `check` share (`connect`), BDAT chunks (`chunking`), errors and their
 //!   classification, the warm connection pool.
-//! - [`transport`]: the seam between session and provider (a `Link` per asset: SMTP, the
-//!   Gmail API, Microsoft Graph with its `sendMail` and draft paths, `graph*.rs`).
 //! - [`oauth`]: the access-token manager (refresh, rotation, back-off) and the consent
 //!   flow `authorize` runs; [`credentials`]: secrets, the encrypted token store, service
 //!   account keys.
