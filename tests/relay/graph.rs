@@ -333,3 +333,40 @@ async fn check_reports_the_permissions_of_graph_tokens() {
     );
     g.env.stop().await;
 }
+
+// A current-thread runtime: the relay, the fake Graph and the issuer log on this thread.
+#[tokio::test]
+async fn no_secret_or_token_of_a_graph_asset_reaches_a_trace_log() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(captured.clone())
+        .finish();
+    let _guard = capture_logs(subscriber);
+    let g = graph_env(GraphOptions::default()).await;
+    g.graph
+        .add_fault(status(401, "InvalidAuthenticationToken", None, 1));
+    let mut client = g.env.logged_in(ADMIN).await;
+    let reply = client
+        .send_mail(GRAPH_EMAIL, &["ops@example.net"], &graph_message("secret"))
+        .await;
+    assert_eq!(reply.code, 250, "{reply:?}");
+    g.graph.add_fault(status(403, "ErrorAccessDenied", None, 1));
+    let reply = client
+        .send_mail(GRAPH_EMAIL, &["ops@example.net"], &graph_message("denied"))
+        .await;
+    assert_eq!(reply.code, 454, "{reply:?}");
+    client.quit().await;
+    let tokens = g.env.tokens.app_tokens();
+    assert!(!tokens.is_empty());
+    g.env.stop().await;
+    let logs = captured.text();
+    assert!(logs.contains("refreshing once"), "logs were captured");
+    assert!(logs.contains("Mail.Send"), "the 403 names the permission");
+    assert!(!logs.contains(GRAPH_SECRET), "client secret logged");
+    for token in tokens {
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!logs.contains(signature), "access token logged");
+    }
+}
