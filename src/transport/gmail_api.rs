@@ -169,7 +169,8 @@ impl GmailApiLink {
                 }
             }
         }
-        let prefix = recipients::bcc_field(&check.missing);
+        let prefix = recipients::bcc_field(&check.missing)
+            .map_err(|address| TransportError::UnwritableRecipient { address })?;
         if !check.missing.is_empty() {
             tracing::debug!(asset = %self.asset.name, added = check.missing.len(), "envelope recipients added in a Bcc header");
         }
