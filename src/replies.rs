@@ -136,6 +136,10 @@ pub enum Say {
         message: String,
     },
     ApiDeferred,
+    /// An envelope recipient a Bcc header cannot carry unchanged.
+    UnwritableRecipient {
+        address: String,
+    },
     /// To/Cc/Bcc name addresses the client did not give at RCPT.
     UndeclaredRecipients {
         addresses: Vec<String>,
@@ -395,6 +399,11 @@ impl Say {
                 code(4, 3, 0),
                 "The provider could not take the message now; try again later",
             ),
+            Say::UnwritableRecipient { address } => Reply::new(
+                550,
+                code(5, 1, 3),
+                format!("Recipient <{address}> cannot be written in a Bcc header unchanged (the provider takes recipients from the headers); message not sent"),
+            ),
             Say::UndeclaredRecipients { addresses } => Reply::new(
                 550,
                 code(5, 7, 1),
@@ -486,6 +495,9 @@ impl Say {
                 Say::for_failure(&RelayError::Token(err.clone()), asset, mode)
             }
             TransportError::HeaderBlockTooLarge => Say::HeaderBlockTooLarge,
+            TransportError::UnwritableRecipient { address } => Say::UnwritableRecipient {
+                address: address.clone(),
+            },
             TransportError::Smtp(_) => Say::UpstreamLost,
             TransportError::SmtpVerdictLost(_) => Say::PossibleDuplicate,
             TransportError::Spool(_) => Say::SpoolFailed,

@@ -186,6 +186,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                             | TransportError::TooBig { .. }
                             | TransportError::UndeclaredRecipients { .. }
                             | TransportError::HeaderBlockTooLarge
+                            | TransportError::UnwritableRecipient { .. }
                     ) {
                         self.park_upstream(&transaction.asset, transaction.upstream);
                     }

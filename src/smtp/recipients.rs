@@ -72,14 +72,31 @@ pub fn compare(envelope: &[String], headers: &[u8]) -> RecipientCheck {
 }
 
 /// The `Bcc:` field that adds `missing` (CRLF-ended, folded one address a line), or
-/// nothing when there is none to add. Addresses are envelope addresses (RCPT syntax was
-/// checked), so they need no quoting beyond the angle brackets.
-pub fn bcc_field(missing: &[String]) -> Vec<u8> {
+/// nothing when there is none to add. Each address is written so that a header reader
+/// gives back exactly it: `<address>`, or with its local part quoted when the plain form
+/// would be read as something else (an envelope local part may hold `=?...?=`, which a
+/// reader decodes as an encoded word). An address no form carries is the error: the
+/// message must not go, as a Bcc would deliver to someone else.
+pub fn bcc_field(missing: &[String]) -> Result<Vec<u8>, String> {
     if missing.is_empty() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
-    let list: Vec<String> = missing.iter().map(|a| format!("<{a}>")).collect();
-    format!("Bcc: {}\r\n", list.join(",\r\n ")).into_bytes()
+    let mut list: Vec<String> = Vec::with_capacity(missing.len());
+    for address in missing {
+        let wanted = vec![normalize(address)];
+        let quoted = address.rsplit_once('@').map(|(local, domain)| {
+            format!(
+                "<\"{}\"@{domain}>",
+                local.replace('\\', "\\\\").replace('"', "\\\"")
+            )
+        });
+        let form = std::iter::once(format!("<{address}>"))
+            .chain(quoted)
+            .find(|form| header_recipients(format!("Bcc: {form}\r\n\r\n").as_bytes()) == wanted)
+            .ok_or_else(|| address.clone())?;
+        list.push(form);
+    }
+    Ok(format!("Bcc: {}\r\n", list.join(",\r\n ")).into_bytes())
 }
 
 fn normalize(address: &str) -> String {
@@ -140,13 +157,20 @@ To: body@example.com\r\n";
 
     #[test]
     fn bcc_field_is_folded_and_empty_when_nothing_is_missing() {
-        assert!(bcc_field(&[]).is_empty());
+        assert!(bcc_field(&[]).unwrap().is_empty());
         assert_eq!(
-            bcc_field(&envelope(&["a@x.org", "b@y.org"])),
+            bcc_field(&envelope(&["a@x.org", "b@y.org"])).unwrap(),
             b"Bcc: <a@x.org>,\r\n <b@y.org>\r\n".to_vec()
         );
-        let parsed = header_recipients(&bcc_field(&envelope(&["a@x.org", "b@y.org"])));
+        let parsed = header_recipients(&bcc_field(&envelope(&["a@x.org", "b@y.org"])).unwrap());
         assert_eq!(parsed, vec!["a@x.org", "b@y.org"]);
+        // Found by the fuzz target: an encoded word in an envelope local part must not
+        // turn into another address in the Bcc.
+        let tricky = envelope(&["=?UTF-8?Q?D=C3=A9?=a@x.org"]);
+        match bcc_field(&tricky) {
+            Ok(field) => assert_eq!(header_recipients(&field), vec![tricky[0].to_lowercase()]),
+            Err(address) => assert_eq!(address, tricky[0]),
+        }
     }
 
     proptest::proptest! {

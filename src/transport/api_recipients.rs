@@ -45,5 +45,6 @@ pub fn recipients_prefix(
     if !check.missing.is_empty() {
         tracing::debug!(asset = %asset.name, added = check.missing.len(), "envelope recipients added in a Bcc header");
     }
-    Ok(recipients::bcc_field(&check.missing))
+    recipients::bcc_field(&check.missing)
+        .map_err(|address| TransportError::UnwritableRecipient { address })
 }

@@ -25,6 +25,10 @@ pub enum TransportError {
     /// transport that delivers to the headers (`header_recipients = "refuse"`).
     #[error("the header names recipients that are not in the envelope: {}", addresses.join(", "))]
     UndeclaredRecipients { addresses: Vec<String> },
+    /// An envelope recipient that no `Bcc:` spelling carries unchanged (a header reader
+    /// would decode it into another address); nothing was sent.
+    #[error("recipient {address} cannot be written in a Bcc header unchanged")]
+    UnwritableRecipient { address: String },
     /// The header block is too large to find every recipient in; nothing was sent.
     #[error("the header block is too large to read its recipients")]
     HeaderBlockTooLarge,
@@ -100,6 +104,7 @@ impl TransportError {
                 | TransportError::UndeclaredRecipients { .. }
                 | TransportError::HeaderBlockTooLarge
                 | TransportError::Graph(super::graph_error::GraphError::NeedsLargeMessages { .. })
+                | TransportError::UnwritableRecipient { .. }
         )
     }
 
