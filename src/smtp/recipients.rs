@@ -81,22 +81,30 @@ pub fn bcc_field(missing: &[String]) -> Result<Vec<u8>, String> {
     if missing.is_empty() {
         return Ok(Vec::new());
     }
-    let mut list: Vec<String> = Vec::with_capacity(missing.len());
-    for address in missing {
-        let wanted = vec![normalize(address)];
-        let quoted = address.rsplit_once('@').map(|(local, domain)| {
-            format!(
-                "<\"{}\"@{domain}>",
-                local.replace('\\', "\\\\").replace('"', "\\\"")
-            )
-        });
-        let form = std::iter::once(format!("<{address}>"))
-            .chain(quoted)
-            .find(|form| header_recipients(format!("Bcc: {form}\r\n\r\n").as_bytes()) == wanted)
-            .ok_or_else(|| address.clone())?;
-        list.push(form);
+    let wanted: Vec<String> = missing.iter().map(|a| normalize(a)).collect();
+    let plain = |address: &String| format!("<{address}>");
+    let quoted = |address: &String| match address.rsplit_once('@') {
+        Some((local, domain)) => format!(
+            "<\"{}\"@{domain}>",
+            local.replace('\\', "\\\\").replace('"', "\\\"")
+        ),
+        None => plain(address),
+    };
+    // The whole field must read back as the list: an encoded word may also span addresses.
+    for form in [&plain as &dyn Fn(&String) -> String, &quoted] {
+        let list: Vec<String> = missing.iter().map(form).collect();
+        let field = format!("Bcc: {}\r\n", list.join(",\r\n "));
+        let mut block = field.clone().into_bytes();
+        block.extend_from_slice(b"\r\n");
+        if header_recipients(&block) == wanted {
+            return Ok(field.into_bytes());
+        }
     }
-    Ok(format!("Bcc: {}\r\n", list.join(",\r\n ")).into_bytes())
+    let suspect = missing
+        .iter()
+        .find(|a| a.contains("=?") || a.contains("?="))
+        .or(missing.first());
+    Err(suspect.cloned().unwrap_or_default())
 }
 
 fn normalize(address: &str) -> String {
