@@ -165,8 +165,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 _ => None,
             },
         };
-        let mut out = Vec::with_capacity(READ_CHUNK + 1024);
-        out.extend_from_slice(trace.header(SystemTime::now()).as_bytes());
+        let header = trace.header(SystemTime::now());
+        // Sized to what is already buffered (the scanner reserves more as it needs): a
+        // fixed 65 KiB per message made glibc trim and re-fault its heap (madvise in the
+        // profile) for messages a fraction of that size.
+        let mut out = Vec::with_capacity(header.len() + self.conn.read_buf.len().min(READ_CHUNK));
+        out.extend_from_slice(header.as_bytes());
         let mut upstream_error: Option<UpstreamError> = None;
         let mut too_big = false;
         let mut header_gate = HeaderGate::new();
