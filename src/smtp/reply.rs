@@ -445,6 +445,24 @@ mod tests {
     }
 
     #[test]
+    fn control_characters_and_mixed_lines_take_the_general_path() {
+        let wire = |r: Reply| String::from_utf8(r.to_wire()).unwrap();
+        assert_eq!(wire(Reply::new(250, None, "a\r\nb")), "250 a  b\r\n");
+        assert_eq!(
+            wire(Reply::multi(550, E(5, 7, 1), vec!["ok".into(), "x\0y".into()])),
+            "550-5.7.1 ok\r\n550 5.7.1 x y\r\n"
+        );
+        // One short line and one that needs wrapping: the short one is written as is.
+        let long = "z".repeat(600);
+        let text = wire(Reply::multi(250, None, vec!["first".into(), long.clone()]));
+        assert!(text.starts_with("250-first\r\n250-"), "{text}");
+        assert_eq!(
+            text.lines().skip(1).map(|l| &l[4..]).collect::<String>(),
+            long
+        );
+    }
+
+    #[test]
     fn display_and_text() {
         let r = Reply::multi(550, E(5, 1, 1), vec!["no such".into(), "user".into()]);
         assert_eq!(r.to_string(), "550 5.1.1 no such user");

@@ -77,6 +77,7 @@ impl Bench {
             target: plan.target,
             addr: relay.addr,
             mode: Mode::Persistent,
+            pipelining: false,
             warmup_message: wire_message(KIB),
             message: wire_message(10 * KIB),
             auth_plain: plan.auth_plain.clone(),

@@ -12,7 +12,7 @@
 //!
 //! ```sh
 //! cargo build --release --bins && cargo run --release --bin loadbench -- [--quick]
-//!     [--upstream-rtt-ms N]
+//!     [--upstream-rtt-ms N] [--client-pipelining]
 //! target/release/loadbench --targets [--repeat N]     # issue 11's target table
 //! target/release/loadbench --profile-secs S           # hold 8 × 10 KB through the relay
 //! ```
@@ -65,18 +65,22 @@ const UPSTREAM_THREADS: &str = "bench-upstream";
 struct Args {
     quick: bool,
     targets: bool,
+    memory: bool,
+    pipelining: bool,
     repeat: usize,
     rtt_ms: u64,
     profile_secs: Option<u64>,
 }
 
-const USAGE: &str = "usage: loadbench [--quick] [--upstream-rtt-ms N] \
-                     | --targets [--repeat N] | --profile-secs S";
+const USAGE: &str = "usage: loadbench [--quick] [--upstream-rtt-ms N] [--client-pipelining] \
+                     | --targets [--repeat N] | --profile-secs S | --memory";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         quick: false,
         targets: false,
+        memory: false,
+        pipelining: false,
         repeat: 1,
         rtt_ms: 0,
         profile_secs: None,
@@ -91,6 +95,8 @@ fn parse_args() -> Result<Args, String> {
         match arg.as_str() {
             "--quick" => args.quick = true,
             "--targets" => args.targets = true,
+            "--memory" => args.memory = true,
+            "--client-pipelining" => args.pipelining = true,
             "--repeat" => args.repeat = number(&mut it, "--repeat")?.max(1) as usize,
             "--upstream-rtt-ms" => args.rtt_ms = number(&mut it, "--upstream-rtt-ms")?,
             "--profile-secs" => args.profile_secs = Some(number(&mut it, "--profile-secs")?),
@@ -142,6 +148,11 @@ fn main() {
     };
     print_header(&bench, mode, &fd_note);
 
+    if args.memory {
+        targets::memory_only(&bench, &client_rt);
+        client_rt.block_on(async { bench.shutdown.cancel() });
+        return;
+    }
     if args.targets {
         targets::run(&bench, &client_rt, args.repeat);
         client_rt.block_on(async { bench.shutdown.cancel() });
@@ -151,7 +162,9 @@ fn main() {
         // Only the relay run: a profiler attaches to the pid printed on stderr.
         bench.announce_pid = true;
         let scenario =
-            Scenario::timed(8, 10 * KIB, Mode::Persistent, secs as f64).with_rtt(args.rtt_ms);
+            Scenario::timed(8, 10 * KIB, Mode::Persistent, secs as f64)
+            .with_rtt(args.rtt_ms)
+            .pipelined(args.pipelining);
         let relay = client_rt.block_on(bench.run(&scenario, Target::Relay));
         println!(
             "profile run {}: {} messages in {:.1} s ({:.1}/s), relay CPU {:.3} ms/msg, {} errors",
@@ -172,7 +185,7 @@ fn main() {
         full_scenarios()
     }
     .into_iter()
-    .map(|s| s.with_rtt(args.rtt_ms))
+    .map(|s| s.with_rtt(args.rtt_ms).pipelined(args.pipelining))
     .collect();
     let mut rows = Vec::new();
     for scenario in &scenarios {

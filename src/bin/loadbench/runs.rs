@@ -45,6 +45,7 @@ impl Bench {
             target,
             addr: relay.as_ref().map_or(upstream, |r| r.addr),
             mode: scenario.mode,
+            pipelining: scenario.pipelining,
             warmup_message: wire_message(KIB),
             message: wire_message(scenario.size),
             auth_plain: base64::engine::general_purpose::STANDARD
@@ -208,6 +209,7 @@ impl Bench {
             target: Target::Relay,
             addr,
             mode: Mode::Persistent,
+            pipelining: false,
             warmup_message: wire_message(KIB),
             message: Vec::new(),
             auth_plain: base64::engine::general_purpose::STANDARD

@@ -30,6 +30,8 @@ pub(crate) struct Scenario {
     /// Round-trip time between the relay (or the direct client) and the fake Gmail, added
     /// by the delay proxy (`delay.rs`); zero = plain loopback, no proxy.
     pub(crate) rtt: Duration,
+    /// The clients pipeline MAIL, RCPT and DATA (RFC 2920).
+    pub(crate) pipelining: bool,
 }
 
 impl Scenario {
@@ -42,6 +44,7 @@ impl Scenario {
             duration: Duration::from_secs_f64(secs),
             max_messages: u64::MAX,
             rtt: Duration::ZERO,
+            pipelining: false,
         }
     }
 
@@ -54,7 +57,17 @@ impl Scenario {
             duration: Duration::from_secs(120),
             max_messages: messages,
             rtt: Duration::ZERO,
+            pipelining: false,
         }
+    }
+
+    /// The same scenario with clients that pipeline the envelope.
+    pub(crate) fn pipelined(mut self, on: bool) -> Scenario {
+        self.pipelining = on;
+        if on {
+            self.name = format!("{}, pipelining client", self.name);
+        }
+        self
     }
 
     /// The same scenario with an upstream round-trip time of `rtt_ms` (0 = none).
