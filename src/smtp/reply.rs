@@ -449,7 +449,11 @@ mod tests {
         let wire = |r: Reply| String::from_utf8(r.to_wire()).unwrap();
         assert_eq!(wire(Reply::new(250, None, "a\r\nb")), "250 a  b\r\n");
         assert_eq!(
-            wire(Reply::multi(550, E(5, 7, 1), vec!["ok".into(), "x\0y".into()])),
+            wire(Reply::multi(
+                550,
+                E(5, 7, 1),
+                vec!["ok".into(), "x\0y".into()]
+            )),
             "550-5.7.1 ok\r\n550 5.7.1 x y\r\n"
         );
         // One short line and one that needs wrapping: the short one is written as is.

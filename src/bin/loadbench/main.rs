@@ -161,8 +161,7 @@ fn main() {
     if let Some(secs) = args.profile_secs {
         // Only the relay run: a profiler attaches to the pid printed on stderr.
         bench.announce_pid = true;
-        let scenario =
-            Scenario::timed(8, 10 * KIB, Mode::Persistent, secs as f64)
+        let scenario = Scenario::timed(8, 10 * KIB, Mode::Persistent, secs as f64)
             .with_rtt(args.rtt_ms)
             .pipelined(args.pipelining);
         let relay = client_rt.block_on(bench.run(&scenario, Target::Relay));

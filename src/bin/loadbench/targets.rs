@@ -394,7 +394,11 @@ pub(crate) fn memory_only(bench: &Bench, rt: &tokio::runtime::Runtime) {
     println!(
         "50 MB message: {}, RSS {:.1} → peak {:.1} MiB; 1000 idle sessions: {} open, RSS {:.1} → \
          {:.1} MiB (+{:.1})",
-        if big.outcome.is_ok() { "accepted" } else { "FAILED" },
+        if big.outcome.is_ok() {
+            "accepted"
+        } else {
+            "FAILED"
+        },
         mib(big.rss_before),
         mib(big.rss_peak),
         idle.open,
