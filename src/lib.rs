@@ -20,8 +20,8 @@
 //!   [`throttle`]: failed-login counting; [`received`]: the trace header.
 //! - [`upstream`]: the provider leg: the SMTP dialogue generic over its stream
 //!   (`client`), TCP/TLS and the one `Connector` (token → connect → XOAUTH2) that the
-//!   session and `check` share (`connect`), errors and their classification, the warm
-//!   connection pool.
+//!   session and `check` share (`connect`), BDAT chunks (`chunking`), errors and their
+//!   classification, the warm connection pool.
 //! - [`oauth`]: the access-token manager (refresh, rotation, back-off) and the consent
 //!   flow `authorize` runs; [`credentials`]: secrets, the encrypted token store, service
 //!   account keys.

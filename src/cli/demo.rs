@@ -95,6 +95,7 @@ pub fn sandbox_config(
         // Unused: the sandbox asset's refresh token is inline.
         admin_listen: None,
         pool: PoolSettings::default(),
+        upstream: crate::config::UpstreamDialogue::default(),
         warnings: Vec::new(),
         tokens: TokenSettings {
             path: PathBuf::from("sandbox-state/tokens.json"),

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::types::{Limits, PoolSettings, Timeouts};
+use super::types::{Limits, PoolSettings, Timeouts, UpstreamDialogue};
 
 /// Beside the config's usual place, owned by the relay (systemd's StateDirectory, a volume).
 pub(super) const DEFAULT_TOKEN_STORE: &str = "state/tokens.json";
@@ -131,6 +131,18 @@ impl Default for PoolSettings {
             enabled: true,
             size: DEFAULT_POOL_SIZE,
             idle_timeout: Duration::from_secs(DEFAULT_POOL_IDLE),
+        }
+    }
+}
+
+impl Default for UpstreamDialogue {
+    /// Both on: Gmail and Microsoft 365 offer PIPELINING and CHUNKING, and each saves a
+    /// round trip per message (tens of milliseconds towards a provider). Used only when the
+    /// provider's EHLO offers them.
+    fn default() -> Self {
+        UpstreamDialogue {
+            pipelining: true,
+            chunking: true,
         }
     }
 }

@@ -32,6 +32,7 @@ pub use asset::check_endpoint_url;
 pub use defaults::DEFAULT_AUTH_THROTTLE_ENTRIES;
 pub use env::{expand_env, STORE_KEY_ENV};
 pub use problems::{ConfigError, Problem};
+pub use types::UpstreamDialogue;
 pub use types::{
     Asset, AssetAccess, Config, CredentialFailure, HeaderFromPolicy, Limits, LogFormat,
     PoolSettings, Provider, RefreshTokenSource, ServerSettings, Timeouts, TokenSettings,

@@ -19,6 +19,7 @@ pub(super) struct RawConfig {
     pub(super) tokens: Option<RawTokens>,
     pub(super) admin: Option<RawAdmin>,
     pub(super) pool: Option<RawPool>,
+    pub(super) upstream: Option<RawUpstream>,
     #[serde(default, rename = "user")]
     pub(super) users: Vec<Spanned<RawUser>>,
     #[serde(default, rename = "asset")]
@@ -95,6 +96,15 @@ pub(super) struct RawPool {
     pub(super) enabled: Option<bool>,
     pub(super) size: Option<usize>,
     pub(super) idle_secs: Option<u64>,
+}
+
+/// `[upstream]`: how the relay talks to the provider. The values are read as TOML values
+/// and checked in `validate.rs`, so a wrong type is reported with its line and field.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstream {
+    pub(super) pipelining: Option<Spanned<toml::Value>>,
+    pub(super) chunking: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -197,3 +197,58 @@ fn the_upstream_port_picks_the_tls_mode() {
     let text = config_text(&format!("{GOOGLE_CLIENT}\nupstream = \"no port\""), "");
     assert_eq!(fields(&problems(&text, |_| None)), ["asset[0].upstream"]);
 }
+
+#[test]
+fn upstream_switches_default_on_and_turn_off() {
+    let config = parse_with_env(&config_text(GOOGLE_CLIENT, ""), Path::new("t.toml"), |_| {
+        None
+    })
+    .unwrap();
+    assert_eq!(config.upstream, UpstreamDialogue::default());
+    assert!(config.upstream.pipelining && config.upstream.chunking);
+    let text = config_text(
+        GOOGLE_CLIENT,
+        "[upstream]\npipelining = false\nchunking = false",
+    );
+    let config = parse_with_env(&text, Path::new("t.toml"), |_| None).unwrap();
+    assert!(!config.upstream.pipelining && !config.upstream.chunking);
+}
+
+#[test]
+fn upstream_switches_are_reported_with_line_and_field() {
+    let text = config_text(
+        GOOGLE_CLIENT,
+        "[upstream]\npipelining = \"yes\"\nchunking = 1",
+    );
+    let found = problems(&text, |_| None);
+    assert_eq!(fields(&found), ["upstream.pipelining", "upstream.chunking"]);
+    let line_of = |key: &str| {
+        text.lines()
+            .position(|line| line.starts_with(key))
+            .map(|i| i + 1)
+    };
+    assert_eq!(found[0].line, line_of("pipelining"));
+    assert_eq!(found[1].line, line_of("chunking"));
+    assert!(
+        found[0].message.contains("true or false"),
+        "{}",
+        found[0].message
+    );
+    let rendered = ConfigError::Invalid {
+        path: "t.toml".into(),
+        problems: found,
+    }
+    .to_string();
+    assert!(
+        rendered.contains(&format!(
+            "t.toml:{}: upstream.pipelining:",
+            line_of("pipelining").unwrap()
+        )),
+        "{rendered}"
+    );
+    // An unknown key is a problem too, with its line.
+    let text = config_text(GOOGLE_CLIENT, "[upstream]\npipelineing = true");
+    let unknown = problems(&text, |_| None);
+    assert!(unknown[0].message.contains("pipelineing"), "{:?}", unknown);
+    assert!(unknown[0].line.is_some());
+}

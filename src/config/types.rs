@@ -28,6 +28,8 @@ pub struct Config {
     /// The admin HTTP listener (`/healthz`, `/readyz`, `/metrics`), off when None.
     pub admin_listen: Option<SocketAddr>,
     pub pool: PoolSettings,
+    /// `[upstream]`: the SMTP extensions the relay may use towards the provider.
+    pub upstream: UpstreamDialogue,
     /// Problems that do not stop the relay but should be fixed (a secret file others can
     /// read). Logged when found; `serve` logs them again once logging is set up, `check`
     /// prints them.
@@ -57,6 +59,18 @@ pub struct PoolSettings {
     pub size: usize,
     /// Below the provider's own idle timeout, so we close first.
     pub idle_timeout: Duration,
+}
+
+/// Which of the provider's SMTP extensions the relay uses (`[upstream]`), so an operator
+/// whose provider or middlebox mishandles one can fall back to the plain dialogue. Each is
+/// used only when the provider also offers it in EHLO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamDialogue {
+    /// RFC 2920: the envelope (MAIL, RCPTs, DATA) a client pipelined goes upstream in one
+    /// flight, and BDAT chunks are not waited for one by one.
+    pub pipelining: bool,
+    /// RFC 3030: the message goes as BDAT chunks instead of DATA + 354 + dot.
+    pub chunking: bool,
 }
 
 #[derive(Debug, Clone)]

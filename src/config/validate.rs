@@ -14,10 +14,12 @@ use super::asset::validate_asset;
 use super::defaults::{DEFAULT_LISTEN, DEFAULT_TOKEN_STORE};
 use super::env::STORE_KEY_ENV;
 use super::problems::Checker;
+use super::raw::RawUpstream;
 use super::raw::{
     OneOrMany, RawAsset, RawBareLineEndings, RawConfig, RawLimits, RawServer, RawTimeouts,
     RawTokens, RawUser,
 };
+use super::types::UpstreamDialogue;
 use super::types::{
     AssetAccess, Config, CredentialFailure, HeaderFromPolicy, Limits, PoolSettings, ServerSettings,
     Timeouts, TokenSettings, User,
@@ -120,8 +122,34 @@ pub(super) fn validate(
                     .unwrap_or(defaults.idle_timeout),
             }
         },
+        upstream: validate_upstream(raw.upstream.unwrap_or_default(), check),
         warnings: Vec::new(),
     })
+}
+
+/// `[upstream]`: two switches, each `true` or `false`.
+fn validate_upstream(raw: RawUpstream, check: &mut Checker) -> UpstreamDialogue {
+    let defaults = UpstreamDialogue::default();
+    let mut switch = |value: Option<Spanned<toml::Value>>, field: &str, default: bool| {
+        let Some(value) = value else {
+            return default;
+        };
+        match value.get_ref() {
+            toml::Value::Boolean(on) => *on,
+            other => {
+                check.at(
+                    &value,
+                    format!("upstream.{field}"),
+                    format!("must be true or false, not {other}"),
+                );
+                default
+            }
+        }
+    };
+    UpstreamDialogue {
+        pipelining: switch(raw.pipelining, "pipelining", defaults.pipelining),
+        chunking: switch(raw.chunking, "chunking", defaults.chunking),
+    }
 }
 
 fn validate_tokens(

@@ -171,6 +171,27 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
         }
     }
 
+    /// The complete lines the client has already sent (pipelined, RFC 2920) and that the
+    /// next reads will return, without their line ends and without consuming them; stops at
+    /// the first line longer than `max` (that one is answered when it is read).
+    pub(super) fn buffered_lines(&self, max: usize) -> Vec<&[u8]> {
+        let mut lines = Vec::new();
+        if self.discard_until.is_some() {
+            return lines;
+        }
+        let mut rest: &[u8] = &self.read_buf;
+        while let Some(newline) = memchr::memchr(b'\n', rest) {
+            if newline + 1 > max {
+                break;
+            }
+            let (line, after) = rest.split_at(newline + 1);
+            rest = after;
+            let line = line.strip_suffix(b"\n").unwrap_or(line);
+            lines.push(line.strip_suffix(b"\r").unwrap_or(line));
+        }
+        lines
+    }
+
     async fn fill_or_shutdown(
         &mut self,
         deadline: Instant,

@@ -1,5 +1,11 @@
 //! DATA: the 354, copying the message to the upstream as it arrives (behind the DATA
 //! scanner and the header gate), and the final reply, which is the upstream's own.
+//!
+//! The message goes upstream as the client's dot-stuffed DATA stream, or, when the provider
+//! offers CHUNKING, un-stuffed as BDAT chunks (`body.rs`): then the 354 is the relay's own
+//! (no DATA round trip) and the last chunk goes as `BDAT <n> LAST`. Either way the last
+//! octets and the end of the message (dot or LAST) leave in one write, and the client hears
+//! 250 only when the upstream said 250 to the end of the message.
 
 use std::time::SystemTime;
 
@@ -7,8 +13,10 @@ use bytes::Buf;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
-use super::conn::{Input, READ_CHUNK};
+use super::body::{BodyBuffers, BodyMode, BodySender};
+use super::conn::Input;
 use super::headers::{GateState, HeaderGate};
+use super::pipeline::{pipelines, uses_bdat, Ahead};
 use super::{Flow, Phase, Session, Transaction};
 use crate::logsafe::Untrusted;
 use crate::metrics::Outcome;
@@ -20,9 +28,23 @@ use crate::upstream::UpstreamError;
 
 /// How copying a message ended.
 enum Streamed {
-    Complete { size: u64 },
-    Refused { say: Say, size: u64 },
-    UpstreamFailed { error: UpstreamError, size: u64 },
+    /// The whole message and its end (dot or BDAT LAST) were sent.
+    Complete {
+        size: u64,
+    },
+    /// The upstream refused a BDAT chunk before the last.
+    UpstreamRefused {
+        reply: Reply,
+        size: u64,
+    },
+    Refused {
+        say: Say,
+        size: u64,
+    },
+    UpstreamFailed {
+        error: UpstreamError,
+        size: u64,
+    },
     ClientGone,
     ClientTimedOut,
 }
@@ -32,38 +54,58 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         let Phase::Transaction(transaction) = &mut self.phase else {
             return self.reject(Say::NeedMail);
         };
+        let ahead = transaction.prefetched.take("DATA");
         if transaction.recipients.is_empty() {
+            if matches!(&ahead, Ahead::Reply(reply) if reply.code == 354) {
+                // A DATA sent ahead that the upstream accepted without a recipient: the
+                // connection waits for a message that will not come; give it up.
+                self.phase = Phase::Idle;
+            }
             return self.reject(Say::NeedRcpt);
         }
         let Phase::Transaction(mut transaction) = std::mem::replace(&mut self.phase, Phase::Idle)
         else {
             return Flow::Continue;
         };
-        match transaction.upstream.command("DATA").await {
-            Ok(reply) if reply.code == 354 => {}
-            Ok(reply) => {
-                self.send(&relayed(reply));
-                self.phase = Phase::Transaction(transaction);
-                return Flow::Continue;
-            }
-            Err(err) => {
-                tracing::warn!(asset = %transaction.asset.name, error = %err, "upstream failed at DATA");
-                self.say(Say::UpstreamLost);
-                return Flow::Continue;
+        let bdat = uses_bdat(&self.params, &transaction.upstream);
+        if !bdat {
+            let reply = match ahead {
+                Ahead::Reply(reply) => Ok(reply),
+                Ahead::NotSent => transaction.upstream.command("DATA").await,
+                Ahead::OutOfStep => Err(UpstreamError::Protocol {
+                    target: transaction.upstream.target().to_string(),
+                    reason: "replies to pipelined commands out of step".to_string(),
+                }),
+            };
+            match reply {
+                Ok(reply) if reply.code == 354 => {}
+                Ok(reply) => {
+                    self.send(&relayed(reply));
+                    self.phase = Phase::Transaction(transaction);
+                    return Flow::Continue;
+                }
+                Err(err) => {
+                    tracing::warn!(asset = %transaction.asset.name, error = %err, "upstream failed at DATA");
+                    self.say(Say::UpstreamLost);
+                    return Flow::Continue;
+                }
             }
         }
+        // With BDAT the 354 is ours: the upstream hears of the message with its first chunk.
         self.say(Say::StartData);
         self.transactions += 1;
         let started = Instant::now();
-        let mut outcome = self.stream_message(&mut transaction).await;
-        if let Streamed::Complete { size } = outcome {
-            // A failed write of the terminator is not a possible duplicate: the provider
-            // never saw it (a TLS record arrives whole or is useless, and the dot's is the
-            // last one), so it discards the partial message like any other cut-off DATA.
-            if let Err(error) = transaction.upstream.send_terminator().await {
-                outcome = Streamed::UpstreamFailed { error, size };
+        let mut body = self.body.take().unwrap_or_default();
+        let mode = if bdat {
+            BodyMode::Bdat {
+                wait_each_chunk: !pipelines(&self.params, &transaction.upstream),
             }
-        }
+        } else {
+            BodyMode::Data
+        };
+        let outcome = self.stream_message(&mut transaction, &mut body, mode).await;
+        body.after_message();
+        self.body = Some(body);
         let asset = transaction.asset.name.clone();
         let recipients = transaction.recipients.len();
         let metrics = self.relay.metrics.clone();
@@ -125,6 +167,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 log_done("message refused", &reply, size);
                 self.send(&reply);
             }
+            Streamed::UpstreamRefused { reply, size } => {
+                // A BDAT chunk refused before the end: the upstream discards the rest; the
+                // connection is not trusted for another transaction.
+                metrics.transaction(if reply.code / 100 == 4 {
+                    Outcome::TempFailed
+                } else {
+                    Outcome::PermFailed
+                });
+                log_done("message refused by upstream", &reply, size);
+                self.send(&relayed(reply));
+            }
             Streamed::UpstreamFailed { error, size } => {
                 let reply = Say::UpstreamLost.reply();
                 tracing::warn!(asset = %asset, error = %error, "upstream failed during DATA");
@@ -145,9 +198,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         Flow::Continue
     }
 
-    /// Copies the message from the client to the upstream until the client's end of data.
-    /// Never sends the terminator: that is the caller's decision.
-    async fn stream_message(&mut self, transaction: &mut Transaction) -> Streamed {
+    /// Copies the message from the client to the upstream until the client's end of data,
+    /// and sends the end of the message with its last octets when nothing stopped it.
+    async fn stream_message(
+        &mut self,
+        transaction: &mut Transaction,
+        body: &mut BodyBuffers,
+        mode: BodyMode,
+    ) -> Streamed {
         let params = &self.params;
         let max_message_size = params.max_message_size;
         let max_data_line = params.data.max_line_len;
@@ -165,47 +223,55 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 _ => None,
             },
         };
-        let header = trace.header(SystemTime::now());
-        // Sized to what is already buffered (the scanner reserves more as it needs): a
-        // fixed 65 KiB per message made glibc trim and re-fault its heap (madvise in the
-        // profile) for messages a fraction of that size.
-        let mut out = Vec::with_capacity(header.len() + self.conn.read_buf.len().min(READ_CHUNK));
-        out.extend_from_slice(header.as_bytes());
+        let mut sender = BodySender::new(mode);
+        body.wire.clear();
+        body.wire
+            .extend_from_slice(trace.header(SystemTime::now()).as_bytes());
         let mut upstream_error: Option<UpstreamError> = None;
+        let mut upstream_refusal: Option<Reply> = None;
         let mut too_big = false;
         let mut header_gate = HeaderGate::new();
         let data_deadline = Instant::now() + params.data_total_timeout;
         let data_block_timeout = params.data_block_timeout;
         let mut refused: Option<Say> = None;
         loop {
-            let scan = scanner.feed(&self.conn.read_buf, &mut out);
+            let scan = scanner.feed(&self.conn.read_buf, &mut body.wire);
             self.conn.read_buf.advance(scan.consumed);
             if scanner.content_len() > max_message_size {
                 too_big = true;
             }
             if refused.is_none() {
                 // Holds the header block back until it is complete and checked.
-                match header_gate.pass(&mut out, scan.finished) {
+                match header_gate.pass(&mut body.wire, scan.finished) {
                     GateState::Collecting | GateState::Open => {}
                     GateState::Decide(headers, complete) => {
                         let (refusal, message_id) =
                             self.inspect_headers(&headers, complete, &transaction.asset);
                         refused = refusal;
                         transaction.message_id = message_id;
-                        out = headers;
+                        body.wire = headers;
                     }
                 }
             }
             let forwarding = upstream_error.is_none()
+                && upstream_refusal.is_none()
                 && !too_big
                 && refused.is_none()
                 && scanner.problem().is_none();
-            if forwarding && !out.is_empty() {
-                if let Err(err) = transaction.upstream.send_data(&out).await {
-                    upstream_error = Some(err);
+            if forwarding {
+                let upstream = &mut transaction.upstream;
+                let sent = if scan.finished {
+                    sender.send_end(upstream, body).await.map(|()| None)
+                } else {
+                    sender.send_part(upstream, body).await
+                };
+                match sent {
+                    Ok(None) => {}
+                    Ok(Some(reply)) => upstream_refusal = Some(reply),
+                    Err(err) => upstream_error = Some(err),
                 }
             }
-            out.clear();
+            body.wire.clear();
             if scan.finished {
                 break;
             }
@@ -244,6 +310,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 }
             }
             None => {}
+        }
+        if let Some(reply) = upstream_refusal {
+            return Streamed::UpstreamRefused { reply, size };
         }
         match upstream_error {
             Some(error) => Streamed::UpstreamFailed { error, size },

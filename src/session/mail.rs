@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
+use super::pipeline::{exchange, flight_on_reused, followers, Ahead, Prefetched, Unusable};
 use super::{Flow, IdleUpstream, Phase, Session, Transaction};
 use crate::config::{Asset, AssetAccess, Config, User};
 use crate::logsafe::Untrusted;
@@ -15,8 +16,7 @@ use crate::replies::{relayed, Say};
 use crate::smtp::address::{self, CanonicalAddress};
 use crate::smtp::command::Param;
 use crate::smtp::reply::Reply;
-use crate::upstream::pool::refuses_authentication;
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, UpstreamError};
 
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     pub(super) async fn mail(&mut self, from: String, params: &[Param]) -> Flow {
@@ -101,62 +101,79 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             }
             line.push_str(" SMTPUTF8");
         }
-        let mut mail_reply = None;
+        // The RCPTs (and DATA) the client pipelined behind this MAIL go in the same flight.
+        let mut lines = vec![line];
+        lines.extend(followers(
+            &self.params,
+            &self.conn,
+            &upstream,
+            self.params.max_recipients,
+            0,
+        ));
+        let mut replies = None;
         if reused {
-            // RSET checks the kept connection and guarantees a clean transaction state;
-            // with PIPELINING it travels in the same packet as MAIL FROM. Nothing is
-            // committed on this connection yet, so if it turns out dead (or its
-            // authentication gone) a new one is opened and the client never notices.
-            let reused_reply = mail_on_reused(&mut upstream, &line).await;
-            if let Err(why) = &reused_reply {
-                tracing::debug!(asset = %asset.name, why = why.as_str(), "kept upstream connection is unusable, opening a new one");
-                if let Unusable::AuthenticationRefused {
-                    token_refused: true,
-                } = why
-                {
-                    // The provider ended the session for this token: the new connection
-                    // must not try the same (cached) token first.
-                    if let Some(token) = upstream.token() {
-                        self.relay.tokens.invalidate(&asset.name, token).await;
+            // Nothing is committed on a kept connection at MAIL: if it turns out dead (or
+            // its authentication gone), a new one is opened, the flight sent again, and the
+            // client never notices.
+            match flight_on_reused(&mut upstream, &lines).await {
+                Ok(found) => replies = Some(found),
+                Err(why) => {
+                    tracing::debug!(asset = %asset.name, why = why.as_str(), "kept upstream connection is unusable, opening a new one");
+                    if let Unusable::AuthenticationRefused {
+                        token_refused: true,
+                    } = why
+                    {
+                        // The provider ended the session for this token: the new connection
+                        // must not try the same (cached) token first.
+                        if let Some(token) = upstream.token() {
+                            self.relay.tokens.invalidate(&asset.name, token).await;
+                        }
                     }
+                    // Dropped without QUIT: it is dead or its session is over.
+                    upstream = match self.open_upstream(&asset).await {
+                        Ok(upstream) => upstream,
+                        Err(reply) => {
+                            self.relay.metrics.transaction(Outcome::TempFailed);
+                            self.send(&reply);
+                            return Flow::Continue;
+                        }
+                    };
                 }
-                // Dropped without QUIT: it is dead or its session is over.
-                upstream = match self.open_upstream(&asset).await {
-                    Ok(upstream) => upstream,
-                    Err(reply) => {
-                        self.relay.metrics.transaction(Outcome::TempFailed);
-                        self.send(&reply);
-                        return Flow::Continue;
-                    }
-                };
             }
-            mail_reply = reused_reply.ok();
         }
-        let mail_reply = match mail_reply {
-            Some(reply) => Ok(reply),
-            None => upstream.command(&line).await,
+        let replies = match replies {
+            Some(replies) => Ok(replies),
+            None => exchange(&mut upstream, &lines).await,
         };
-        match mail_reply {
-            Ok(reply) => {
-                let accepted = reply.is_positive();
-                self.send(&relayed(reply));
-                if accepted {
-                    self.phase = Phase::Transaction(Box::new(Transaction {
-                        asset,
-                        upstream,
-                        sender: from,
-                        recipients: Vec::new(),
-                        message_id: None,
-                        upstream_setup: setup_started.elapsed(),
-                    }));
-                } else {
-                    self.park_upstream(&asset, upstream);
-                }
-            }
+        let mut replies = match replies {
+            Ok(replies) => replies.into_iter(),
             Err(err) => {
                 tracing::warn!(asset = %asset.name, error = %err, "upstream failed at MAIL FROM");
                 self.say(Say::UpstreamLost);
+                return Flow::Continue;
             }
+        };
+        let Some(reply) = replies.next() else {
+            self.say(Say::UpstreamLost);
+            return Flow::Continue;
+        };
+        let prefetched = Prefetched::new(lines.get(1..).unwrap_or_default(), replies);
+        let accepted = reply.is_positive();
+        self.send(&relayed(reply));
+        if accepted {
+            self.phase = Phase::Transaction(Box::new(Transaction {
+                asset,
+                upstream,
+                sender: from,
+                recipients: Vec::new(),
+                message_id: None,
+                upstream_setup: setup_started.elapsed(),
+                prefetched,
+            }));
+        } else if !prefetched.holds_data_go_ahead() {
+            // The pipelined RCPTs and DATA were refused upstream for want of a MAIL; the
+            // client's copies get their refusal from the session when it reads them.
+            self.park_upstream(&asset, upstream);
         }
         Flow::Continue
     }
@@ -175,11 +192,38 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             self.say(Say::TooManyRecipients);
             return Flow::Continue;
         }
-        match transaction
-            .upstream
-            .command(&format!("RCPT TO:<{to}>"))
-            .await
-        {
+        let line = format!("RCPT TO:<{to}>");
+        let reply = match transaction.prefetched.take(&line) {
+            Ahead::Reply(reply) => Ok(reply),
+            Ahead::NotSent => {
+                // This RCPT and those pipelined behind it, in one flight.
+                let room = max_recipients.saturating_sub(transaction.recipients.len() + 1);
+                let accepted = transaction.recipients.len();
+                let mut lines = vec![line];
+                lines.extend(followers(
+                    &self.params,
+                    &self.conn,
+                    &transaction.upstream,
+                    room,
+                    accepted,
+                ));
+                match exchange(&mut transaction.upstream, &lines).await {
+                    Ok(replies) => {
+                        let mut replies = replies.into_iter();
+                        let first = replies.next();
+                        transaction.prefetched =
+                            Prefetched::new(lines.get(1..).unwrap_or_default(), replies);
+                        first.ok_or_else(|| out_of_step(&transaction.upstream))
+                    }
+                    Err(err) => Err(err),
+                }
+            }
+            Ahead::OutOfStep => Err(out_of_step(&transaction.upstream)),
+        };
+        let Phase::Transaction(transaction) = &mut self.phase else {
+            return Flow::Continue;
+        };
+        match reply {
             Ok(reply) => {
                 if reply.is_positive() {
                     transaction.recipients.push(to);
@@ -248,7 +292,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     pub(super) async fn end_transaction(&mut self) {
         if let Phase::Transaction(mut transaction) = std::mem::replace(&mut self.phase, Phase::Idle)
         {
-            if matches!(transaction.upstream.command("RSET").await, Ok(reply) if reply.is_positive())
+            if transaction.prefetched.is_empty()
+                && matches!(transaction.upstream.command("RSET").await, Ok(reply) if reply.is_positive())
             {
                 self.park_upstream(&transaction.asset, transaction.upstream);
             }
@@ -292,56 +337,12 @@ pub(super) fn choose_asset(
     config.asset(name).cloned().ok_or_else(not_served)
 }
 
-/// Why a kept connection cannot carry the next transaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Unusable {
-    /// No answer to RSET or MAIL: the connection is dead.
-    Dead,
-    /// RSET refused: the connection's state is unknown.
-    ResetRefused,
-    /// MAIL refused for authentication (`pool::refuses_authentication`): the provider
-    /// ended the authenticated session, typically because the token expired.
-    /// `token_refused` for 530/535, which name the credentials; a 5.7.x policy refusal
-    /// says nothing against the token, so it is not thrown away for one.
-    AuthenticationRefused { token_refused: bool },
-}
-
-impl Unusable {
-    fn as_str(self) -> &'static str {
-        match self {
-            Unusable::Dead => "no answer to RSET or MAIL",
-            Unusable::ResetRefused => "RSET refused",
-            Unusable::AuthenticationRefused { .. } => "MAIL refused for authentication",
-        }
+/// The error for replies that no longer match the commands sent ahead.
+fn out_of_step(upstream: &Upstream) -> UpstreamError {
+    UpstreamError::Protocol {
+        target: upstream.target().to_string(),
+        reason: "replies to pipelined commands out of step".to_string(),
     }
-}
-
-/// RSET and MAIL FROM on a kept connection; Err when the connection is not usable.
-async fn mail_on_reused(upstream: &mut Upstream, mail: &str) -> Result<Reply, Unusable> {
-    let reply = if upstream.capabilities().pipelining {
-        let replies = upstream
-            .pipeline(&["RSET", mail])
-            .await
-            .map_err(|_| Unusable::Dead)?;
-        let mut replies = replies.into_iter();
-        let reset = replies.next().ok_or(Unusable::Dead)?;
-        if !reset.is_positive() {
-            return Err(Unusable::ResetRefused);
-        }
-        replies.next().ok_or(Unusable::Dead)?
-    } else {
-        let reset = upstream.command("RSET").await.map_err(|_| Unusable::Dead)?;
-        if !reset.is_positive() {
-            return Err(Unusable::ResetRefused);
-        }
-        upstream.command(mail).await.map_err(|_| Unusable::Dead)?
-    };
-    if refuses_authentication(&reply) {
-        return Err(Unusable::AuthenticationRefused {
-            token_refused: matches!(reply.code, 530 | 535),
-        });
-    }
-    Ok(reply)
 }
 
 /// The MAIL FROM parameters we advertise and understand.

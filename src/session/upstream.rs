@@ -16,7 +16,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     pub(super) async fn open_upstream(&self, asset: &Asset) -> Result<Upstream, Reply> {
         let relay = &self.relay;
         let connector = Connector::new(&relay.tokens, &relay.upstream).with_metrics(&relay.metrics);
-        let error = match connector.open(asset).await {
+        // Boxed: opening a connection (token, TCP, TLS, XOAUTH2) is the largest future a
+        // session awaits, and inline it would make every session's future that large,
+        // idle ones included.
+        let error = match Box::pin(connector.open(asset)).await {
             Ok(upstream) => return Ok(upstream),
             Err(error) => error,
         };

@@ -7,6 +7,7 @@
 //! fuzz-tested without sockets.
 
 pub mod address;
+pub mod bdat;
 pub mod command;
 pub mod data;
 pub mod ehlo;

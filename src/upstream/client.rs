@@ -50,8 +50,8 @@ impl UpstreamSettings {
 /// One SMTP client connection over `T`. In production `T` is a TLS stream (see
 /// [`Upstream`](super::Upstream)); the STARTTLS prelude runs over the plain TCP stream.
 pub struct SmtpClient<T> {
-    stream: T,
-    read_buf: Vec<u8>,
+    pub(super) stream: T,
+    pub(super) read_buf: Vec<u8>,
     capabilities: Capabilities,
     /// `host:port`, for errors and log lines.
     target: String,
@@ -61,6 +61,13 @@ pub struct SmtpClient<T> {
     /// provider that later ends the session for that token gets it invalidated.
     token: Option<Secret>,
     token_expires_at: Option<tokio::time::Instant>,
+    /// A MAIL was accepted and its transaction has not ended yet (no final reply, no RSET):
+    /// only then does a kept connection need RSET before the next MAIL (RFC 5321 §4.1.1.4:
+    /// the reply to the end of data ends the transaction, whatever it says).
+    pub(super) transaction_open: bool,
+    /// BDAT chunks sent without waiting for their replies (PIPELINING): their replies come
+    /// before the last chunk's, and [`final_reply`](Self::final_reply) reads them.
+    pub(super) bdat_unanswered: usize,
 }
 
 impl<T> SmtpClient<T> {
@@ -76,6 +83,8 @@ impl<T> SmtpClient<T> {
             final_reply_timeout: settings.final_reply_timeout,
             token: None,
             token_expires_at: None,
+            transaction_open: false,
+            bdat_unanswered: 0,
         }
     }
 
@@ -101,6 +110,10 @@ impl<T> SmtpClient<T> {
 
     pub fn target(&self) -> &str {
         &self.target
+    }
+
+    pub(super) fn command_timeout(&self) -> Duration {
+        self.command_timeout
     }
 
     fn lost(&self, reason: String) -> UpstreamError {
@@ -220,7 +233,25 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SmtpClient<T> {
         // The line carries client-supplied addresses.
         tracing::trace!(upstream = %self.target, "C: {}", Untrusted(line));
         self.write_line(line).await?;
-        self.read_reply(self.command_timeout).await
+        let reply = self.read_reply(self.command_timeout).await?;
+        self.observe(line, &reply);
+        Ok(reply)
+    }
+
+    /// Follows the transaction state from the commands and their replies.
+    fn observe(&mut self, line: &str, reply: &Reply) {
+        let verb = line.get(..4).unwrap_or(line);
+        if verb.eq_ignore_ascii_case("MAIL") && reply.is_positive() {
+            self.transaction_open = true;
+        } else if verb.eq_ignore_ascii_case("RSET") && reply.is_positive() {
+            self.transaction_open = false;
+        }
+    }
+
+    /// Whether the connection is in the middle of a transaction (a MAIL was accepted and
+    /// neither a final reply nor RSET has ended it).
+    pub fn transaction_open(&self) -> bool {
+        self.transaction_open
     }
 
     /// Several commands in one write (RFC 2920 PIPELINING; only when the server
@@ -235,8 +266,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SmtpClient<T> {
         self.write_all(&bytes).await?;
         self.flush().await?;
         let mut replies = Vec::with_capacity(lines.len());
-        for _ in lines {
-            replies.push(self.read_reply(self.command_timeout).await?);
+        for line in lines {
+            let reply = self.read_reply(self.command_timeout).await?;
+            self.observe(line, &reply);
+            replies.push(reply);
         }
         Ok(replies)
     }
@@ -261,17 +294,39 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SmtpClient<T> {
         self.write_all(bytes).await
     }
 
-    /// Sends the end-of-data terminator. Kept apart from [`final_reply`](Self::final_reply)
-    /// because only a failure after the terminator went out leaves the outcome unknown.
-    pub async fn send_terminator(&mut self) -> Result<(), UpstreamError> {
-        self.write_all(b".\r\n").await?;
+    /// Sends the last message bytes, which end with the end-of-data terminator, in one
+    /// write (the dot does not cost a write, a TLS record and a packet of its own). Kept
+    /// apart from [`final_reply`](Self::final_reply) because only a failure after the
+    /// terminator went out leaves the outcome unknown.
+    pub async fn send_data_end(
+        &mut self,
+        bytes_with_terminator: &[u8],
+    ) -> Result<(), UpstreamError> {
+        self.write_all(bytes_with_terminator).await?;
         self.flush().await
     }
 
-    /// The verdict on the message, after [`send_terminator`](Self::send_terminator), waited
-    /// for with the final-reply cap.
+    /// Sends the end-of-data terminator on its own.
+    pub async fn send_terminator(&mut self) -> Result<(), UpstreamError> {
+        self.send_data_end(b".\r\n").await
+    }
+
+    /// The verdict on the message, after [`send_data_end`](Self::send_data_end) or the last
+    /// BDAT chunk, waited for with the final-reply cap. With BDAT chunks whose replies were
+    /// not waited for, those come first: the first refusal among them is the verdict (RFC
+    /// 3030 §4: a server that refused a chunk refuses the rest of the message).
     pub async fn final_reply(&mut self) -> Result<Reply, UpstreamError> {
-        self.read_reply(self.final_reply_timeout).await
+        let mut refusal = None;
+        while self.bdat_unanswered > 0 {
+            let reply = self.read_reply(self.command_timeout).await?;
+            self.bdat_unanswered -= 1;
+            if !reply.is_positive() && refusal.is_none() {
+                refusal = Some(reply);
+            }
+        }
+        let last = self.read_reply(self.final_reply_timeout).await?;
+        self.transaction_open = false;
+        Ok(refusal.unwrap_or(last))
     }
 
     /// Polite goodbye; errors do not matter any more at this point.
@@ -280,7 +335,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SmtpClient<T> {
         let _ = self.stream.shutdown().await;
     }
 
-    async fn write_all(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
+    pub(super) async fn write_all(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
         match timeout(self.command_timeout, self.stream.write_all(bytes)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(err)) => Err(self.lost(err.to_string())),
@@ -288,7 +343,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SmtpClient<T> {
         }
     }
 
-    async fn flush(&mut self) -> Result<(), UpstreamError> {
+    pub(super) async fn flush(&mut self) -> Result<(), UpstreamError> {
         match timeout(self.command_timeout, self.stream.flush()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(err)) => Err(self.lost(err.to_string())),
@@ -296,7 +351,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SmtpClient<T> {
         }
     }
 
-    async fn read_reply(&mut self, limit: Duration) -> Result<Reply, UpstreamError> {
+    pub(super) async fn read_reply(&mut self, limit: Duration) -> Result<Reply, UpstreamError> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             match parse_reply(&self.read_buf, MAX_REPLY_LINE, MAX_REPLY_LINES) {
@@ -313,11 +368,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> SmtpClient<T> {
                     })
                 }
             }
-            let mut chunk = [0u8; 4096];
-            let read = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await;
+            // Straight into the buffer: a 4 KiB array here would sit in every future that
+            // awaits a reply (each session's among them).
+            self.read_buf.reserve(4096);
+            let read =
+                tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.read_buf)).await;
             match read {
                 Ok(Ok(0)) => return Err(self.lost("connection closed by the server".into())),
-                Ok(Ok(n)) => self.read_buf.extend_from_slice(&chunk[..n]),
+                Ok(Ok(_)) => {}
                 Ok(Err(err)) => return Err(self.lost(err.to_string())),
                 Err(_) => return Err(self.timed_out(limit)),
             }

@@ -329,3 +329,73 @@ async fn a_silent_server_times_out() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn bdat_chunks_not_waited_for_are_answered_before_the_last_and_a_refusal_wins() {
+    let (mut client, server) = start(vec![
+        hears(b"MAIL FROM:<a@example.com>\r\n"),
+        Says(b"250 2.1.0 OK\r\n"),
+        hears(b"BDAT 3\r\nabcBDAT 2 LAST\r\nde"),
+        Says(b"250 2.0.0 OK 3 octets received\r\n250 2.0.0 OK 1700000000 x-gsmtp\r\n"),
+        hears(b"BDAT 1\r\nxBDAT 0 LAST\r\n"),
+        Says(b"552 5.3.4 too big\r\n554 5.3.4 message refused\r\n"),
+    ]);
+    client.command("MAIL FROM:<a@example.com>").await.unwrap();
+    assert!(client.transaction_open());
+    assert_eq!(
+        client
+            .send_bdat_chunk(b"BDAT 3\r\nabc", false)
+            .await
+            .unwrap(),
+        None
+    );
+    client.send_bdat_last(b"BDAT 2 LAST\r\nde").await.unwrap();
+    assert_eq!(client.final_reply().await.unwrap().code, 250);
+    // The reply to the end of the message ends the transaction: no RSET needed.
+    assert!(!client.transaction_open());
+    client.send_bdat_chunk(b"BDAT 1\r\nx", false).await.unwrap();
+    client.send_bdat_last(b"BDAT 0 LAST\r\n").await.unwrap();
+    assert_eq!(client.final_reply().await.unwrap().code, 552);
+    drop(client);
+    assert_eq!(server.await.unwrap(), b"");
+}
+
+#[tokio::test]
+async fn a_bdat_chunk_waited_for_returns_its_refusal() {
+    let (mut client, server) = start(vec![
+        hears(b"BDAT 3\r\nabc"),
+        Says(b"250 2.0.0 OK\r\n"),
+        hears(b"BDAT 3\r\ndef"),
+        Says(b"552 5.3.4 too big\r\n"),
+    ]);
+    assert_eq!(
+        client
+            .send_bdat_chunk(b"BDAT 3\r\nabc", true)
+            .await
+            .unwrap(),
+        None
+    );
+    let refused = client
+        .send_bdat_chunk(b"BDAT 3\r\ndef", true)
+        .await
+        .unwrap();
+    assert_eq!(refused.map(|reply| reply.code), Some(552));
+    drop(client);
+    assert_eq!(server.await.unwrap(), b"");
+}
+
+#[tokio::test]
+async fn a_kept_connection_is_quiet_until_the_server_says_something_or_closes() {
+    let (ours, mut theirs) = duplex(1024);
+    let mut client = SmtpClient::new(ours, "smtp.gmail.test:587", &settings());
+    assert!(client.quiet_since_last_reply().await);
+    theirs
+        .write_all(b"421 4.4.2 Timeout - closing connection\r\n")
+        .await
+        .unwrap();
+    assert!(!client.quiet_since_last_reply().await);
+    let (ours, theirs) = duplex(1024);
+    let mut client = SmtpClient::new(ours, "smtp.gmail.test:587", &settings());
+    drop(theirs);
+    assert!(!client.quiet_since_last_reply().await);
+}

@@ -61,6 +61,8 @@ pub struct Options {
     /// Lines for the [pool] table; empty means the pool is off, so tests see one
     /// upstream connection per session unless they test the pool.
     pub pool: String,
+    /// Lines for the [upstream] table (pipelining, chunking); empty means the defaults.
+    pub upstream: String,
     /// Upstream in implicit-TLS mode.
     pub implicit_tls: bool,
     /// The upstream checks tokens against its own registry, so it refuses every token the
@@ -273,6 +275,9 @@ tls_key = "{key}"
 [pool]
 {pool}
 
+[upstream]
+{upstream_table}
+
 [[user]]
 name = "{scanner}"
 password_hash = "{scanner_hash}"
@@ -326,6 +331,7 @@ token_url = "{token_url}"
             } else {
                 options.pool.as_str()
             },
+            upstream_table = options.upstream,
             scanner = SCANNER.0,
             app = APP.0,
             admin = ADMIN.0,

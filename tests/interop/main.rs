@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod pipelining;
 mod postfix;
 mod real_clients;
 mod snippets;

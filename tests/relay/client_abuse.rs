@@ -357,9 +357,11 @@ async fn upstream_5xx_recipient_refusals_count_as_errors() {
 async fn failed_write_of_the_final_dot_is_not_a_possible_duplicate() {
     let env = Env::start().await;
     // The upstream reads the first part of the message and drops the connection: it never
-    // sees the terminator.
+    // sees the terminator. (The DATA path: with BDAT nothing goes upstream before the
+    // first chunk is full.)
     env.gmail.set_behaviour(Behaviour {
         close_during_data: true,
+        no_chunking: true,
         ..Behaviour::default()
     });
     let mut client = env.logged_in(SCANNER).await;

@@ -19,3 +19,4 @@ mod secrets;
 mod sender_spelling;
 mod store;
 mod tokens;
+mod upstream_dialogue;

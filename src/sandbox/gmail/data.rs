@@ -91,6 +91,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
             self.reply(&text).await?;
             return Ok(false);
         };
+        if self.behaviour().no_chunking {
+            // Not offered, so not understood: the octets that follow are read as commands,
+            // as a server without CHUNKING would.
+            let text = format!("502 5.5.1 Unrecognized command. {}", self.tag());
+            self.reply(&text).await?;
+            return Ok(true);
+        }
+        if self.behaviour().close_during_data || self.behaviour().stall_during_data {
+            if self.buf.is_empty() {
+                self.read_more().await?;
+            }
+            if self.behaviour().stall_during_data {
+                tracing::info!(peer = %self.peer, conn = self.conn_no, "sandbox Gmail: stalling during BDAT (behaviour)");
+                std::future::pending::<()>().await;
+            }
+            tracing::info!(peer = %self.peer, conn = self.conn_no, "sandbox Gmail: dropping connection during BDAT (behaviour)");
+            return Ok(false);
+        }
         // The chunk must be consumed even when it is going to be refused.
         let in_sequence = self.tls && self.txn.mail_from.is_some() && !self.txn.rcpt_to.is_empty();
         let mut chunk = Vec::new();
@@ -130,6 +148,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
         }
         let data = self.txn.bdat.get_or_insert_with(Vec::new);
         data.extend_from_slice(&chunk);
+        if !last && self.behaviour().close_between_chunks {
+            tracing::info!(
+                peer = %self.peer,
+                conn = self.conn_no,
+                "sandbox Gmail: dropping connection between BDAT chunks (behaviour)",
+            );
+            return Ok(false);
+        }
         if !last {
             let text = format!("250 2.0.0 OK {size} octets received {}", self.tag());
             self.reply(&text).await?;

@@ -82,6 +82,21 @@ pub struct Behaviour {
     /// revoked (`AccessTokens::revoke_all`, standing in for expiry), MAIL on the connection
     /// gets `530 5.7.0`, as providers that end sessions at token expiry answer.
     pub session_ends_with_token: bool,
+    /// EHLO does not offer PIPELINING (the relay must then wait for each reply).
+    pub no_pipelining: bool,
+    /// EHLO does not offer CHUNKING (the relay must then use DATA).
+    pub no_chunking: bool,
+    /// After a BDAT chunk that is not the last, drop the connection without replying.
+    pub close_between_chunks: bool,
+    /// Keep every byte each connection receives and sends, for [`FakeGmail::dialogue`].
+    pub record_dialogue: bool,
+}
+
+/// One turn of a recorded dialogue: what one side sent before the other spoke.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Turn {
+    Client(Vec<u8>),
+    Server(Vec<u8>),
 }
 
 #[derive(Clone)]
@@ -148,6 +163,8 @@ struct Shared {
     acceptor: TlsAcceptor,
     behaviour: Mutex<Behaviour>,
     messages: Mutex<Vec<Delivered>>,
+    /// Per connection number, in order (with `record_dialogue`).
+    dialogues: Mutex<std::collections::BTreeMap<usize, Vec<Turn>>>,
     message_count: watch::Sender<usize>,
     connections: AtomicUsize,
     open_connections: AtomicUsize,
@@ -176,6 +193,7 @@ impl FakeGmail {
             behaviour: Mutex::new(config.behaviour.clone()),
             config,
             messages: Mutex::new(Vec::new()),
+            dialogues: Mutex::new(std::collections::BTreeMap::new()),
             message_count: watch::Sender::new(0),
             connections: AtomicUsize::new(0),
             open_connections: AtomicUsize::new(0),
@@ -203,6 +221,22 @@ impl FakeGmail {
     /// Affects new connections and subsequent commands on existing ones.
     pub fn set_behaviour(&self, b: Behaviour) {
         *lock(&self.shared.behaviour) = b;
+    }
+
+    /// What connection `conn` (1 = the first accepted) received and sent, byte for byte,
+    /// as turns: consecutive reads (or replies) are one turn. Recorded only with
+    /// `Behaviour::record_dialogue`; the STARTTLS prelude is recorded too (as text it is
+    /// before TLS), the AUTH line with the token in it as well (tests only).
+    pub fn dialogue(&self, conn: usize) -> Vec<Turn> {
+        lock(&self.shared.dialogues)
+            .get(&conn)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Numbers of the connections with a recorded dialogue.
+    pub fn recorded_connections(&self) -> Vec<usize> {
+        lock(&self.shared.dialogues).keys().copied().collect()
     }
 
     /// Connections accepted so far.

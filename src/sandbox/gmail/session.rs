@@ -211,8 +211,13 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
         } else if !self.behaviour().no_starttls {
             lines.push("STARTTLS".to_owned());
         }
+        let behaviour = self.behaviour();
         for ext in ["ENHANCEDSTATUSCODES", "PIPELINING", "CHUNKING", "SMTPUTF8"] {
-            lines.push(ext.to_owned());
+            let withheld = (ext == "PIPELINING" && behaviour.no_pipelining)
+                || (ext == "CHUNKING" && behaviour.no_chunking);
+            if !withheld {
+                lines.push(ext.to_owned());
+            }
         }
         let text = multiline("250", &lines);
         self.reply(&text).await

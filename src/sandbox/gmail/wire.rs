@@ -10,7 +10,7 @@ use bytes::Buf;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::session::Session;
-use super::{IDLE_TIMEOUT, MAX_MESSAGE_BYTES};
+use super::{lock, Turn, IDLE_TIMEOUT, MAX_MESSAGE_BYTES};
 
 /// Outcome of reading one CRLF-terminated line.
 pub(super) enum Line {
@@ -100,8 +100,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
     /// Reads more bytes into the buffer; 0 means EOF. Times out like a real MTA would.
     pub(super) async fn read_more(&mut self) -> io::Result<usize> {
         self.buf.reserve(8192);
+        let before = self.buf.len();
         match tokio::time::timeout(IDLE_TIMEOUT, self.stream.read_buf(&mut self.buf)).await {
-            Ok(result) => result,
+            Ok(result) => {
+                if let (Ok(n), true) = (&result, self.behaviour().record_dialogue) {
+                    let read = self
+                        .buf
+                        .get(before..before + n)
+                        .unwrap_or_default()
+                        .to_vec();
+                    self.record(Turn::Client(read));
+                }
+                result
+            }
             Err(_) => {
                 let text = format!("451 4.4.2 Timeout - closing connection. {}", self.tag());
                 self.reply(&text).await?;
@@ -121,8 +132,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<'_, S> {
         let mut out = Vec::with_capacity(text.len() + 2);
         out.extend_from_slice(text.as_bytes());
         out.extend_from_slice(b"\r\n");
+        if self.behaviour().record_dialogue {
+            self.record(Turn::Server(out.clone()));
+        }
         self.stream.write_all(&out).await?;
         self.stream.flush().await
+    }
+
+    /// Appends to this connection's recorded dialogue, merging with a turn of the same side.
+    fn record(&self, turn: Turn) {
+        let mut dialogues = lock(&self.shared.dialogues);
+        let dialogue = dialogues.entry(self.conn_no).or_default();
+        match (dialogue.last_mut(), turn) {
+            (Some(Turn::Client(last)), Turn::Client(more))
+            | (Some(Turn::Server(last)), Turn::Server(more)) => last.extend_from_slice(&more),
+            (_, turn) => dialogue.push(turn),
+        }
     }
 
     pub(super) fn log_client(&self, line: &str) {
