@@ -1,5 +1,6 @@
 //! The `Received:` trace header the relay prepends (RFC 5321 §4.4, RFC 3848 protocol names).
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -25,36 +26,44 @@ impl Trace<'_> {
             (true, false, true) => "ESMTPA",
             (true, true, true) => "ESMTPSA",
         };
-        let for_clause = self
-            .single_recipient
-            .map(|rcpt| format!("\r\n\tfor <{}>", printable(rcpt)))
-            .unwrap_or_default();
         let seconds = now
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
         let date = mail_parser::DateTime::from_timestamp(seconds).to_rfc822();
-        format!(
-            "Received: from {helo} ([{peer}])\r\n\tby {host} (smtp-oauth-relay) with {protocol} id {id}{for_clause};\r\n\t{date}\r\n",
-            helo = printable(self.helo),
+        // Built in one buffer (once per message, on the DATA path).
+        let mut out = String::with_capacity(200 + self.helo.len().min(255) + date.len());
+        out.push_str("Received: from ");
+        push_printable(&mut out, self.helo);
+        let _ = write!(
+            out,
+            " ([{peer}])\r\n\tby {host} (smtp-oauth-relay) with {protocol} id {id}",
             peer = self.peer,
             host = self.hostname,
             id = self.id,
-        )
+        );
+        if let Some(rcpt) = self.single_recipient {
+            out.push_str("\r\n\tfor <");
+            push_printable(&mut out, rcpt);
+            out.push('>');
+        }
+        out.push_str(";\r\n\t");
+        out.push_str(&date);
+        out.push_str("\r\n");
+        out
     }
 }
 
-/// Client-supplied text made safe for a header: printable ASCII, bounded length.
-fn printable(text: &str) -> String {
-    let cleaned: String = text
-        .chars()
-        .take(255)
-        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
-        .collect();
-    if cleaned.is_empty() {
-        "unknown".to_string()
-    } else {
-        cleaned
+/// Appends client-supplied text made safe for a header: printable ASCII, bounded length.
+fn push_printable(out: &mut String, text: &str) {
+    let start = out.len();
+    out.extend(
+        text.chars()
+            .take(255)
+            .map(|c| if c.is_ascii_graphic() { c } else { '?' }),
+    );
+    if out.len() == start {
+        out.push_str("unknown");
     }
 }
 

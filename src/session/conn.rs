@@ -73,6 +73,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
         if self.write_timed_out {
             return Err(write_timed_out());
         }
+        if self.write_buf.is_empty() {
+            // Every write below ends in a complete flush, so with nothing queued there is
+            // nothing to flush: no timer, no call into the stream (each DATA read comes here).
+            return Ok(());
+        }
         let write = async {
             if !self.write_buf.is_empty() {
                 self.stream.write_all(&self.write_buf).await?;
@@ -123,7 +128,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(line_end_by) = self.discard_until {
-                if let Some(newline) = self.read_buf.iter().position(|&b| b == b'\n') {
+                if let Some(newline) = memchr::memchr(b'\n', &self.read_buf) {
                     self.read_buf.advance(newline + 1);
                     self.discard_until = None;
                     continue;
@@ -139,16 +144,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientConnection<IO> {
                     Err(input) => return input,
                 }
             }
-            if let Some(newline) = self.read_buf.iter().position(|&b| b == b'\n') {
-                let line = self.read_buf.split_to(newline + 1);
-                if line.len() > max {
+            if let Some(newline) = memchr::memchr(b'\n', &self.read_buf) {
+                if newline + 1 > max {
+                    self.read_buf.advance(newline + 1);
                     return Input::TooLong;
                 }
-                let mut line = line.to_vec();
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
+                let end = match newline.checked_sub(1) {
+                    Some(cr) if self.read_buf[cr] == b'\r' => cr,
+                    _ => newline,
+                };
+                let line = self.read_buf[..end].to_vec();
+                self.read_buf.advance(newline + 1);
                 return Input::Line(line);
             }
             // No line end yet, and with one the line would be longer than `max`.

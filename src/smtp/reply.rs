@@ -117,11 +117,39 @@ impl Reply {
     /// would exceed 512 octets is wrapped onto further lines with the same codes.
     /// A code above 999 is clamped to 999 to keep the line parseable.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        let code = format!("{:03}", self.code.min(999));
-        let enhanced = self.enhanced.map(|e| e.to_string());
-        let prefix_len = code.len() + 1 + enhanced.as_ref().map_or(0, |e| e.len() + 1);
+        let clamped = self.code.min(999);
+        let digits = [
+            b'0' + (clamped / 100) as u8,
+            b'0' + (clamped / 10 % 10) as u8,
+            b'0' + (clamped % 10) as u8,
+        ];
+        // The enhanced code formatted on the stack: every reply to every command comes
+        // through here, so the common case allocates nothing.
+        let mut enhanced_buf = [0u8; 32];
+        let enhanced_len = self.enhanced.map(|e| {
+            let mut cursor = std::io::Cursor::new(&mut enhanced_buf[..]);
+            let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{e}"));
+            cursor.position() as usize
+        });
+        let enhanced: Option<&[u8]> = enhanced_len.map(|len| &enhanced_buf[..len]);
+        let prefix_len = digits.len() + 1 + enhanced.map_or(0, |e| e.len() + 1);
         // prefix_len is at most 4 + 16, so the budget is always comfortably positive.
         let budget = MAX_REPLY_LINE.saturating_sub(prefix_len + 2).max(1);
+
+        // Fast path: no line needs sanitizing or wrapping, so each is written as it is
+        // (exactly what the general path below produces for such lines).
+        if !self.lines.is_empty()
+            && self
+                .lines
+                .iter()
+                .all(|l| l.len() <= budget && !l.chars().any(char::is_control))
+        {
+            let last = self.lines.len() - 1;
+            for (i, text) in self.lines.iter().enumerate() {
+                write_line(out, &digits, enhanced, text, i == last);
+            }
+            return;
+        }
 
         let mut wire_lines: Vec<String> = Vec::with_capacity(self.lines.len());
         for line in &self.lines {
@@ -133,20 +161,7 @@ impl Reply {
 
         let last = wire_lines.len() - 1;
         for (i, text) in wire_lines.iter().enumerate() {
-            out.extend_from_slice(code.as_bytes());
-            let mut sep = if i == last { b' ' } else { b'-' };
-            if let Some(e) = &enhanced {
-                out.push(sep);
-                out.extend_from_slice(e.as_bytes());
-                sep = b' ';
-            }
-            if !text.is_empty() {
-                out.push(sep);
-                out.extend_from_slice(text.as_bytes());
-            } else if i != last && enhanced.is_none() {
-                out.push(b'-');
-            }
-            out.extend_from_slice(b"\r\n");
+            write_line(out, &digits, enhanced, text, i == last);
         }
     }
 
@@ -174,6 +189,24 @@ impl fmt::Display for Reply {
         }
         Ok(())
     }
+}
+
+/// One wire line: `CODE-[ENH ]text` or, for the last, `CODE[ ENH][ text]`, then CRLF.
+fn write_line(out: &mut Vec<u8>, code: &[u8], enhanced: Option<&[u8]>, text: &str, last: bool) {
+    out.extend_from_slice(code);
+    let mut sep = if last { b' ' } else { b'-' };
+    if let Some(e) = enhanced {
+        out.push(sep);
+        out.extend_from_slice(e);
+        sep = b' ';
+    }
+    if !text.is_empty() {
+        out.push(sep);
+        out.extend_from_slice(text.as_bytes());
+    } else if !last && enhanced.is_none() {
+        out.push(b'-');
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Replaces every control character (including CR, LF, NUL, DEL and the C1
@@ -409,6 +442,28 @@ mod tests {
                 "{reply:?}"
             );
         }
+    }
+
+    #[test]
+    fn control_characters_and_mixed_lines_take_the_general_path() {
+        let wire = |r: Reply| String::from_utf8(r.to_wire()).unwrap();
+        assert_eq!(wire(Reply::new(250, None, "a\r\nb")), "250 a  b\r\n");
+        assert_eq!(
+            wire(Reply::multi(
+                550,
+                E(5, 7, 1),
+                vec!["ok".into(), "x\0y".into()]
+            )),
+            "550-5.7.1 ok\r\n550 5.7.1 x y\r\n"
+        );
+        // One short line and one that needs wrapping: the short one is written as is.
+        let long = "z".repeat(600);
+        let text = wire(Reply::multi(250, None, vec!["first".into(), long.clone()]));
+        assert!(text.starts_with("250-first\r\n250-"), "{text}");
+        assert_eq!(
+            text.lines().skip(1).map(|l| &l[4..]).collect::<String>(),
+            long
+        );
     }
 
     #[test]

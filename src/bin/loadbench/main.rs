@@ -12,6 +12,9 @@
 //!
 //! ```sh
 //! cargo build --release --bins && cargo run --release --bin loadbench -- [--quick]
+//!     [--upstream-rtt-ms N] [--client-pipelining]
+//! target/release/loadbench --targets [--repeat N]     # issue 11's target table
+//! target/release/loadbench --profile-secs S           # hold 8 × 10 KB through the relay
 //! ```
 //!
 //! `main` runs the list: `scenarios` (what is measured), `setup` (issuer, PKI, relay config),
@@ -19,7 +22,9 @@
 //! `client` (the SMTP load client), `results` and `report` (the Markdown tables).
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark tool: setup failures abort with a clear message
 
+mod burst;
 mod client;
+mod delay;
 mod procfs;
 mod relay_process;
 mod report;
@@ -27,12 +32,13 @@ mod results;
 mod runs;
 mod scenarios;
 mod setup;
+mod targets;
 
 use std::time::Duration;
 
 use procfs::ensure_fd_limit;
 use report::{print_header, print_results};
-use scenarios::{full_scenarios, quick_scenarios, Target};
+use scenarios::{full_scenarios, quick_scenarios, Mode, Scenario, Target};
 use setup::Bench;
 
 const EMAIL: &str = "bench@example.com";
@@ -55,17 +61,63 @@ const MIB: usize = 1024 * 1024;
 const CLIENT_THREADS: &str = "bench-client";
 const UPSTREAM_THREADS: &str = "bench-upstream";
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    if let Some(bad) = args.iter().find(|a| *a != "--quick") {
-        eprintln!("usage: loadbench [--quick]   (unknown argument {bad:?})");
-        std::process::exit(2);
+/// The command line.
+struct Args {
+    quick: bool,
+    targets: bool,
+    memory: bool,
+    pipelining: bool,
+    repeat: usize,
+    rtt_ms: u64,
+    profile_secs: Option<u64>,
+}
+
+const USAGE: &str = "usage: loadbench [--quick] [--upstream-rtt-ms N] [--client-pipelining] \
+                     | --targets [--repeat N] | --profile-secs S | --memory";
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        quick: false,
+        targets: false,
+        memory: false,
+        pipelining: false,
+        repeat: 1,
+        rtt_ms: 0,
+        profile_secs: None,
+    };
+    let mut it = std::env::args().skip(1);
+    let number = |it: &mut dyn Iterator<Item = String>, flag: &str| -> Result<u64, String> {
+        it.next()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("{flag} needs a number"))
+    };
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--quick" => args.quick = true,
+            "--targets" => args.targets = true,
+            "--memory" => args.memory = true,
+            "--client-pipelining" => args.pipelining = true,
+            "--repeat" => args.repeat = number(&mut it, "--repeat")?.max(1) as usize,
+            "--upstream-rtt-ms" => args.rtt_ms = number(&mut it, "--upstream-rtt-ms")?,
+            "--profile-secs" => args.profile_secs = Some(number(&mut it, "--profile-secs")?),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
     }
-    let command = format!(
-        "cargo build --release --bins && cargo run --release --bin loadbench{}",
-        if quick { " -- --quick" } else { "" }
-    );
+    Ok(args)
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(err) => {
+            eprintln!("{USAGE}\n{err}");
+            std::process::exit(2);
+        }
+    };
+    let quick = args.quick;
+    let command = std::env::args()
+        .skip(1)
+        .fold("target/release/loadbench".to_string(), |c, a| c + " " + &a);
     println!("# smtp-oauth-relay load benchmark\n");
     println!("command: `{command}`");
 
@@ -84,14 +136,56 @@ fn main() {
         .build()
         .expect("cannot build the client runtime");
 
-    let bench = client_rt.block_on(Bench::setup(upstream_rt.handle().clone()));
-    print_header(&bench, quick, &fd_note);
+    let mut bench = client_rt.block_on(Bench::setup(upstream_rt.handle().clone()));
+    let mode = if args.targets {
+        "targets"
+    } else if args.profile_secs.is_some() {
+        "profile"
+    } else if quick {
+        "quick"
+    } else {
+        "full"
+    };
+    print_header(&bench, mode, &fd_note);
 
-    let scenarios = if quick {
+    if args.memory {
+        targets::memory_only(&bench, &client_rt);
+        client_rt.block_on(async { bench.shutdown.cancel() });
+        return;
+    }
+    if args.targets {
+        targets::run(&bench, &client_rt, args.repeat);
+        client_rt.block_on(async { bench.shutdown.cancel() });
+        return;
+    }
+    if let Some(secs) = args.profile_secs {
+        // Only the relay run: a profiler attaches to the pid printed on stderr.
+        bench.announce_pid = true;
+        let scenario = Scenario::timed(8, 10 * KIB, Mode::Persistent, secs as f64)
+            .with_rtt(args.rtt_ms)
+            .pipelined(args.pipelining);
+        let relay = client_rt.block_on(bench.run(&scenario, Target::Relay));
+        println!(
+            "profile run {}: {} messages in {:.1} s ({:.1}/s), relay CPU {:.3} ms/msg, {} errors",
+            scenario.name,
+            relay.messages,
+            relay.elapsed.as_secs_f64(),
+            relay.rate(),
+            relay.relay_cpu_ms(),
+            relay.errors
+        );
+        client_rt.block_on(async { bench.shutdown.cancel() });
+        return;
+    }
+
+    let scenarios: Vec<Scenario> = if quick {
         quick_scenarios()
     } else {
         full_scenarios()
-    };
+    }
+    .into_iter()
+    .map(|s| s.with_rtt(args.rtt_ms).pipelined(args.pipelining))
+    .collect();
     let mut rows = Vec::new();
     for scenario in &scenarios {
         eprintln!("running {} ...", scenario.name);

@@ -10,7 +10,7 @@ use crate::scenarios::{Mode, Scenario};
 use crate::setup::Bench;
 use crate::{KIB, MIB, REUSE_LIMIT};
 
-pub(crate) fn print_header(bench: &Bench, quick: bool, fd_note: &str) {
+pub(crate) fn print_header(bench: &Bench, mode: &str, fd_note: &str) {
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -36,7 +36,7 @@ pub(crate) fn print_header(bench: &Bench, quick: bool, fd_note: &str) {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|| "unknown".into());
-    println!("mode: {}", if quick { "quick" } else { "full" });
+    println!("mode: {mode}");
     println!("date: {date}; commit: {git}");
     println!("machine: {cores} cores, {cpu_model}");
     println!(

@@ -17,21 +17,35 @@ use crate::procfs::{status_kib, RssSampler, Snapshot};
 use crate::results::{BigMessage, IdleSessions, RunResult};
 use crate::scenarios::{Mode, Scenario, Target};
 use crate::setup::Bench;
-use crate::{EMAIL, KIB, PASSWORD, USER};
+use crate::{delay, EMAIL, KIB, PASSWORD, USER};
 
 impl Bench {
     /// One scenario against one target: warm-up (one 1 KB message per client, not
     /// measured), then the measured phase.
     pub(crate) async fn run(&self, scenario: &Scenario, target: Target) -> RunResult {
         let (gmail, stop_gmail) = self.start_gmail().await;
+        // With an RTT, the relay's upstream connections and the direct client both go
+        // through the delay proxy; it stops with the fake Gmail.
+        let upstream = if scenario.rtt.is_zero() {
+            gmail.addr()
+        } else {
+            delay::start(
+                &self.upstream_rt,
+                gmail.addr(),
+                scenario.rtt,
+                stop_gmail.clone(),
+            )
+            .await
+        };
         let mut relay = match target {
-            Target::Relay => Some(self.spawn_relay(gmail.addr()).await),
+            Target::Relay => Some(self.spawn_relay(upstream).await),
             Target::Direct => None,
         };
         let plan = Arc::new(Plan {
             target,
-            addr: relay.as_ref().map_or(gmail.addr(), |r| r.addr),
+            addr: relay.as_ref().map_or(upstream, |r| r.addr),
             mode: scenario.mode,
+            pipelining: scenario.pipelining,
             warmup_message: wire_message(KIB),
             message: wire_message(scenario.size),
             auth_plain: base64::engine::general_purpose::STANDARD
@@ -52,6 +66,13 @@ impl Bench {
         }
         plan.warm.wait().await;
         let relay_pid = relay.as_ref().map(|r| r.pid);
+        if let (Some(pid), true) = (relay_pid, self.announce_pid) {
+            // For `--profile-secs`: a profiler attaches to this pid now.
+            eprintln!(
+                "PROFILE relay pid {pid}: measured phase of {:?} starts",
+                scenario.duration
+            );
+        }
         let before = Snapshot::take(relay_pid, self.clk_tck);
         let upstream_conns_before = gmail.connections();
         let t0 = Instant::now();
@@ -183,11 +204,12 @@ impl Bench {
         }
     }
 
-    fn memory_plan(&self, addr: SocketAddr) -> Plan {
+    pub(crate) fn memory_plan(&self, addr: SocketAddr) -> Plan {
         Plan {
             target: Target::Relay,
             addr,
             mode: Mode::Persistent,
+            pipelining: false,
             warmup_message: wire_message(KIB),
             message: Vec::new(),
             auth_plain: base64::engine::general_purpose::STANDARD

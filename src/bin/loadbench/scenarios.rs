@@ -27,6 +27,11 @@ pub(crate) struct Scenario {
     /// The measured phase ends at this time or after `max_messages`, whichever comes first.
     pub(crate) duration: Duration,
     pub(crate) max_messages: u64,
+    /// Round-trip time between the relay (or the direct client) and the fake Gmail, added
+    /// by the delay proxy (`delay.rs`); zero = plain loopback, no proxy.
+    pub(crate) rtt: Duration,
+    /// The clients pipeline MAIL, RCPT and DATA (RFC 2920).
+    pub(crate) pipelining: bool,
 }
 
 impl Scenario {
@@ -38,6 +43,8 @@ impl Scenario {
             mode,
             duration: Duration::from_secs_f64(secs),
             max_messages: u64::MAX,
+            rtt: Duration::ZERO,
+            pipelining: false,
         }
     }
 
@@ -49,7 +56,27 @@ impl Scenario {
             mode: Mode::Persistent,
             duration: Duration::from_secs(120),
             max_messages: messages,
+            rtt: Duration::ZERO,
+            pipelining: false,
         }
+    }
+
+    /// The same scenario with clients that pipeline the envelope.
+    pub(crate) fn pipelined(mut self, on: bool) -> Scenario {
+        self.pipelining = on;
+        if on {
+            self.name = format!("{}, pipelining client", self.name);
+        }
+        self
+    }
+
+    /// The same scenario with an upstream round-trip time of `rtt_ms` (0 = none).
+    pub(crate) fn with_rtt(mut self, rtt_ms: u64) -> Scenario {
+        self.rtt = Duration::from_millis(rtt_ms);
+        if rtt_ms > 0 {
+            self.name = format!("{}, RTT {rtt_ms} ms", self.name);
+        }
+        self
     }
 }
 

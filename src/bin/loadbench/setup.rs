@@ -32,6 +32,8 @@ pub(crate) struct Bench {
     pub(crate) clk_tck: u64,
     /// Relay runs so far, to name each run's config and log file.
     pub(crate) run_no: AtomicU64,
+    /// Print the relay's pid when a measured phase starts (`--profile-secs`).
+    pub(crate) announce_pid: bool,
 }
 
 impl Bench {
@@ -94,6 +96,7 @@ impl Bench {
             direct_tls,
             clk_tck: clock_ticks(),
             run_no: AtomicU64::new(0),
+            announce_pid: false,
         }
     }
 
