@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::admin::RawAdmin;
 use super::types::{CredentialFailure, HeaderFromPolicy, LogFormat, Provider, UpstreamTls};
 
 #[derive(Debug, Deserialize)]
@@ -95,12 +96,6 @@ pub(super) struct RawPool {
     pub(super) enabled: Option<bool>,
     pub(super) size: Option<usize>,
     pub(super) idle_secs: Option<u64>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawAdmin {
-    pub(super) listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -27,6 +27,8 @@ pub struct Config {
     pub tokens: TokenSettings,
     /// The admin HTTP listener (`/healthz`, `/readyz`, `/metrics`), off when None.
     pub admin_listen: Option<SocketAddr>,
+    /// The rest of `[admin]`: the listener's TLS and the operator console.
+    pub admin: super::admin::AdminSettings,
     pub pool: PoolSettings,
     /// Problems that do not stop the relay but should be fixed (a secret file others can
     /// read). Logged when found; `serve` logs them again once logging is set up, `check`

@@ -62,7 +62,8 @@ pub(super) fn validate(
     let server = validate_server(raw.server.unwrap_or_default(), &asset_names, check);
     let senders = build_sender_map(&raw.assets, check);
     let tokens = validate_tokens(raw.tokens.unwrap_or_default(), env, check);
-    let admin_listen = raw.admin.and_then(|admin| admin.listen).and_then(|listen| {
+    let raw_admin = raw.admin.unwrap_or_default();
+    let admin_listen = raw_admin.listen.clone().and_then(|listen| {
         match listen.get_ref().parse::<SocketAddr>() {
             Ok(addr) => Some(addr),
             Err(_) => {
@@ -99,6 +100,13 @@ pub(super) fn validate(
         );
     }
 
+    let admin = super::admin::validate_admin(
+        raw_admin,
+        &users,
+        server.as_ref().and_then(|server| server.tls.as_ref()),
+        check,
+    );
+
     Some(Config {
         server: server?,
         limits,
@@ -108,6 +116,7 @@ pub(super) fn validate(
         senders,
         tokens,
         admin_listen,
+        admin,
         pool: {
             let raw = raw.pool.unwrap_or_default();
             let defaults = PoolSettings::default();

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use super::conn::{Input, READ_CHUNK};
 use super::headers::{GateState, HeaderGate};
 use super::{Flow, Phase, Session, Transaction};
+use crate::console::recent::{Ended, MessageRecord};
 use crate::logsafe::Untrusted;
 use crate::metrics::Outcome;
 use crate::received::Trace;
@@ -68,7 +69,24 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         let recipients = transaction.recipients.len();
         let metrics = self.relay.metrics.clone();
         let message_id = transaction.message_id.clone().unwrap_or_default();
+        let recent = self.relay.recent.clone();
+        let user = self
+            .client
+            .user
+            .as_ref()
+            .map(|user| user.name.clone())
+            .unwrap_or_default();
         let log_done = |outcome: &str, reply: &Reply, size: u64| {
+            recent.record(MessageRecord {
+                at: SystemTime::now(),
+                user: user.clone(),
+                sender: transaction.sender.clone(),
+                recipients,
+                size,
+                asset: asset.clone(),
+                outcome: Ended::from_code(reply.code),
+                reply: reply.to_string(),
+            });
             tracing::info!(
                 asset = %asset,
                 from = %Untrusted(&transaction.sender),

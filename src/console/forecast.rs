@@ -1,0 +1,41 @@
+//! The "expiry forecast" column: when the asset's refresh token is expected to stop
+//! working, as far as the relay knows.
+//!
+//! Integration point: the alerts work (`[[alert]]`, `refresh_token_expiring`) computes the
+//! same forecast in `alerts::forecast`, also for `check`; when both are merged,
+//! [`forecast`] should return that one's answer so the console and the alerts never
+//! disagree. Until then it knows the one rule the token store alone can tell: Microsoft
+//! ends a refresh token after 90 days without use, counted from its last rotation.
+
+use std::time::{Duration, SystemTime};
+
+use crate::config::{Asset, Provider, RefreshTokenSource};
+use crate::credentials::store::StoredToken;
+
+/// Microsoft's inactivity window for refresh tokens.
+pub const MICROSOFT_INACTIVITY: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// A known or estimated end of the asset's grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forecast {
+    pub expires_at: SystemTime,
+    /// Why, in words ("90 days without use (Microsoft)").
+    pub reason: String,
+}
+
+/// The forecast for `asset`, given what the token store holds for it.
+pub fn forecast(asset: &Asset, stored: Option<&StoredToken>) -> Option<Forecast> {
+    if asset.service_account.is_some() || asset.refresh_token != RefreshTokenSource::Store {
+        return None;
+    }
+    let stored = stored?;
+    match asset.provider {
+        Provider::Microsoft => Some(Forecast {
+            expires_at: SystemTime::UNIX_EPOCH
+                + Duration::from_secs(stored.updated_at)
+                + MICROSOFT_INACTIVITY,
+            reason: "if unused for 90 days (Microsoft)".to_string(),
+        }),
+        Provider::Google | Provider::Custom => None,
+    }
+}
