@@ -140,7 +140,15 @@ pub async fn callback(State(app): State<App>, RawQuery(query): RawQuery) -> Resp
              and click Generate Token again.",
         );
     };
-    if !app.console.sessions.alive(pending.session, settings.session_idle) {
+    let Pending {
+        asset: asset_name,
+        session,
+        state,
+        verifier,
+        redirect_uri,
+        ..
+    } = pending;
+    if !app.console.sessions.alive(session, settings.session_idle) {
         return message_page(
             &app,
             StatusCode::FORBIDDEN,
@@ -150,12 +158,12 @@ pub async fn callback(State(app): State<App>, RawQuery(query): RawQuery) -> Resp
         );
     }
     let relay = app.relay();
-    let Some(asset) = relay.config.asset(&pending.asset).cloned() else {
+    let Some(asset) = relay.config.asset(&asset_name).cloned() else {
         return refused("The asset is no longer in the config.");
     };
     let result: Result<String, AuthorizeError> = async {
-        let code = check_callback(&params, &pending.state)?;
-        let consent = exchange(&asset, code, pending.verifier, &pending.redirect_uri).await?;
+        let code = check_callback(&params, &state)?;
+        let consent = exchange(&asset, code, verifier, &redirect_uri).await?;
         // Only a grant proven to be the asset's account may replace the stored one.
         verify_account(&relay.config, &asset, &consent).await?;
         store_grant(&relay.config, &asset, &consent)

@@ -57,7 +57,7 @@ async fn deliver(relay: &Relay, asset: &Asset, to: &str, body: &str) -> Result<S
         let reply = upstream.command(line).await.map_err(|e| e.to_string())?;
         if reply.code / 100 != 2 {
             upstream.quit().await;
-            return Err(format!("the provider refused {}: {reply}", line.split(':').next().unwrap_or(line)));
+            return Err(format!("the provider refused {}: {reply}", line.split(':').next().unwrap_or(line.as_str())));
         }
     }
     let reply = upstream.command("DATA").await.map_err(|e| e.to_string())?;
