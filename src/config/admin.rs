@@ -90,11 +90,19 @@ pub(super) fn validate_admin(
             }
         },
         (Some(cert), None) => {
-            check.at(cert, "admin.tls_key", "tls_cert is set but tls_key is missing");
+            check.at(
+                cert,
+                "admin.tls_key",
+                "tls_cert is set but tls_key is missing",
+            );
             None
         }
         (None, Some(key)) => {
-            check.at(key, "admin.tls_cert", "tls_key is set but tls_cert is missing");
+            check.at(
+                key,
+                "admin.tls_cert",
+                "tls_key is set but tls_cert is missing",
+            );
             None
         }
         (None, None) if raw.tls == Some(true) => {

@@ -62,9 +62,11 @@ pub(super) fn validate(
     let server = validate_server(raw.server.unwrap_or_default(), &asset_names, check);
     let senders = build_sender_map(&raw.assets, check);
     let tokens = validate_tokens(raw.tokens.unwrap_or_default(), env, check);
-    let raw_admin = raw.admin.unwrap_or_default();
-    let admin_listen = raw_admin.listen.clone().and_then(|listen| {
-        match listen.get_ref().parse::<SocketAddr>() {
+    let admin_listen = raw
+        .admin
+        .as_ref()
+        .and_then(|a| a.listen.clone())
+        .and_then(|listen| match listen.get_ref().parse::<SocketAddr>() {
             Ok(addr) => Some(addr),
             Err(_) => {
                 check.at(
@@ -77,8 +79,7 @@ pub(super) fn validate(
                 );
                 None
             }
-        }
-    });
+        });
 
     let mut users = HashMap::new();
     for (index, raw_user) in raw.users.iter().enumerate() {
@@ -101,7 +102,7 @@ pub(super) fn validate(
     }
 
     let admin = super::admin::validate_admin(
-        raw_admin,
+        raw.admin.unwrap_or_default(),
         &users,
         server.as_ref().and_then(|server| server.tls.as_ref()),
         check,

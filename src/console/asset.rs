@@ -98,14 +98,23 @@ pub fn note_box(note: &Note) -> Markup {
 }
 
 /// `GET /assets/{name}`.
-pub async fn show(State(app): State<App>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+pub async fn show(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let session = match app.session(&headers) {
         Ok(view) => view,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let relay = app.relay();
     let Some(asset) = relay.config.asset(&name).cloned() else {
-        return message_page(&app, StatusCode::NOT_FOUND, "No such asset", "No asset has this name in the current config.");
+        return message_page(
+            &app,
+            StatusCode::NOT_FOUND,
+            "No such asset",
+            "No asset has this name in the current config.",
+        );
     };
     let store = stored_tokens(&relay).await;
     let health = health(&relay, &asset, &store).await;
@@ -169,5 +178,12 @@ pub async fn show(State(app): State<App>, Path(name): Path<String>, headers: Hea
             button type="submit" id="send-test" { "Send test message" }
         }
     };
-    page(&app, StatusCode::OK, &format!("Asset {}", asset.name), Some(&session), None, body)
+    page(
+        &app,
+        StatusCode::OK,
+        &format!("Asset {}", asset.name),
+        Some(&session),
+        None,
+        body,
+    )
 }

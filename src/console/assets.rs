@@ -61,7 +61,10 @@ fn fix_for(asset: &Asset, error: &TokenError) -> String {
         TokenError::NeedsReauthorization { .. } | TokenError::NotAuthorized { .. }
             if asset.service_account.is_none() =>
         {
-            format!("Click \"Generate Token\" on the asset's page and sign in as {} (or: {hint})", asset.email)
+            format!(
+                "Click \"Generate Token\" on the asset's page and sign in as {} (or: {hint})",
+                asset.email
+            )
         }
         _ => hint,
     }
@@ -102,11 +105,13 @@ pub async fn health(
             Err(reason) => {
                 health.ok = false;
                 health.reason = Some(format!("the token store cannot be read: {reason}"));
-                health.fix = Some("Fix the token store file named above ([tokens] path).".to_string());
+                health.fix =
+                    Some("Fix the token store file named above ([tokens] path).".to_string());
             }
             Ok(_) if health.stored.is_none() => {
                 health.ok = false;
-                health.reason = Some("no refresh token stored yet: the asset was never authorized".to_string());
+                health.reason =
+                    Some("no refresh token stored yet: the asset was never authorized".to_string());
                 health.fix = Some(format!(
                     "Click \"Generate Token\" on the asset's page and sign in as {} (or run `smtp-oauth-relay authorize {}`).",
                     asset.email, asset.name
@@ -170,7 +175,7 @@ pub fn forecast_cell(health: &Health) -> Markup {
 pub async fn page_handler(app: &App, headers: &HeaderMap) -> Response {
     let session = match app.session(headers) {
         Ok(view) => view,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let relay = app.relay();
     let store = stored_tokens(&relay).await;

@@ -28,8 +28,7 @@ use super::{redirect, App};
 use crate::cli::check::check_asset;
 use crate::config::RefreshTokenSource;
 use crate::oauth::consent::{
-    check_callback, consent_url, exchange, parse_query, store_grant, verify_account,
-    AuthorizeError,
+    check_callback, consent_url, exchange, parse_query, store_grant, verify_account, AuthorizeError,
 };
 
 /// Consents waiting for their callback, at most; the oldest goes first. Each needs a
@@ -50,7 +49,9 @@ pub struct PendingConsents(Mutex<HashMap<String, Pending>>);
 
 impl PendingConsents {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn insert(&self, pending: Pending, timeout: std::time::Duration) {
@@ -84,23 +85,38 @@ pub async fn start(
 ) -> Response {
     let session = match app.session_with_csrf(&headers, form.csrf.as_deref()) {
         Ok(view) => view,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let Some(settings) = app.settings() else {
         return redirect(&app.href("/login"));
     };
     let relay = app.relay();
     let Some(asset) = relay.config.asset(&name).cloned() else {
-        return message_page(&app, StatusCode::NOT_FOUND, "No such asset", "No asset has this name in the current config.");
+        return message_page(
+            &app,
+            StatusCode::NOT_FOUND,
+            "No such asset",
+            "No asset has this name in the current config.",
+        );
     };
     if asset.service_account.is_some() {
-        return message_page(&app, StatusCode::BAD_REQUEST, "No consent needed", "This asset uses a service account: it needs no consent.");
+        return message_page(
+            &app,
+            StatusCode::BAD_REQUEST,
+            "No consent needed",
+            "This asset uses a service account: it needs no consent.",
+        );
     }
     let redirect_uri = app.callback_url();
     let (url, state, verifier) = match consent_url(&asset, &redirect_uri) {
         Ok(parts) => parts,
         Err(err) => {
-            return message_page(&app, StatusCode::BAD_REQUEST, "Cannot start the consent", &err.to_string());
+            return message_page(
+                &app,
+                StatusCode::BAD_REQUEST,
+                "Cannot start the consent",
+                &err.to_string(),
+            );
         }
     };
     tracing::info!(asset = %asset.name, user = %session.user, %redirect_uri, "console: consent started");
@@ -123,7 +139,8 @@ pub async fn callback(State(app): State<App>, RawQuery(query): RawQuery) -> Resp
     let Some(settings) = app.settings() else {
         return redirect(&app.href("/login"));
     };
-    let refused = |text: &str| message_page(&app, StatusCode::BAD_REQUEST, "Consent not accepted", text);
+    let refused =
+        |text: &str| message_page(&app, StatusCode::BAD_REQUEST, "Consent not accepted", text);
     let params = match parse_query(query.as_deref().unwrap_or("")) {
         Ok(params) => params,
         Err(err) => return refused(&err.to_string()),
@@ -169,7 +186,9 @@ pub async fn callback(State(app): State<App>, RawQuery(query): RawQuery) -> Resp
         store_grant(&relay.config, &asset, &consent)
             .await
             .map_err(|err| AuthorizeError::BadInput {
-                reason: format!("the consent worked but the refresh token could not be stored: {err}"),
+                reason: format!(
+                    "the consent worked but the refresh token could not be stored: {err}"
+                ),
             })?;
         Ok(consent.scopes.join(" "))
     }
@@ -220,13 +239,27 @@ pub async fn callback(State(app): State<App>, RawQuery(query): RawQuery) -> Resp
         }
     };
     app.console.notes.set(&asset.name, note.clone());
-    let status = if note.ok { StatusCode::OK } else { StatusCode::BAD_GATEWAY };
-    let back = app.href(&format!("/assets/{}", super::assets::path_segment(&asset.name)));
+    let status = if note.ok {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    let back = app.href(&format!(
+        "/assets/{}",
+        super::assets::path_segment(&asset.name)
+    ));
     // No redirect: after a cross-site arrival the Strict cookie would be missing on it;
     // the link below is a same-site navigation that carries it.
     let body = html! {
         (note_box(&note))
         p { a href=(back) id="back" { "Back to asset " (asset.name) } " · " a href=(app.href("/")) { "All assets" } }
     };
-    page(&app, status, &format!("Generate Token: {}", asset.name), None, None, body)
+    page(
+        &app,
+        status,
+        &format!("Generate Token: {}", asset.name),
+        None,
+        None,
+        body,
+    )
 }

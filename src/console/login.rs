@@ -125,7 +125,8 @@ pub async fn submit(
         return plaintext_page(&app);
     }
     let expected = session::cookie(&headers, LOGIN_COOKIE);
-    let csrf_ok = matches!((expected, form.csrf.as_deref()), (Some(a), Some(b)) if same_token(a, b));
+    let csrf_ok =
+        matches!((expected, form.csrf.as_deref()), (Some(a), Some(b)) if same_token(a, b));
     if !csrf_ok {
         return message_page(
             &app,
@@ -212,7 +213,7 @@ pub async fn logout(
 ) -> Response {
     let view = match app.session_with_csrf(&headers, form.csrf.as_deref()) {
         Ok(view) => view,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     if let Some(cookie) = session::cookie(&headers, SESSION_COOKIE) {
         app.console.sessions.remove(cookie);

@@ -13,7 +13,7 @@ use super::App;
 pub async fn index(State(app): State<App>, headers: HeaderMap) -> Response {
     let session = match app.session(&headers) {
         Ok(view) => view,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let relay = app.relay();
     let records = relay.recent.latest();
@@ -38,5 +38,12 @@ pub async fn index(State(app): State<App>, headers: HeaderMap) -> Response {
             }
         }
     };
-    page(&app, StatusCode::OK, "Messages", Some(&session), app.settings().map(|s| s.refresh_secs).filter(|&s| s > 0), body)
+    page(
+        &app,
+        StatusCode::OK,
+        "Messages",
+        Some(&session),
+        app.settings().map(|s| s.refresh_secs).filter(|&s| s > 0),
+        body,
+    )
 }

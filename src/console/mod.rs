@@ -112,14 +112,11 @@ impl App {
     }
 
     /// The live session of this request, or the redirect to the login page.
-    pub fn session(&self, headers: &HeaderMap) -> Result<SessionView, Response> {
-        let idle = self
-            .settings()
-            .map(|s| s.session_idle)
-            .unwrap_or_default();
+    pub fn session(&self, headers: &HeaderMap) -> Result<SessionView, Box<Response>> {
+        let idle = self.settings().map(|s| s.session_idle).unwrap_or_default();
         session::cookie(headers, session::SESSION_COOKIE)
             .and_then(|cookie| self.console.sessions.touch(cookie, idle))
-            .ok_or_else(|| redirect(&self.href("/login")))
+            .ok_or_else(|| Box::new(redirect(&self.href("/login"))))
     }
 
     /// The session, and the form's CSRF token checked against it (403 when missing or wrong).
@@ -127,11 +124,11 @@ impl App {
         &self,
         headers: &HeaderMap,
         csrf: Option<&str>,
-    ) -> Result<SessionView, Response> {
+    ) -> Result<SessionView, Box<Response>> {
         let view = self.session(headers)?;
         match csrf {
             Some(token) if session::same_token(token, &view.csrf) => Ok(view),
-            _ => Err(csrf_refused(self)),
+            _ => Err(Box::new(csrf_refused(self))),
         }
     }
 }

@@ -151,7 +151,10 @@ mod tests {
 
     #[test]
     fn times_read_well() {
-        assert_eq!(utc(UNIX_EPOCH + Duration::from_secs(86_400 + 61)), "1970-01-02 00:01:01 UTC");
+        assert_eq!(
+            utc(UNIX_EPOCH + Duration::from_secs(86_400 + 61)),
+            "1970-01-02 00:01:01 UTC"
+        );
         assert_eq!(span(Duration::from_secs(3599)), "59 min");
         assert_eq!(span(Duration::from_secs(45)), "45 s");
         assert_eq!(span(Duration::from_secs(3 * 86_400)), "3 d");

@@ -132,7 +132,10 @@ impl RecentMessages {
         let inner = self.lock();
         let mut counts = DayCounts::default();
         if let Some(buckets) = inner.hours.get(asset) {
-            for bucket in buckets.iter().filter(|b| b.hour + 24 > now && b.hour <= now) {
+            for bucket in buckets
+                .iter()
+                .filter(|b| b.hour + 24 > now && b.hour <= now)
+            {
                 counts.delivered += bucket.counts[Ended::Delivered as usize];
                 counts.deferred += bucket.counts[Ended::Deferred as usize];
                 counts.refused += bucket.counts[Ended::Refused as usize];
@@ -178,8 +181,16 @@ mod tests {
         let now = SystemTime::now();
         log.record(record("a", Ended::Delivered, now));
         log.record(record("a", Ended::Deferred, now));
-        log.record(record("a", Ended::Refused, now - Duration::from_secs(3600 * 2)));
-        log.record(record("a", Ended::Delivered, now - Duration::from_secs(3600 * 30)));
+        log.record(record(
+            "a",
+            Ended::Refused,
+            now - Duration::from_secs(3600 * 2),
+        ));
+        log.record(record(
+            "a",
+            Ended::Delivered,
+            now - Duration::from_secs(3600 * 30),
+        ));
         log.record(record("b", Ended::Delivered, now));
         assert_eq!(
             log.last_day("a"),

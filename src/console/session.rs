@@ -148,7 +148,13 @@ pub fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a 
 
 /// A `Set-Cookie` value: HttpOnly and SameSite=Strict always, Secure over TLS.
 /// `max_age` None: a browser-session cookie; `Some(0)` deletes it.
-pub fn set_cookie(name: &str, value: &str, path: &str, secure: bool, max_age: Option<u64>) -> String {
+pub fn set_cookie(
+    name: &str,
+    value: &str,
+    path: &str,
+    secure: bool,
+    max_age: Option<u64>,
+) -> String {
     let mut cookie = format!("{name}={value}; Path={path}; HttpOnly; SameSite=Strict");
     if secure {
         cookie.push_str("; Secure");
@@ -171,7 +177,10 @@ mod tests {
         let cookie = sessions.create("ops", idle).unwrap();
         let id = sessions.touch(&cookie, idle).unwrap().id;
         tokio::time::advance(Duration::from_secs(59)).await;
-        assert!(sessions.touch(&cookie, idle).is_some(), "a request resets the clock");
+        assert!(
+            sessions.touch(&cookie, idle).is_some(),
+            "a request resets the clock"
+        );
         tokio::time::advance(Duration::from_secs(59)).await;
         assert!(sessions.alive(id, idle));
         tokio::time::advance(Duration::from_secs(2)).await;
@@ -186,7 +195,10 @@ mod tests {
         assert_eq!(cookie(&headers, SESSION_COOKIE), Some("abc"));
         assert_eq!(cookie(&headers, "c"), None);
         let set = set_cookie(SESSION_COOKIE, "x", "/", true, None);
-        assert_eq!(set, "relay_console=x; Path=/; HttpOnly; SameSite=Strict; Secure");
+        assert_eq!(
+            set,
+            "relay_console=x; Path=/; HttpOnly; SameSite=Strict; Secure"
+        );
         assert!(!set_cookie("n", "v", "/", false, Some(0)).contains("Secure"));
     }
 

@@ -52,12 +52,18 @@ async fn deliver(relay: &Relay, asset: &Asset, to: &str, body: &str) -> Result<S
         .open(asset)
         .await
         .map_err(|err| format!("{err} — {}", err.hint()))?;
-    let steps = [format!("MAIL FROM:<{}>", asset.email), format!("RCPT TO:<{to}>")];
+    let steps = [
+        format!("MAIL FROM:<{}>", asset.email),
+        format!("RCPT TO:<{to}>"),
+    ];
     for line in &steps {
         let reply = upstream.command(line).await.map_err(|e| e.to_string())?;
         if reply.code / 100 != 2 {
             upstream.quit().await;
-            return Err(format!("the provider refused {}: {reply}", line.split(':').next().unwrap_or(line.as_str())));
+            return Err(format!(
+                "the provider refused {}: {reply}",
+                line.split(':').next().unwrap_or(line.as_str())
+            ));
         }
     }
     let reply = upstream.command("DATA").await.map_err(|e| e.to_string())?;
@@ -65,8 +71,14 @@ async fn deliver(relay: &Relay, asset: &Asset, to: &str, body: &str) -> Result<S
         upstream.quit().await;
         return Err(format!("the provider refused DATA: {reply}"));
     }
-    upstream.send_data(body.as_bytes()).await.map_err(|e| e.to_string())?;
-    upstream.send_terminator().await.map_err(|e| e.to_string())?;
+    upstream
+        .send_data(body.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    upstream
+        .send_terminator()
+        .await
+        .map_err(|e| e.to_string())?;
     let reply = upstream.final_reply().await.map_err(|e| e.to_string())?;
     upstream.quit().await;
     if reply.code / 100 == 2 {
@@ -85,30 +97,45 @@ pub async fn send(
 ) -> Response {
     let session = match app.session_with_csrf(&headers, form.csrf.as_deref()) {
         Ok(view) => view,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let relay = app.relay();
     let Some(asset) = relay.config.asset(&name).cloned() else {
-        return message_page(&app, StatusCode::NOT_FOUND, "No such asset", "No asset has this name in the current config.");
+        return message_page(
+            &app,
+            StatusCode::NOT_FOUND,
+            "No such asset",
+            "No asset has this name in the current config.",
+        );
     };
-    let back = app.href(&format!("/assets/{}", super::assets::path_segment(&asset.name)));
+    let back = app.href(&format!(
+        "/assets/{}",
+        super::assets::path_segment(&asset.name)
+    ));
     let to = match canonical(form.to.trim()) {
         Ok(address) if !address.as_str().is_empty() => address.as_str().to_string(),
         _ => {
-            app.console.notes.set(&asset.name, Note {
-                at: SystemTime::now(),
-                ok: false,
-                action: "Send test message",
-                text: "that is not an e-mail address such as someone@example.com".to_string(),
-                hint: None,
-            });
+            app.console.notes.set(
+                &asset.name,
+                Note {
+                    at: SystemTime::now(),
+                    ok: false,
+                    action: "Send test message",
+                    text: "that is not an e-mail address such as someone@example.com".to_string(),
+                    hint: None,
+                },
+            );
             return redirect(&back);
         }
     };
     let body = message(&asset, &to, &session.user, &relay.config.server.hostname);
     let result = deliver(&relay, &asset, &to, &body).await;
     let (ok, text, reply) = match &result {
-        Ok(reply) => (true, format!("sent to {to}; the provider said: {reply}"), reply.clone()),
+        Ok(reply) => (
+            true,
+            format!("sent to {to}; the provider said: {reply}"),
+            reply.clone(),
+        ),
         Err(why) => (false, format!("not sent to {to}: {why}"), why.clone()),
     };
     tracing::info!(asset = %asset.name, user = %session.user, ok, "console: test message");
@@ -119,15 +146,22 @@ pub async fn send(
         recipients: 1,
         size: body.len() as u64,
         asset: asset.name.clone(),
-        outcome: if ok { Ended::Delivered } else { Ended::Deferred },
+        outcome: if ok {
+            Ended::Delivered
+        } else {
+            Ended::Deferred
+        },
         reply,
     });
-    app.console.notes.set(&asset.name, Note {
-        at: SystemTime::now(),
-        ok,
-        action: "Send test message",
-        text,
-        hint: None,
-    });
+    app.console.notes.set(
+        &asset.name,
+        Note {
+            at: SystemTime::now(),
+            ok,
+            action: "Send test message",
+            text,
+            hint: None,
+        },
+    );
     redirect(&back)
 }

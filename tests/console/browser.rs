@@ -59,7 +59,10 @@ impl Driver {
             .unwrap();
         // Bounded wait for it to listen.
         for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
                 return Driver { child, port };
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -112,7 +115,13 @@ async fn text(browser: &Client) -> String {
 }
 
 async fn log_in(browser: &Client, user: &str, password: &str) {
-    browser.find(Locator::Id("user")).await.unwrap().send_keys(user).await.unwrap();
+    browser
+        .find(Locator::Id("user"))
+        .await
+        .unwrap()
+        .send_keys(user)
+        .await
+        .unwrap();
     browser
         .find(Locator::Id("password"))
         .await
@@ -120,12 +129,19 @@ async fn log_in(browser: &Client, user: &str, password: &str) {
         .send_keys(password)
         .await
         .unwrap();
-    browser.find(Locator::Id("login")).await.unwrap().click().await.unwrap();
+    browser
+        .find(Locator::Id("login"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn operator_fixes_a_broken_asset_from_the_browser() {
-    let present = std::path::Path::new(CHROMIUM).exists() && std::path::Path::new(CHROMEDRIVER).exists();
+    let present =
+        std::path::Path::new(CHROMIUM).exists() && std::path::Path::new(CHROMEDRIVER).exists();
     if !installed_or_skip("chromium and chromium-driver", present) {
         return;
     }
@@ -134,7 +150,10 @@ async fn operator_fixes_a_broken_asset_from_the_browser() {
         ..Options::default()
     };
     let console = Console::start_with(options, "users = [\"admin\"]\nrefresh_secs = 0", |text| {
-        text.replace("auth_url = \"http://127.0.0.1:", "auth_url = \"http://localhost:")
+        text.replace(
+            "auth_url = \"http://127.0.0.1:",
+            "auth_url = \"http://localhost:",
+        )
     })
     .await;
     let driver = Driver::start().await;
@@ -142,14 +161,27 @@ async fn operator_fixes_a_broken_asset_from_the_browser() {
     let run = async {
         let base = &console.base;
         browser.goto(&format!("{base}/")).await.unwrap();
-        assert!(browser.current_url().await.unwrap().path().ends_with("/login"));
+        assert!(browser
+            .current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/login"));
         log_in(&browser, ADMIN.0, "wrong password").await;
-        browser.wait().for_element(Locator::Id("problem")).await.unwrap();
+        browser
+            .wait()
+            .for_element(Locator::Id("problem"))
+            .await
+            .unwrap();
         assert!(text(&browser).await.contains("Wrong user name or password"));
         screenshot(&browser, "console-login.png").await;
 
         log_in(&browser, ADMIN.0, ADMIN.1).await;
-        browser.wait().for_element(Locator::Id("assets")).await.unwrap();
+        browser
+            .wait()
+            .for_element(Locator::Id("assets"))
+            .await
+            .unwrap();
         let row = browser
             .find(Locator::Css("tr[data-asset=\"support\"]"))
             .await
@@ -161,21 +193,65 @@ async fn operator_fixes_a_broken_asset_from_the_browser() {
         assert!(row.contains("Generate Token"), "the fix: {row}");
         screenshot(&browser, "console-assets-broken.png").await;
 
-        browser.find(Locator::LinkText("support")).await.unwrap().click().await.unwrap();
-        browser.wait().for_element(Locator::Id("generate")).await.unwrap();
+        browser
+            .find(Locator::LinkText("support"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        browser
+            .wait()
+            .for_element(Locator::Id("generate"))
+            .await
+            .unwrap();
         screenshot(&browser, "console-asset.png").await;
-        browser.find(Locator::Id("generate")).await.unwrap().click().await.unwrap();
+        browser
+            .find(Locator::Id("generate"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
         // Through the sandbox's consent page and back to the console's callback.
-        let result = browser.wait().for_element(Locator::Id("result")).await.unwrap();
+        let result = browser
+            .wait()
+            .for_element(Locator::Id("result"))
+            .await
+            .unwrap();
         let said = result.text().await.unwrap();
         assert!(said.contains("new refresh token stored"), "{said}");
-        assert!(said.contains("accepted XOAUTH2 for support@example.com"), "{said}");
-        assert!(browser.current_url().await.unwrap().path().ends_with("/oauth/callback"));
+        assert!(
+            said.contains("accepted XOAUTH2 for support@example.com"),
+            "{said}"
+        );
+        assert!(browser
+            .current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/oauth/callback"));
         screenshot(&browser, "console-token-generated.png").await;
 
-        browser.find(Locator::Id("back")).await.unwrap().click().await.unwrap();
-        browser.wait().for_element(Locator::Id("send-test")).await.unwrap();
-        let health = browser.find(Locator::Id("health")).await.unwrap().text().await.unwrap();
+        browser
+            .find(Locator::Id("back"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        browser
+            .wait()
+            .for_element(Locator::Id("send-test"))
+            .await
+            .unwrap();
+        let health = browser
+            .find(Locator::Id("health"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert!(health.contains("ok"), "{health}");
         assert!(!health.contains("needs attention"), "{health}");
         browser
@@ -185,16 +261,36 @@ async fn operator_fixes_a_broken_asset_from_the_browser() {
             .send_keys("friend@example.net")
             .await
             .unwrap();
-        browser.find(Locator::Id("send-test")).await.unwrap().click().await.unwrap();
-        let note = browser.wait().for_element(Locator::Id("result")).await.unwrap();
+        browser
+            .find(Locator::Id("send-test"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let note = browser
+            .wait()
+            .for_element(Locator::Id("result"))
+            .await
+            .unwrap();
         let said = note.text().await.unwrap();
         assert!(said.contains("sent to friend@example.net"), "{said}");
         let delivered = console.env.gmail.messages();
         assert_eq!(delivered.len(), 1);
         assert_eq!(delivered[0].mail_from, SUPPORT_EMAIL);
 
-        browser.find(Locator::LinkText("Assets")).await.unwrap().click().await.unwrap();
-        browser.wait().for_element(Locator::Id("assets")).await.unwrap();
+        browser
+            .find(Locator::LinkText("Assets"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        browser
+            .wait()
+            .for_element(Locator::Id("assets"))
+            .await
+            .unwrap();
         let row = browser
             .find(Locator::Css("tr[data-asset=\"support\"]"))
             .await
@@ -206,15 +302,43 @@ async fn operator_fixes_a_broken_asset_from_the_browser() {
         assert!(!row.contains("needs attention"), "{row}");
         screenshot(&browser, "console-assets.png").await;
 
-        browser.find(Locator::LinkText("Messages")).await.unwrap().click().await.unwrap();
-        browser.wait().for_element(Locator::Id("messages")).await.unwrap();
-        assert!(text(&browser).await.contains("friend@example.net") || text(&browser).await.contains("admin (console test)"));
+        browser
+            .find(Locator::LinkText("Messages"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        browser
+            .wait()
+            .for_element(Locator::Id("messages"))
+            .await
+            .unwrap();
+        assert!(
+            text(&browser).await.contains("friend@example.net")
+                || text(&browser).await.contains("admin (console test)")
+        );
         screenshot(&browser, "console-messages.png").await;
 
-        browser.find(Locator::Id("logout")).await.unwrap().click().await.unwrap();
-        browser.wait().for_element(Locator::Id("login")).await.unwrap();
+        browser
+            .find(Locator::Id("logout"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        browser
+            .wait()
+            .for_element(Locator::Id("login"))
+            .await
+            .unwrap();
         browser.goto(&format!("{base}/")).await.unwrap();
-        assert!(browser.current_url().await.unwrap().path().ends_with("/login"));
+        assert!(browser
+            .current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/login"));
     };
     let outcome = tokio::time::timeout(Duration::from_secs(120), run).await;
     let _ = browser.close().await;

@@ -89,7 +89,9 @@ impl Console {
             .timeout(std::time::Duration::from_secs(30));
         if self.base.starts_with("https") {
             let ca = reqwest::Certificate::from_pem(self.env.pki.ca_cert_pem.as_bytes()).unwrap();
-            builder = builder.add_root_certificate(ca).tls_built_in_root_certs(false);
+            builder = builder
+                .add_root_certificate(ca)
+                .tls_built_in_root_certs(false);
         }
         Browser {
             http: builder.build().unwrap(),

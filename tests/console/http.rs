@@ -34,14 +34,23 @@ async fn probes_stay_open_and_pages_need_a_session() {
     let mut browser = console.browser();
     assert_eq!(browser.get("/healthz").await.status, 200);
     assert_eq!(browser.get("/readyz").await.status, 200);
-    assert!(browser.get("/metrics").await.body.contains("smtp_oauth_relay_"));
+    assert!(browser
+        .get("/metrics")
+        .await
+        .body
+        .contains("smtp_oauth_relay_"));
     for path in ["/", "/assets/support", "/messages"] {
         let page = browser.get(path).await;
         assert_eq!(page.status, 303, "{path}");
         assert_eq!(page.location.as_deref(), Some("/login"), "{path}");
     }
-    let post = browser.post("/assets/support/generate", &[("csrf", "x")]).await;
-    assert_eq!((post.status, post.location.as_deref()), (303, Some("/login")));
+    let post = browser
+        .post("/assets/support/generate", &[("csrf", "x")])
+        .await;
+    assert_eq!(
+        (post.status, post.location.as_deref()),
+        (303, Some("/login"))
+    );
 }
 
 #[tokio::test]
@@ -49,7 +58,10 @@ async fn login_sets_a_strict_httponly_cookie_and_logout_ends_it() {
     let console = Console::start(Options::default(), CONSOLE).await;
     let mut browser = console.browser();
     let response = browser.login(ADMIN.0, ADMIN.1).await;
-    assert_eq!((response.status, response.location.as_deref()), (303, Some("/")));
+    assert_eq!(
+        (response.status, response.location.as_deref()),
+        (303, Some("/"))
+    );
     let session = response
         .set_cookies
         .iter()
@@ -63,7 +75,11 @@ async fn login_sets_a_strict_httponly_cookie_and_logout_ends_it() {
 
     let assets = browser.get("/").await;
     assert_eq!(assets.status, 200);
-    assert!(assets.body.contains("Signed in as admin"), "{}", assets.body);
+    assert!(
+        assets.body.contains("Signed in as admin"),
+        "{}",
+        assets.body
+    );
 
     // A second login gets another session.
     let other = console.logged_in(ADMIN).await;
@@ -85,8 +101,16 @@ async fn cookies_are_secure_over_tls() {
     let mut browser = console.browser();
     let response = browser.login(ADMIN.0, ADMIN.1).await;
     assert_eq!(response.status, 303, "{}", response.body);
-    assert!(response.set_cookies.iter().all(|c| c.contains("; Secure")), "{:?}", response.set_cookies);
-    assert_eq!(browser.get("/healthz").await.status, 200, "probes over HTTPS too");
+    assert!(
+        response.set_cookies.iter().all(|c| c.contains("; Secure")),
+        "{:?}",
+        response.set_cookies
+    );
+    assert_eq!(
+        browser.get("/healthz").await.status,
+        200,
+        "probes over HTTPS too"
+    );
 }
 
 #[tokio::test]
@@ -100,7 +124,11 @@ async fn wrong_passwords_lock_out_like_smtp_auth() {
     for _ in 0..3 {
         let page = browser.login(ADMIN.0, "wrong").await;
         assert_eq!(page.status, 401);
-        assert!(page.body.contains("Wrong user name or password"), "{}", page.body);
+        assert!(
+            page.body.contains("Wrong user name or password"),
+            "{}",
+            page.body
+        );
     }
     let locked = browser.login(ADMIN.0, ADMIN.1).await;
     assert_eq!(locked.status, 429, "{}", locked.body);
@@ -148,12 +176,19 @@ async fn csrf_missing_or_wrong_is_refused() {
 
 #[tokio::test]
 async fn sessions_end_after_the_idle_timeout() {
-    let console = Console::start(Options::default(), &format!("{CONSOLE}\nsession_idle_secs = 1")).await;
+    let console = Console::start(
+        Options::default(),
+        &format!("{CONSOLE}\nsession_idle_secs = 1"),
+    )
+    .await;
     let mut browser = console.logged_in(ADMIN).await;
     assert_eq!(browser.get("/").await.status, 200);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let page = browser.get("/").await;
-    assert_eq!((page.status, page.location.as_deref()), (303, Some("/login")));
+    assert_eq!(
+        (page.status, page.location.as_deref()),
+        (303, Some("/login"))
+    );
 }
 
 /// A request to the console router as if from `peer` (there is only 127.0.0.1 to bind).
@@ -168,7 +203,9 @@ async fn from_peer(console: &Console, peer: &str, path: &str) -> (u16, String) {
         .method(if path == "/login" { "POST" } else { "GET" })
         .uri(path)
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(axum::body::Body::from("user=admin&password=admin-password-3&csrf=t"))
+        .body(axum::body::Body::from(
+            "user=admin&password=admin-password-3&csrf=t",
+        ))
         .unwrap();
     request
         .extensions_mut()
@@ -178,7 +215,9 @@ async fn from_peer(console: &Console, peer: &str, path: &str) -> (u16, String) {
         .await
         .unwrap();
     let status = response.status().as_u16();
-    let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
     (status, String::from_utf8(body.to_vec()).unwrap())
 }
 
@@ -193,7 +232,11 @@ async fn plain_http_login_from_another_host_is_refused() {
     assert_eq!(status, 403);
     assert!(body.contains("CSRF"), "{body}");
 
-    let allowed = Console::start(Options::default(), &format!("{CONSOLE}\nallow_plaintext = true")).await;
+    let allowed = Console::start(
+        Options::default(),
+        &format!("{CONSOLE}\nallow_plaintext = true"),
+    )
+    .await;
     let (_, body) = from_peer(&allowed, "192.0.2.10:40000", "/login").await;
     assert!(body.contains("CSRF"), "allowed now: {body}");
 }
@@ -218,7 +261,11 @@ async fn asset_page_shows_the_settings_and_masks_secrets() {
         "Generate Token",
         "Send test message",
     ] {
-        assert!(page.body.contains(expected), "missing {expected:?} in {}", page.body);
+        assert!(
+            page.body.contains(expected),
+            "missing {expected:?} in {}",
+            page.body
+        );
     }
     assert!(!page.body.contains(SUPPORT_SECRET));
     assert_eq!(browser.get("/assets/nope").await.status, 404);
@@ -250,13 +297,21 @@ async fn hostile_names_and_senders_are_escaped() {
     smtp.quit().await;
 
     let mut browser = console.logged_in(ADMIN).await;
-    for path in ["/", "/messages", "/assets/%3Cscript%3Ealert(1)%3C%2Fscript%3E"] {
+    for path in [
+        "/",
+        "/messages",
+        "/assets/%3Cscript%3Ealert(1)%3C%2Fscript%3E",
+    ] {
         let page = browser.get(path).await;
         assert_eq!(page.status, 200, "{path}: {}", page.body);
         assert!(!page.body.contains("<script>"), "{path}: {}", page.body);
         assert!(!page.body.contains("<img"), "{path}: {}", page.body);
     }
-    assert!(browser.get("/").await.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(browser
+        .get("/")
+        .await
+        .body
+        .contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
     let messages = browser.get("/messages").await.body;
     assert!(messages.contains("x'&amp;lt@evil.example"), "{messages}");
     assert!(!messages.contains("x'&lt@"), "{messages}");
@@ -268,15 +323,26 @@ async fn consent_round_trip_stores_the_token_and_the_asset_turns_ok() {
     let mut browser = console.logged_in(ADMIN).await;
     let assets = browser.get("/").await;
     assert!(assets.body.contains("needs attention"), "{}", assets.body);
-    assert!(assets.body.contains("Generate Token"), "the fix names the button");
+    assert!(
+        assets.body.contains("Generate Token"),
+        "the fix names the button"
+    );
 
     let csrf = browser.csrf().await;
-    let start = browser.post("/assets/support/generate", &[("csrf", &csrf)]).await;
+    let start = browser
+        .post("/assets/support/generate", &[("csrf", &csrf)])
+        .await;
     assert_eq!(start.status, 303, "{}", start.body);
     let consent_url = start.location.unwrap();
-    assert!(consent_url.starts_with(&console.env.issuer.auth_url()), "{consent_url}");
+    assert!(
+        consent_url.starts_with(&console.env.issuer.auth_url()),
+        "{consent_url}"
+    );
     let request = console.env.issuer.last_authorization_request();
-    assert!(request.is_none(), "nothing sent to the issuer before the browser goes there");
+    assert!(
+        request.is_none(),
+        "nothing sent to the issuer before the browser goes there"
+    );
 
     // The "provider": approves and redirects back to the console's callback.
     let provider = browser.get_without_cookies(&consent_url).await;
@@ -286,13 +352,25 @@ async fn consent_round_trip_stores_the_token_and_the_asset_turns_ok() {
     assert!(back.starts_with(&expected), "{back}");
     let sent = console.env.issuer.last_authorization_request().unwrap();
     assert_eq!(sent["code_challenge_method"], "S256");
-    assert_eq!(sent["redirect_uri"], format!("http://{}/oauth/callback", console.admin_addr));
+    assert_eq!(
+        sent["redirect_uri"],
+        format!("http://{}/oauth/callback", console.admin_addr)
+    );
 
     // The Strict cookie is not sent on the way back: the state alone authorizes it.
     let done = browser.get_without_cookies(&back).await;
     assert_eq!(done.status, 200, "{}", done.body);
-    assert!(done.body.contains("new refresh token stored"), "{}", done.body);
-    assert!(done.body.contains("accepted XOAUTH2 for support@example.com"), "{}", done.body);
+    assert!(
+        done.body.contains("new refresh token stored"),
+        "{}",
+        done.body
+    );
+    assert!(
+        done.body
+            .contains("accepted XOAUTH2 for support@example.com"),
+        "{}",
+        done.body
+    );
     let stored = console.env.store().get("support").unwrap().expect("stored");
     assert_eq!(stored.account.as_deref(), Some(SUPPORT_EMAIL));
     assert!(!done.body.contains(stored.refresh_token.expose()));
@@ -303,12 +381,18 @@ async fn consent_round_trip_stores_the_token_and_the_asset_turns_ok() {
 
     let assets = browser.get("/").await;
     assert!(!assets.body.contains("needs attention"), "{}", assets.body);
-    assert!(assets.body.contains("class=\"ok status\""), "{}", assets.body);
+    assert!(
+        assets.body.contains("class=\"ok status\""),
+        "{}",
+        assets.body
+    );
     // And mail flows.
     let mut smtp = Client::connect(console.smtp_addr).await;
     smtp.ehlo().await;
     smtp.auth_plain(SCANNER.0, SCANNER.1).await.expect_code(235);
-    smtp.send_mail(SUPPORT_EMAIL, &["x@example.net"], &message("after")).await.expect_code(250);
+    smtp.send_mail(SUPPORT_EMAIL, &["x@example.net"], &message("after"))
+        .await
+        .expect_code(250);
     smtp.quit().await;
 }
 
@@ -324,7 +408,9 @@ async fn callbacks_with_a_forged_state_or_an_ended_session_are_refused() {
     assert_eq!(missing.status, 400);
 
     let csrf = browser.csrf().await;
-    let start = browser.post("/assets/support/generate", &[("csrf", &csrf)]).await;
+    let start = browser
+        .post("/assets/support/generate", &[("csrf", &csrf)])
+        .await;
     let provider = browser.get_without_cookies(&start.location.unwrap()).await;
     let back = provider.location.unwrap();
     // Logging out ends what the session started.
@@ -340,11 +426,21 @@ async fn test_message_goes_out_through_the_asset() {
     let mut browser = console.logged_in(ADMIN).await;
     let csrf = browser.csrf().await;
     let sent = browser
-        .post("/assets/sales/test", &[("csrf", &csrf), ("to", "friend@example.net")])
+        .post(
+            "/assets/sales/test",
+            &[("csrf", &csrf), ("to", "friend@example.net")],
+        )
         .await;
-    assert_eq!((sent.status, sent.location.as_deref()), (303, Some("/assets/sales")));
+    assert_eq!(
+        (sent.status, sent.location.as_deref()),
+        (303, Some("/assets/sales"))
+    );
     let page = browser.get("/assets/sales").await;
-    assert!(page.body.contains("sent to friend@example.net"), "{}", page.body);
+    assert!(
+        page.body.contains("sent to friend@example.net"),
+        "{}",
+        page.body
+    );
     let messages = console.env.gmail.messages();
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0].rcpt_to, vec!["friend@example.net".to_string()]);
@@ -353,10 +449,17 @@ async fn test_message_goes_out_through_the_asset() {
     assert!(list.body.contains("delivered"));
 
     let bad = browser
-        .post("/assets/sales/test", &[("csrf", &csrf), ("to", "not an address")])
+        .post(
+            "/assets/sales/test",
+            &[("csrf", &csrf), ("to", "not an address")],
+        )
         .await;
     assert_eq!(bad.status, 303);
-    assert!(browser.get("/assets/sales").await.body.contains("not an e-mail address"));
+    assert!(browser
+        .get("/assets/sales")
+        .await
+        .body
+        .contains("not an e-mail address"));
     assert_eq!(console.env.gmail.messages().len(), 1);
 }
 
@@ -366,12 +469,19 @@ async fn no_secret_appears_in_any_page() {
     let mut browser = console.logged_in(ADMIN).await;
     // Make tokens exist: a consent for support, a message through sales.
     let csrf = browser.csrf().await;
-    let start = browser.post("/assets/support/generate", &[("csrf", &csrf)]).await;
+    let start = browser
+        .post("/assets/support/generate", &[("csrf", &csrf)])
+        .await;
     let provider = browser.get_without_cookies(&start.location.unwrap()).await;
-    let done = browser.get_without_cookies(&provider.location.unwrap()).await;
+    let done = browser
+        .get_without_cookies(&provider.location.unwrap())
+        .await;
     assert_eq!(done.status, 200, "{}", done.body);
     browser
-        .post("/assets/sales/test", &[("csrf", &csrf), ("to", "friend@example.net")])
+        .post(
+            "/assets/sales/test",
+            &[("csrf", &csrf), ("to", "friend@example.net")],
+        )
         .await;
     let stored = console.env.store().get("support").unwrap().unwrap();
     let session = browser.cookies["relay_console"].clone();
@@ -385,14 +495,25 @@ async fn no_secret_appears_in_any_page() {
     ];
     secrets.extend(console.env.issuer.current_refresh_tokens(SALES_EMAIL));
     let mut pages = vec![done.body];
-    for path in ["/", "/assets/support", "/assets/sales", "/messages", "/login", "/metrics", "/readyz"] {
+    for path in [
+        "/",
+        "/assets/support",
+        "/assets/sales",
+        "/messages",
+        "/login",
+        "/metrics",
+        "/readyz",
+    ] {
         pages.push(browser.get(path).await.body);
     }
     let mut anonymous = console.browser();
     pages.push(anonymous.get("/login").await.body);
     for page in &pages {
         for secret in &secrets {
-            assert!(!page.contains(secret.as_str()), "a secret leaked into {page}");
+            assert!(
+                !page.contains(secret.as_str()),
+                "a secret leaked into {page}"
+            );
         }
     }
 }

@@ -46,8 +46,8 @@ mod url;
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests;
 
-use callback::{parse_paste, read_paste, Pasted};
 pub use callback::{check_callback, parse_query, CallbackParams};
+use callback::{parse_paste, read_paste, Pasted};
 pub use exchange::exchange;
 pub use exchange::verify_account;
 use loopback::wait_for_redirect;
