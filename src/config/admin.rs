@@ -183,3 +183,8 @@ pub(super) fn validate_admin(
     });
     AdminSettings { tls, console }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[path = "admin_tests.rs"]
+mod tests;
