@@ -10,3 +10,4 @@ mod common;
 mod browser;
 mod harness;
 mod http;
+mod secrets;
