@@ -83,7 +83,7 @@ fn login_page(app: &App, status: StatusCode, problem: Option<&str>) -> Response 
         LOGIN_COOKIE,
         &token,
         &cookie_path(app),
-        app.tls,
+        app.secure_cookies(),
         Some(LOGIN_FORM_SECS),
     );
     if let Ok(value) = cookie.parse() {
@@ -190,8 +190,8 @@ pub async fn submit(
     let path = cookie_path(&app);
     let mut response = redirect(&app.href("/"));
     for value in [
-        session::set_cookie(SESSION_COOKIE, &cookie, &path, app.tls, None),
-        session::set_cookie(LOGIN_COOKIE, "", &path, app.tls, Some(0)),
+        session::set_cookie(SESSION_COOKIE, &cookie, &path, app.secure_cookies(), None),
+        session::set_cookie(LOGIN_COOKIE, "", &path, app.secure_cookies(), Some(0)),
     ] {
         if let Ok(value) = value.parse() {
             response.headers_mut().append(header::SET_COOKIE, value);
@@ -220,7 +220,13 @@ pub async fn logout(
     }
     tracing::info!(user = %view.user, "console logout");
     let mut response = redirect(&app.href("/login"));
-    let cleared = session::set_cookie(SESSION_COOKIE, "", &cookie_path(&app), app.tls, Some(0));
+    let cleared = session::set_cookie(
+        SESSION_COOKIE,
+        "",
+        &cookie_path(&app),
+        app.secure_cookies(),
+        Some(0),
+    );
     if let Ok(value) = cleared.parse() {
         response.headers_mut().append(header::SET_COOKIE, value);
     }

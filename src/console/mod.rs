@@ -75,6 +75,16 @@ impl App {
         self.relay().config.admin.console.clone()
     }
 
+    /// Cookies get `Secure` when this listener speaks TLS, or when a TLS-terminating proxy
+    /// serves the console (`public_url` is https).
+    pub fn secure_cookies(&self) -> bool {
+        self.tls
+            || self
+                .settings()
+                .and_then(|s| s.public_url)
+                .is_some_and(|url| url.starts_with("https://"))
+    }
+
     /// The path prefix the console is reached under (from `public_url`), "" at the root.
     pub fn prefix(config: &Config) -> String {
         config

@@ -10,4 +10,5 @@ mod common;
 mod browser;
 mod harness;
 mod http;
+mod proxy;
 mod secrets;
