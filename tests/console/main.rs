@@ -11,4 +11,5 @@ mod browser;
 mod harness;
 mod http;
 mod proxy;
+mod refusals;
 mod secrets;
