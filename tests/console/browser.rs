@@ -77,7 +77,7 @@ impl Driver {
             serde_json::json!({
                 "binary": CHROMIUM,
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage", "--window-size=1400,1000",
+                         "--disable-dev-shm-usage", "--window-size=1400,1250",
                          "--no-first-run", "--password-store=basic"],
             }),
         );
