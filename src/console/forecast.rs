@@ -39,3 +39,53 @@ pub fn forecast(asset: &Asset, stored: Option<&StoredToken>) -> Option<Forecast>
         Provider::Google | Provider::Custom => None,
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::credentials::secret::Secret;
+
+    const CONFIG: &str = r#"
+[[user]]
+name = "u"
+password_hash = "$argon2id$v=19$m=19456,t=2,p=1$9xcj0CdcYylCDQXd8INdMQ$JzoPhFCC0Ez1jEAxOLed/tM/3z66S0h5zBI+uPwZeXM"
+assets = ["*"]
+[[asset]]
+name = "ms"
+email = "a@example.com"
+provider = "microsoft"
+tenant = "common"
+client_id = "id"
+client_secret = "s"
+senders = ["a@example.com"]
+[[asset]]
+name = "g"
+email = "b@example.com"
+provider = "google"
+client_id = "id"
+client_secret = "s"
+senders = ["b@example.com"]
+"#;
+
+    #[test]
+    fn microsoft_grants_end_90_days_after_the_last_rotation() {
+        let config =
+            crate::config::parse_with_env(CONFIG, std::path::Path::new("r.toml"), |_| None)
+                .unwrap();
+        let stored = StoredToken {
+            refresh_token: Secret::new("rt"),
+            account: None,
+            scopes: vec![],
+            obtained_at: 1_000,
+            updated_at: 2_000,
+        };
+        let ms = forecast(config.asset("ms").unwrap(), Some(&stored)).unwrap();
+        assert_eq!(
+            ms.expires_at,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(2_000) + MICROSOFT_INACTIVITY
+        );
+        assert_eq!(forecast(config.asset("g").unwrap(), Some(&stored)), None);
+        assert_eq!(forecast(config.asset("ms").unwrap(), None), None);
+    }
+}
