@@ -1,8 +1,12 @@
 //! The admin HTTP listener: `/healthz`, `/readyz`, `/metrics` for orchestrators and
-//! monitoring. Plain HTTP on a loopback (or pod-local) address; it serves no secrets.
+//! monitoring (unauthenticated; they serve no secrets), and the operator console
+//! ([`crate::console`]) on every other path when `[admin] users` is set. Plain HTTP on a
+//! loopback (or pod-local) address, or HTTPS with `[admin]` TLS.
 
 use std::convert::Infallible;
 use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,24 +16,49 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
 
+use crate::console;
 use crate::server::RelayHandle;
+use crate::stream::MaybeTls;
 
 type HttpResponse = Response<Full<Bytes>>;
 
 /// Serves until `shutdown`; `relays` gives the current config and state (it follows
-/// reloads).
+/// reloads). With `[admin] tls_cert`/`tls_key` (or `tls = true`) every connection is
+/// HTTPS, probes included. The operator console ([`crate::console`]) answers every path
+/// but the probes when `[admin] users` is set.
 pub async fn serve(listener: TcpListener, relays: RelayHandle, shutdown: CancellationToken) {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "admin listener (healthz, readyz, metrics)");
-    }
+    let local = match listener.local_addr() {
+        Ok(addr) => addr,
+        Err(err) => {
+            tracing::error!(error = %err, "admin listener has no address");
+            return;
+        }
+    };
+    let tls = relays
+        .current()
+        .config
+        .admin
+        .tls
+        .clone()
+        .map(tokio_rustls::TlsAcceptor::from);
+    let console = relays.current().config.admin.console.is_some();
+    tracing::info!(addr = %local, tls = tls.is_some(), console, "admin listener (healthz, readyz, metrics{})", if console { ", console" } else { "" });
+    let app = console::App {
+        relays: relays.clone(),
+        console: Arc::new(console::Console::default()),
+        tls: tls.is_some(),
+        local,
+    };
+    let router = console::router(app);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.cancelled() => return,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(err) => {
                 tracing::warn!(error = %err, "admin accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -37,16 +66,54 @@ pub async fn serve(listener: TcpListener, relays: RelayHandle, shutdown: Cancell
             }
         };
         let relays = relays.clone();
+        let router = router.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let relays = relays.clone();
-                async move { Ok::<_, Infallible>(route(&relays, &request).await) }
+                let router = router.clone();
+                async move { Ok::<_, Infallible>(dispatch(&relays, router, peer, request).await) }
             });
+            let stream = match tls {
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => MaybeTls::Tls(Box::new(tokio_rustls::TlsStream::from(tls))),
+                        _ => return,
+                    }
+                }
+                None => MaybeTls::Plain(stream),
+            };
             let connection = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
-            // Probes are tiny; a client that stalls is simply dropped.
-            let _ = tokio::time::timeout(Duration::from_secs(30), connection).await;
+            // Probes and pages are small; a client that stalls is simply dropped. (A
+            // console request that waits for the provider is bounded by its own timeouts.)
+            let _ = tokio::time::timeout(Duration::from_secs(120), connection).await;
         });
+    }
+}
+
+/// How long a TLS handshake on the admin listener may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The probes as before; everything else to the console when it is on.
+async fn dispatch(
+    relays: &RelayHandle,
+    router: axum::Router,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Response<axum::body::Body> {
+    let probe = matches!(
+        request.uri().path(),
+        "/healthz" | "/livez" | "/readyz" | "/metrics"
+    );
+    if probe || relays.current().config.admin.console.is_none() {
+        return route(relays, &request).await.map(axum::body::Body::new);
+    }
+    let mut request = request.map(axum::body::Body::new);
+    request.extensions_mut().insert(console::Peer(peer));
+    match router.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
     }
 }
 

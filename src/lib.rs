@@ -38,7 +38,8 @@
 //! - [`config`]: TOML → validated [`config::Config`], every problem reported with file,
 //!   line and field before anything binds.
 //! - [`relay`]: the state all sessions share; [`admin`], [`metrics`]: probes and
-//!   Prometheus counters; [`tls`], [`stream`]: rustls configs and a plain-or-TLS stream;
+//!   Prometheus counters; [`console`]: the operator's web pages on the admin listener;
+//!   [`tls`], [`stream`]: rustls configs and a plain-or-TLS stream;
 //!   [`logsafe`]: client-supplied values escaped for log lines.
 //! - [`cli`]: the command bodies (`serve`, `check`, `authorize`, `token`, `hash-password`)
 //!   returning one `CliError`; `main.rs` is only wiring. [`sandbox`]: an embedded
@@ -59,6 +60,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod credentials;
 pub mod error;
 pub mod logsafe;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::{Config, User};
+use crate::console::recent::RecentMessages;
 use crate::metrics::Metrics;
 use crate::oauth::token::{HttpClientInitError, TokenManager};
 use crate::throttle::AuthThrottle;
@@ -29,6 +30,8 @@ pub struct Relay {
     pub metrics: Arc<Metrics>,
     /// Who a client from `trusted_networks` sends as when it does not log in.
     pub trusted_user: Arc<User>,
+    /// Recent per-message outcomes for the console; shared across reloads.
+    pub recent: Arc<RecentMessages>,
     id_prefix: String,
     next_session: AtomicU64,
 }
@@ -50,7 +53,14 @@ impl Relay {
             limits.auth_throttle_entries,
         ));
         let tokens = TokenManager::new(&config)?;
-        Relay::build(config, metrics, auth_throttle, tokens)
+        let recent = Arc::new(RecentMessages::new(
+            config
+                .admin
+                .console
+                .as_ref()
+                .map_or(0, |console| console.messages_kept),
+        ));
+        Relay::build(config, metrics, auth_throttle, tokens, recent)
     }
 
     /// The relay for a reloaded config: counters, login lockouts and the token state of
@@ -62,6 +72,7 @@ impl Relay {
             previous.metrics.clone(),
             previous.auth_throttle.clone(),
             tokens,
+            previous.recent.clone(),
         )
     }
 
@@ -70,6 +81,7 @@ impl Relay {
         metrics: Arc<Metrics>,
         auth_throttle: Arc<AuthThrottle>,
         tokens: TokenManager,
+        recent: Arc<RecentMessages>,
     ) -> Result<Relay, HttpClientInitError> {
         let tokens = tokens.with_metrics(metrics.clone());
         let upstream = UpstreamSettings::from_config(&config);
@@ -95,6 +107,7 @@ impl Relay {
             metrics,
             auth_throttle,
             trusted_user,
+            recent,
             users: Users::new(config.users.clone(), config.limits.max_password_checks),
             config: Arc::new(config),
             tokens,

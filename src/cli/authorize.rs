@@ -6,11 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::error::CliError;
-use crate::cli::{check, find_asset, load_config, token_store};
+use crate::cli::{check, find_asset, load_config};
 use crate::config::{Grant, RefreshTokenSource};
-use crate::credentials::store::{StoreError, StoredToken};
 use crate::oauth::consent::{self, obtain_consent, ConsentOptions};
-use crate::oauth::http::unix_now;
 use crate::oauth::token::TokenManager;
 
 pub async fn authorize(
@@ -43,30 +41,17 @@ pub async fn authorize(
     let consent = obtain_consent(&asset, &options, stdin, &mut std::io::stdout()).await?;
     // Only a grant proven to be the asset's account may replace the one in the store.
     consent::verify_account(&config, &asset, &consent).await?;
-    let store = token_store(&config);
-    let now = unix_now();
-    let stored = StoredToken {
-        refresh_token: consent.refresh_token.clone(),
-        account: Some(asset.email.clone()),
-        scopes: consent.scopes.clone(),
-        obtained_at: now,
-        updated_at: now,
-    };
-    let saved = tokio::task::spawn_blocking(move || {
-        store.put(&asset_name, stored)?;
-        Ok::<_, StoreError>(store)
-    })
-    .await
-    .map_err(CliError::failed)?;
-    let store = saved.map_err(|err| {
-        CliError::failed(format!(
-            "the consent worked but the refresh token could not be stored: {err}"
-        ))
-    })?;
+    let store_path = consent::store_grant(&config, &asset, &consent)
+        .await
+        .map_err(|err| {
+            CliError::failed(format!(
+                "the consent worked but the refresh token could not be stored: {err}"
+            ))
+        })?;
     println!(
         "Refresh token for asset \"{}\" stored in {}.",
         asset.name,
-        store.path().display()
+        store_path.display()
     );
     println!("  account: {}", asset.email);
     println!("  scopes granted: {}", consent.scopes.join(" "));

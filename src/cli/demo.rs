@@ -97,6 +97,7 @@ pub fn sandbox_config(
         senders,
         // Unused: the sandbox asset's refresh token is inline.
         admin_listen: None,
+        admin: Default::default(),
         pool: PoolSettings::default(),
         upstream: crate::config::UpstreamDialogue::default(),
         warnings: Vec::new(),

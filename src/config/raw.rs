@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::admin::RawAdmin;
 use super::types::{CredentialFailure, Grant, HeaderFromPolicy, LogFormat, Provider, UpstreamTls};
 
 #[derive(Debug, Deserialize)]
@@ -105,12 +106,6 @@ pub(super) struct RawPool {
 pub(super) struct RawUpstream {
     pub(super) pipelining: Option<Spanned<toml::Value>>,
     pub(super) chunking: Option<Spanned<toml::Value>>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawAdmin {
-    pub(super) listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

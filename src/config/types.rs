@@ -27,6 +27,8 @@ pub struct Config {
     pub tokens: TokenSettings,
     /// The admin HTTP listener (`/healthz`, `/readyz`, `/metrics`), off when None.
     pub admin_listen: Option<SocketAddr>,
+    /// The rest of `[admin]`: the listener's TLS and the operator console.
+    pub admin: super::admin::AdminSettings,
     pub pool: PoolSettings,
     /// `[upstream]`: the SMTP extensions the relay may use towards the provider.
     pub upstream: UpstreamDialogue,

@@ -64,8 +64,11 @@ pub(super) fn validate(
     let server = validate_server(raw.server.unwrap_or_default(), &asset_names, check);
     let senders = build_sender_map(&raw.assets, check);
     let tokens = validate_tokens(raw.tokens.unwrap_or_default(), env, check);
-    let admin_listen = raw.admin.and_then(|admin| admin.listen).and_then(|listen| {
-        match listen.get_ref().parse::<SocketAddr>() {
+    let admin_listen = raw
+        .admin
+        .as_ref()
+        .and_then(|a| a.listen.clone())
+        .and_then(|listen| match listen.get_ref().parse::<SocketAddr>() {
             Ok(addr) => Some(addr),
             Err(_) => {
                 check.at(
@@ -78,8 +81,7 @@ pub(super) fn validate(
                 );
                 None
             }
-        }
-    });
+        });
 
     let mut users = HashMap::new();
     for (index, raw_user) in raw.users.iter().enumerate() {
@@ -101,6 +103,13 @@ pub(super) fn validate(
         );
     }
 
+    let admin = super::admin::validate_admin(
+        raw.admin.unwrap_or_default(),
+        &users,
+        server.as_ref().and_then(|server| server.tls.as_ref()),
+        check,
+    );
+
     Some(Config {
         server: server?,
         limits,
@@ -110,6 +119,7 @@ pub(super) fn validate(
         senders,
         tokens,
         admin_listen,
+        admin,
         pool: {
             let raw = raw.pool.unwrap_or_default();
             let defaults = PoolSettings::default();

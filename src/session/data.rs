@@ -18,6 +18,7 @@ use super::conn::Input;
 use super::headers::{GateState, HeaderGate};
 use super::pipeline::{pipelines, uses_bdat, Ahead};
 use super::{Flow, Phase, Session, Transaction};
+use crate::console::recent::{Ended, MessageRecord};
 use crate::logsafe::Untrusted;
 use crate::metrics::Outcome;
 use crate::received::Trace;
@@ -113,7 +114,24 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         let message_id = transaction.message_id.clone().unwrap_or_default();
         let relay = self.relay.clone();
         let credential_failure = relay.config.server.credential_failure;
+        let recent = self.relay.recent.clone();
+        let user = self
+            .client
+            .user
+            .as_ref()
+            .map(|user| user.name.clone())
+            .unwrap_or_default();
         let log_done = |outcome: &str, reply: &Reply, size: u64, upstream_id: Option<&str>| {
+            recent.record(MessageRecord {
+                at: SystemTime::now(),
+                user: user.clone(),
+                sender: transaction.sender.clone(),
+                recipients,
+                size,
+                asset: asset.clone(),
+                outcome: Ended::from_code(reply.code),
+                reply: reply.to_string(),
+            });
             tracing::info!(
                 asset = %asset,
                 from = %Untrusted(&transaction.sender),

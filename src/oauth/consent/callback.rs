@@ -15,14 +15,14 @@ pub(super) const MAX_PASTE_LEN: usize = 8 * 1024;
 
 /// The query of the redirect (RFC 6749 §4.1.2): `code` + `state`, or `error` + `state`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub(super) struct CallbackParams {
+pub struct CallbackParams {
     pub code: Option<String>,
     pub state: Option<String>,
     pub error: Option<String>,
     pub error_description: Option<String>,
 }
 
-pub(super) fn parse_query(query: &str) -> Result<CallbackParams, AuthorizeError> {
+pub fn parse_query(query: &str) -> Result<CallbackParams, AuthorizeError> {
     let mut params = CallbackParams::default();
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         let slot = match key.as_ref() {
@@ -47,7 +47,7 @@ pub(super) fn parse_query(query: &str) -> Result<CallbackParams, AuthorizeError>
 
 /// Checks `state` first (an answer to someone else's request is not looked at further),
 /// then turns an error or a missing code into the matching [`AuthorizeError`].
-pub(super) fn check_callback(
+pub fn check_callback(
     params: &CallbackParams,
     expected: &CsrfToken,
 ) -> Result<AuthorizationCode, AuthorizeError> {

@@ -26,7 +26,8 @@ pub(super) const GOOGLE_PERMISSIONS_URL: &str = "https://myaccount.google.com/pe
 pub(super) type HttpError = HttpClientError<reqwest::Error>;
 pub(super) type BasicRequestError = RequestTokenError<HttpError, oauth2::basic::BasicErrorResponse>;
 
-pub(super) async fn exchange(
+/// Exchanges `code` (with the PKCE `verifier`) at the asset's token endpoint.
+pub async fn exchange(
     asset: &Asset,
     code: AuthorizationCode,
     verifier: PkceCodeVerifier,

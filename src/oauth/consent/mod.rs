@@ -23,7 +23,8 @@
 //! The flow's pieces, in the order a run meets them: [`url`] (the consent URL and PKCE),
 //! [`redirect`] (the redirect URI, and whether it is listened on or pasted), [`loopback`]
 //! (the one-shot listener), [`callback`] (the redirect's parameters, the `state` check, the
-//! paste), [`exchange`] (code → tokens, then [`verify_account`]).
+//! paste), [`exchange`] (code → tokens, then [`verify_account`]), [`save`] (the grant into
+//! the token store: [`store_grant`], shared with the console's "Generate Token").
 
 use std::io::Write;
 use std::time::Duration;
@@ -38,17 +39,20 @@ mod callback;
 mod exchange;
 mod loopback;
 mod redirect;
+mod save;
 mod url;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests;
 
-use callback::{check_callback, parse_paste, read_paste, Pasted};
-use exchange::exchange;
+pub use callback::{check_callback, parse_query, CallbackParams};
+use callback::{parse_paste, read_paste, Pasted};
+pub use exchange::exchange;
 pub use exchange::verify_account;
 use loopback::wait_for_redirect;
 use redirect::{plan_redirect, Receiver};
+pub use save::{store_grant, SaveError};
 pub use url::consent_url;
 
 /// How long the user has to approve in the browser (or paste) before we give up.
