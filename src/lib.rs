@@ -33,7 +33,8 @@
 //! - [`config`]: TOML → validated [`config::Config`], every problem reported with file,
 //!   line and field before anything binds.
 //! - [`relay`]: the state all sessions share; [`admin`], [`metrics`]: probes and
-//!   Prometheus counters; [`tls`], [`stream`]: rustls configs and a plain-or-TLS stream;
+//!   Prometheus counters; [`alerts`]: credential alerts (webhook, mail) and the refresh-token
+//!   expiry forecast; [`tls`], [`stream`]: rustls configs and a plain-or-TLS stream;
 //!   [`logsafe`]: client-supplied values escaped for log lines.
 //! - [`cli`]: the command bodies (`serve`, `check`, `authorize`, `token`, `hash-password`)
 //!   returning one `CliError`; `main.rs` is only wiring. [`sandbox`]: an embedded
@@ -52,6 +53,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod alerts;
 pub mod cli;
 pub mod config;
 pub mod credentials;

@@ -1,9 +1,11 @@
 //! `smtp-oauth-relay check`: prove each asset works without sending mail.
 
 use std::io::Write;
+use std::time::SystemTime;
 
 use tokio::time::Instant;
 
+use crate::alerts::forecast::Forecast;
 use crate::config::{Asset, Config};
 use crate::error::RelayError;
 use crate::oauth::token::TokenManager;
@@ -13,6 +15,8 @@ use crate::upstream::{Connector, UpstreamSettings};
 pub struct AssetCheck {
     pub asset: String,
     pub result: Result<String, RelayError>,
+    /// When its refresh token is foreseen to die, as the console and alerts show it.
+    pub forecast: Option<Forecast>,
 }
 
 /// Refreshes a token and opens an authenticated upstream session for every asset.
@@ -45,6 +49,7 @@ pub async fn check_asset(config: &Config, tokens: &TokenManager, asset: &Asset) 
     AssetCheck {
         asset: asset.name.clone(),
         result,
+        forecast: crate::alerts::asset_forecast(tokens, config, asset).await,
     }
 }
 
@@ -64,6 +69,14 @@ pub fn report(results: &[AssetCheck], out: &mut impl Write) -> bool {
                 )
             }
         };
+        if let Some(forecast) = &check.forecast {
+            let _ = writeln!(
+                out,
+                "    {}\n    before then: {}",
+                forecast.describe(SystemTime::now()),
+                forecast.cause.fix()
+            );
+        }
     }
     all_ok
 }

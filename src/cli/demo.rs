@@ -62,6 +62,7 @@ pub fn sandbox_config(
             tls: UpstreamTls::Starttls,
             client_config: tls::client_config_from(upstream.pki.root_store())?,
         },
+        client_secret_expires: None,
     };
     let mut senders = SenderMap::default();
     // Only one claim on an empty map: it cannot collide.
@@ -95,6 +96,7 @@ pub fn sandbox_config(
         // Unused: the sandbox asset's refresh token is inline.
         admin_listen: None,
         pool: PoolSettings::default(),
+        alerts: crate::config::AlertSettings::default(),
         warnings: Vec::new(),
         tokens: TokenSettings {
             path: PathBuf::from("sandbox-state/tokens.json"),

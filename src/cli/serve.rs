@@ -145,6 +145,13 @@ async fn run_relay(
     if let Some(path) = reload_from {
         tokio::spawn(reload_on_sighup(path, relays.clone()));
     }
+    // Runs even without [[alert]] channels (a reload may add some), and keeps refresh tokens
+    // from expiring unused.
+    tokio::spawn(crate::alerts::run(
+        relays.clone(),
+        shutdown.clone(),
+        crate::alerts::AlertOptions::default(),
+    ));
     server::run(listeners, relays, shutdown).await;
     Ok(())
 }

@@ -65,6 +65,9 @@ pub(super) fn validate_asset(raw: &RawAsset, index: usize, check: &mut Checker) 
         scopes: endpoints.scopes,
         redirect_uri: endpoints.redirect_uri,
         upstream: upstream?,
+        client_secret_expires: raw.client_secret_expires.as_ref().and_then(|date| {
+            super::alerts::parse_date(date, field("client_secret_expires"), check)
+        }),
     })
 }
 

@@ -14,6 +14,7 @@
 //! types only and imports no runtime service (pool, upstream client, token manager,
 //! session): they depend on it, never the other way round.
 
+mod alerts;
 mod asset;
 mod defaults;
 mod env;
@@ -28,6 +29,7 @@ mod tests;
 
 use std::path::Path;
 
+pub use alerts::{AlertChannel, AlertSettings, WebhookFormat};
 pub use asset::check_endpoint_url;
 pub use defaults::DEFAULT_AUTH_THROTTLE_ENTRIES;
 pub use env::{expand_env, STORE_KEY_ENV};

@@ -23,6 +23,9 @@ pub(super) struct RawConfig {
     pub(super) users: Vec<Spanned<RawUser>>,
     #[serde(default, rename = "asset")]
     pub(super) assets: Vec<Spanned<RawAsset>>,
+    pub(super) alerts: Option<super::alerts::RawAlerts>,
+    #[serde(default, rename = "alert")]
+    pub(super) alert_channels: Vec<Spanned<super::alerts::RawAlert>>,
 }
 
 /// `listen = "addr"` or `listen = ["addr", ...]`. (Spans do not survive serde's untagged
@@ -158,4 +161,6 @@ pub(super) struct RawAsset {
     pub(super) token_url: Option<Spanned<String>>,
     pub(super) scope: Option<String>,
     pub(super) redirect_uri: Option<Spanned<String>>,
+    /// `"YYYY-MM-DD"`: `client_secret_expiring` alerts before it.
+    pub(super) client_secret_expires: Option<Spanned<String>>,
 }

@@ -28,6 +28,8 @@ pub struct Config {
     /// The admin HTTP listener (`/healthz`, `/readyz`, `/metrics`), off when None.
     pub admin_listen: Option<SocketAddr>,
     pub pool: PoolSettings,
+    /// `[alerts]` and `[[alert]]`: who is told when an asset needs an operator.
+    pub alerts: super::alerts::AlertSettings,
     /// Problems that do not stop the relay but should be fixed (a secret file others can
     /// read). Logged when found; `serve` logs them again once logging is set up, `check`
     /// prints them.
@@ -231,6 +233,9 @@ pub struct Asset {
     pub scopes: Vec<String>,
     pub redirect_uri: Option<String>,
     pub upstream: UpstreamTarget,
+    /// When the OAuth client secret expires (`client_secret_expires`; Microsoft's expire
+    /// after at most two years), for `client_secret_expiring` alerts.
+    pub client_secret_expires: Option<time::Date>,
 }
 
 #[derive(Clone)]

@@ -60,6 +60,8 @@ pub(super) fn validate(
     }
 
     let server = validate_server(raw.server.unwrap_or_default(), &asset_names, check);
+    let alerts =
+        super::alerts::validate_alerts(raw.alerts, &raw.alert_channels, &asset_names, check);
     let senders = build_sender_map(&raw.assets, check);
     let tokens = validate_tokens(raw.tokens.unwrap_or_default(), env, check);
     let admin_listen = raw.admin.and_then(|admin| admin.listen).and_then(|listen| {
@@ -120,6 +122,7 @@ pub(super) fn validate(
                     .unwrap_or(defaults.idle_timeout),
             }
         },
+        alerts,
         warnings: Vec::new(),
     })
 }
