@@ -262,7 +262,9 @@ mod tests {
         assert_eq!(kinds(&reminder), [EventKind::AssetNeedsAttention]);
         let recovered = detector.check(&ok, &rules(), t0 + HOUR * 2, wall);
         assert_eq!(kinds(&recovered), [EventKind::AssetRecovered]);
-        assert!(detector.check(&ok, &rules(), t0 + HOUR * 9, wall).is_empty());
+        assert!(detector
+            .check(&ok, &rules(), t0 + HOUR * 9, wall)
+            .is_empty());
     }
 
     #[test]
@@ -295,7 +297,11 @@ mod tests {
         let first = detector.check(&expiring, &rules(), t0, wall);
         assert_eq!(kinds(&first), [EventKind::RefreshTokenExpiring]);
         assert_eq!(first[0].expires_at, Some(wall + 23 * HOUR));
-        assert!(first[0].reason.contains("time-limited"), "{}", first[0].reason);
+        assert!(
+            first[0].reason.contains("time-limited"),
+            "{}",
+            first[0].reason
+        );
         assert!(detector
             .check(&expiring, &rules(), t0 + HOUR * 5, wall)
             .is_empty());
@@ -305,7 +311,9 @@ mod tests {
             expires_at: wall + 200 * HOUR,
             cause: ExpiryCause::Stated,
         });
-        assert!(detector.check(&renewed, &rules(), t0 + HOUR * 6, wall).is_empty());
+        assert!(detector
+            .check(&renewed, &rules(), t0 + HOUR * 6, wall)
+            .is_empty());
         assert_eq!(
             kinds(&detector.check(&expiring, &rules(), t0 + HOUR * 7, wall)),
             [EventKind::RefreshTokenExpiring]
@@ -324,14 +332,22 @@ mod tests {
         asset.client_secret_expires = Some(today + time::Duration::days(14));
         let alerts = detector.check(&asset, &rules(), t0, wall);
         assert_eq!(kinds(&alerts), [EventKind::ClientSecretExpiring]);
-        assert!(alerts[0].reason.contains("in 14 day(s)"), "{}", alerts[0].reason);
+        assert!(
+            alerts[0].reason.contains("in 14 day(s)"),
+            "{}",
+            alerts[0].reason
+        );
         asset.client_secret_expires = Some(today + time::Duration::days(5));
-        assert!(detector.check(&asset, &rules(), t0 + HOUR * 2, wall).is_empty());
+        assert!(detector
+            .check(&asset, &rules(), t0 + HOUR * 2, wall)
+            .is_empty());
         asset.client_secret_expires = Some(today + time::Duration::days(3));
         assert_eq!(
             kinds(&detector.check(&asset, &rules(), t0 + HOUR * 3, wall)),
             [EventKind::ClientSecretExpiring]
         );
-        assert!(detector.check(&asset, &rules(), t0 + HOUR * 9, wall).is_empty());
+        assert!(detector
+            .check(&asset, &rules(), t0 + HOUR * 9, wall)
+            .is_empty());
     }
 }

@@ -251,7 +251,10 @@ mod tests {
         assert!(forecast.within(Duration::from_secs(DAY), at(181 * DAY + 1)));
         assert_eq!(forecast.remaining(at(200 * DAY)), Duration::ZERO);
         let text = forecast.describe(at(181 * DAY));
-        assert!(text.contains("if unused until") && text.contains("(in 1 d 0 h)"), "{text}");
+        assert!(
+            text.contains("if unused until") && text.contains("(in 1 d 0 h)"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -263,7 +266,10 @@ mod tests {
         );
         assert_eq!(days_until(date, noon_before.into()), 14);
         assert_eq!(approximate(Duration::from_secs(3 * DAY + 7200)), "3 d 2 h");
-        assert_eq!(approximate(Duration::from_secs(3 * 3600 + 120)), "3 h 2 min");
+        assert_eq!(
+            approximate(Duration::from_secs(3 * 3600 + 120)),
+            "3 h 2 min"
+        );
         assert_eq!(approximate(Duration::from_secs(59)), "59 s");
     }
 }

@@ -14,17 +14,18 @@ use crate::credentials::secret::redact;
 /// `2026-12-04T10:06:49Z`: RFC 3339 in UTC, whole seconds.
 pub fn rfc3339(at: SystemTime) -> String {
     let at = time::OffsetDateTime::from(at);
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
-    );
-    at.format(format).unwrap_or_else(|_| at.unix_timestamp().to_string())
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    at.format(format)
+        .unwrap_or_else(|_| at.unix_timestamp().to_string())
 }
 
 /// `2026-12-11 10:00 UTC`, for sentences.
 pub fn utc_minutes(at: SystemTime) -> String {
     let at = time::OffsetDateTime::from(at);
     let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
-    at.format(format).unwrap_or_else(|_| at.unix_timestamp().to_string())
+    at.format(format)
+        .unwrap_or_else(|_| at.unix_timestamp().to_string())
 }
 
 /// The console's page for `asset` under `base` (the console's external URL), the asset
@@ -193,7 +194,10 @@ mod tests {
             email: "support@example.com".into(),
             reason: "refused (invalid_grant: Token s3cr3t\"x has been revoked)".into(),
             fix: "run authorize".into(),
-            console_url: Some(console_link("https://relay.example.com:9025/", "support & co")),
+            console_url: Some(console_link(
+                "https://relay.example.com:9025/",
+                "support & co",
+            )),
             at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_378_809),
             expires_at: None,
         }
@@ -217,14 +221,22 @@ mod tests {
 
     #[test]
     fn every_format_redacts_secrets_even_json_escaped() {
-        for format in [WebhookFormat::Json, WebhookFormat::Slack, WebhookFormat::Teams] {
+        for format in [
+            WebhookFormat::Json,
+            WebhookFormat::Slack,
+            WebhookFormat::Teams,
+        ] {
             let body = webhook_body(&alert(), format, &["s3cr3t\"x"]);
             assert!(!body.contains("s3cr3t"), "{format:?}: {body}");
             assert!(body.contains("<redacted>"), "{format:?}: {body}");
             let _: Value = serde_json::from_str(&body).unwrap();
         }
-        let mail = String::from_utf8(mail(&alert(), "a@x", "b@y", "id@relay", &["s3cr3t\"x"])).unwrap();
-        assert!(!mail.contains("s3cr3t") && mail.contains("Subject: smtp-oauth-relay: asset support & co"));
+        let mail =
+            String::from_utf8(mail(&alert(), "a@x", "b@y", "id@relay", &["s3cr3t\"x"])).unwrap();
+        assert!(
+            !mail.contains("s3cr3t")
+                && mail.contains("Subject: smtp-oauth-relay: asset support & co")
+        );
     }
 
     #[test]
@@ -236,8 +248,14 @@ mod tests {
             serde_json::from_str(&webhook_body(&alert(), WebhookFormat::Teams, &[])).unwrap();
         assert_eq!(teams["type"], "message");
         let card = &teams["attachments"][0];
-        assert_eq!(card["contentType"], "application/vnd.microsoft.card.adaptive");
+        assert_eq!(
+            card["contentType"],
+            "application/vnd.microsoft.card.adaptive"
+        );
         assert_eq!(card["content"]["type"], "AdaptiveCard");
-        assert!(card["content"]["body"][1]["text"].as_str().unwrap().contains("invalid_grant"));
+        assert!(card["content"]["body"][1]["text"]
+            .as_str()
+            .unwrap()
+            .contains("invalid_grant"));
     }
 }

@@ -161,7 +161,12 @@ pub async fn run(relays: RelayHandle, shutdown: CancellationToken, options: Aler
                 }
             }
         }
-        let names: Vec<&str> = relay.config.assets.iter().map(|a| a.name.as_str()).collect();
+        let names: Vec<&str> = relay
+            .config
+            .assets
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect();
         detector.retain(&names);
         let pause = settings.check_every;
         drop(relay);
@@ -188,8 +193,12 @@ async fn asset_view(
     if keep_alive && health(status.as_ref()) == Health::Ok {
         // Using the token renews it: better than telling someone it will die of disuse.
         match relay.tokens.access_token(&asset.name).await {
-            Ok(_) => tracing::info!(asset = %asset.name, "refresh token used to keep it from expiring unused"),
-            Err(err) => tracing::warn!(asset = %asset.name, error = %err, "keep-alive refresh failed"),
+            Ok(_) => {
+                tracing::info!(asset = %asset.name, "refresh token used to keep it from expiring unused")
+            }
+            Err(err) => {
+                tracing::warn!(asset = %asset.name, error = %err, "keep-alive refresh failed")
+            }
         }
         status = relay.tokens.status(&asset.name).await;
         forecast = self::forecast::forecast(&grant_facts(asset, status.as_ref(), stored.as_ref()));

@@ -139,10 +139,11 @@ impl Worker {
             match self.attempt(outgoing).await {
                 Ok(()) => {
                     tracing::info!(%channel, event = alert.event.name(), asset = %alert.asset, attempt, "alert sent");
-                    self.relays
-                        .current()
-                        .metrics
-                        .alert(self.channel.kind(), alert.event.name(), true);
+                    self.relays.current().metrics.alert(
+                        self.channel.kind(),
+                        alert.event.name(),
+                        true,
+                    );
                     return;
                 }
                 Err(Failure::Permanent(reason)) => break reason,
@@ -229,8 +230,7 @@ impl Worker {
                 "asset \"{asset_name}\" needs attention itself; mail alerts go through it only while it is healthy"
             )));
         }
-        let connector =
-            Connector::new(&relay.tokens, &relay.upstream).with_metrics(&relay.metrics);
+        let connector = Connector::new(&relay.tokens, &relay.upstream).with_metrics(&relay.metrics);
         let mut upstream = connector
             .open(&asset)
             .await
@@ -246,7 +246,8 @@ impl Worker {
                     _ => Err(Failure::Permanent(text)),
                 }
             };
-            let temporary = |err: crate::upstream::UpstreamError| Failure::Temporary(err.to_string());
+            let temporary =
+                |err: crate::upstream::UpstreamError| Failure::Temporary(err.to_string());
             let reply = upstream
                 .command(&format!("MAIL FROM:<{}>", asset.email))
                 .await

@@ -282,7 +282,11 @@ fn validate_channel(
                     None
                 }
                 None => {
-                    check.at(spanned, field("to"), "an email alert needs to = \"address\"");
+                    check.at(
+                        spanned,
+                        field("to"),
+                        "an email alert needs to = \"address\"",
+                    );
                     None
                 }
             };
@@ -328,7 +332,10 @@ pub(super) fn parse_date(
             check.at(
                 value,
                 field,
-                format!("\"{}\" is not a date such as \"2027-03-31\"", value.get_ref()),
+                format!(
+                    "\"{}\" is not a date such as \"2027-03-31\"",
+                    value.get_ref()
+                ),
             );
             None
         }

@@ -322,8 +322,14 @@ mod tests {
         );
         let text = error.to_string();
         assert!(matches!(error, TokenError::NeedsReauthorization { .. }));
-        assert!(!text.contains("1//0") && !text.contains("kkkk") && !text.contains("shh"), "{text}");
-        assert!(text.contains(crate::credentials::secret::REDACTED), "{text}");
+        assert!(
+            !text.contains("1//0") && !text.contains("kkkk") && !text.contains("shh"),
+            "{text}"
+        );
+        assert!(
+            text.contains(crate::credentials::secret::REDACTED),
+            "{text}"
+        );
     }
 
     #[test]
@@ -365,7 +371,8 @@ mod tests {
         );
         assert_eq!(lifetime(r#"{"access_token":""}"#), None);
 
-        let grant = |json: &str| token_response(json.as_bytes()).and_then(|r| r.refresh_token_lifetime);
+        let grant =
+            |json: &str| token_response(json.as_bytes()).and_then(|r| r.refresh_token_lifetime);
         assert_eq!(grant(r#"{"access_token":"t"}"#), None);
         assert_eq!(
             grant(r#"{"access_token":"t","refresh_token_expires_in":604799}"#),

@@ -106,7 +106,10 @@ pub(super) async fn handle_token(shared: &IssuerShared, req: Request<Incoming>) 
     };
 
     if mode == IssuerMode::InvalidGrantEcho {
-        tracing::info!(outcome = "invalid_grant echoing secrets (forced)", "sandbox token request");
+        tracing::info!(
+            outcome = "invalid_grant echoing secrets (forced)",
+            "sandbox token request"
+        );
         let echoed = format!(
             "Token {} of client secret {} has been expired or revoked.",
             form.get("refresh_token").map_or("", String::as_str),
@@ -492,7 +495,9 @@ fn invalid_client(client_id: Option<&str>) -> HttpResponse {
 
 /// Whole seconds left until `expires_at`, as `refresh_token_expires_in` counts them.
 fn remaining_secs(expires_at: Instant) -> u64 {
-    expires_at.saturating_duration_since(Instant::now()).as_secs()
+    expires_at
+        .saturating_duration_since(Instant::now())
+        .as_secs()
 }
 
 fn invalid_grant() -> HttpResponse {
