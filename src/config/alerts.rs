@@ -356,9 +356,145 @@ fn is_plain_address(address: &str) -> bool {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::config::{parse_with_env, ConfigError, Problem};
+    use std::path::Path;
+
+    fn config(asset_extra: &str, alerts: &str) -> String {
+        format!(
+            r#"
+[[user]]
+name = "u"
+password_hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$ZHVtbXloYXNoZHVtbXloYXNoZHVtbXloYXNoZHVtbXk"
+assets = ["a"]
+
+[[asset]]
+name = "a"
+email = "a@example.com"
+senders = ["a@example.com"]
+client_id = "id"
+client_secret = "s"
+refresh_token = "rt"
+{asset_extra}
+
+{alerts}
+"#
+        )
+    }
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match parse_with_env(text, Path::new("t.toml"), |_| None) {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("accepted:\n{text}"),
+        }
+    }
+
+    #[test]
+    fn defaults_and_a_full_config() {
+        let none = parse_with_env(&config("", ""), Path::new("t.toml"), |_| None).unwrap();
+        assert_eq!(none.alerts, AlertSettings::default());
+        assert_eq!(none.alerts.interval, Duration::from_secs(3600));
+        let text = config(
+            "client_secret_expires = \"2027-03-31\"",
+            r#"
+[alerts]
+interval_secs = 600
+client_secret_warning_days = [3, 30, 14]
+
+[[alert]]
+kind = "webhook"
+url = "https://hooks.example.com/x"
+format = "teams"
+
+[[alert]]
+kind = "webhook"
+url = "http://127.0.0.1:9/hook"
+
+[[alert]]
+kind = "email"
+to = "ops@example.com"
+asset = "a"
+"#,
+        );
+        let config = parse_with_env(&text, Path::new("t.toml"), |_| None).unwrap();
+        assert_eq!(config.alerts.interval, Duration::from_secs(600));
+        assert_eq!(config.alerts.client_secret_warning_days, [30, 14, 3]);
+        assert_eq!(
+            config.alerts.channels,
+            [
+                AlertChannel::Webhook {
+                    url: "https://hooks.example.com/x".into(),
+                    format: WebhookFormat::Teams
+                },
+                AlertChannel::Webhook {
+                    url: "http://127.0.0.1:9/hook".into(),
+                    format: WebhookFormat::Json
+                },
+                AlertChannel::Email {
+                    to: "ops@example.com".into(),
+                    asset: "a".into()
+                },
+            ]
+        );
+        assert_eq!(
+            config.assets[0].client_secret_expires,
+            Some(time::Date::from_calendar_date(2027, time::Month::March, 31).unwrap())
+        );
+    }
+
+    #[test]
+    fn every_mistake_is_reported_with_its_field() {
+        let text = config(
+            "client_secret_expires = \"31.03.2027\"",
+            r#"
+[alerts]
+interval_secs = 0
+
+[[alert]]
+kind = "webhook"
+url = "http://hooks.example.com/T0/B0/tokenpart"
+
+[[alert]]
+kind = "webhook"
+to = "x@example.com"
+
+[[alert]]
+kind = "email"
+to = "not an address"
+asset = "nope"
+format = "json"
+"#,
+        );
+        let found = problems(&text);
+        let fields: Vec<&str> = found.iter().map(|p| p.field.as_str()).collect();
+        for field in [
+            "asset[0].client_secret_expires",
+            "alerts.interval_secs",
+            "alert[0].url",
+            "alert[1].to",
+            "alert[1].url",
+            "alert[2].to",
+            "alert[2].asset",
+            "alert[2].format",
+        ] {
+            assert!(fields.contains(&field), "{field} missing from {found:#?}");
+        }
+        // The webhook's token is not repeated in the message.
+        assert!(
+            found.iter().all(|p| !p.message.contains("tokenpart")),
+            "{found:#?}"
+        );
+        let unknown = problems(&config("", "[alerts]\nintervall_secs = 5\n"));
+        assert!(
+            unknown[0].message.contains("intervall_secs"),
+            "{unknown:#?}"
+        );
+        let bad_kind = problems(&config("", "[[alert]]\nkind = \"pager\"\n"));
+        assert!(bad_kind[0].message.contains("pager"), "{bad_kind:#?}");
+    }
 
     #[test]
     fn plain_addresses() {
