@@ -4,17 +4,8 @@
 //! the receiver fails, nothing extra within `interval_secs`, and never a secret.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use serde_json::Value;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::*;
@@ -23,121 +14,10 @@ use smtp_oauth_relay::credentials::store::StoredToken;
 use smtp_oauth_relay::sandbox::token_issuer::{IssuerAccount, IssuerMode};
 use smtp_oauth_relay::server::RelayHandle;
 
-/// Upper bound for anything a test waits for: generous, never a performance claim.
-const WAIT: Duration = Duration::from_secs(20);
+#[path = "alert_receiver.rs"]
+mod receiver;
 
-/// One request the receiver got.
-#[derive(Clone, Debug)]
-struct Received {
-    path: String,
-    body: String,
-}
-
-impl Received {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap()
-    }
-}
-
-/// A webhook receiver on 127.0.0.1: records every POST, answers 500 to the first
-/// `failures` of them and 204 to the rest.
-struct Receiver {
-    addr: SocketAddr,
-    received: Arc<Mutex<Vec<Received>>>,
-    count: watch::Receiver<usize>,
-    stop: CancellationToken,
-}
-
-impl Receiver {
-    async fn start(failures: usize) -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let (count_tx, count) = watch::channel(0usize);
-        let count_tx = Arc::new(count_tx);
-        let stop = CancellationToken::new();
-        let (store, stopped) = (received.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = tokio::select! {
-                    accepted = listener.accept() => accepted.unwrap(),
-                    _ = stopped.cancelled() => return,
-                };
-                let (store, count_tx) = (store.clone(), count_tx.clone());
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(
-                        move |request: Request<hyper::body::Incoming>| {
-                            let (store, count_tx) = (store.clone(), count_tx.clone());
-                            async move {
-                                let path = request.uri().path().to_string();
-                                let body = request.into_body().collect().await.unwrap().to_bytes();
-                                let seen = {
-                                    let mut all = store.lock().unwrap();
-                                    all.push(Received {
-                                        path,
-                                        body: String::from_utf8_lossy(&body).into_owned(),
-                                    });
-                                    all.len()
-                                };
-                                count_tx.send_replace(seen);
-                                let status = if seen <= failures {
-                                    StatusCode::INTERNAL_SERVER_ERROR
-                                } else {
-                                    StatusCode::NO_CONTENT
-                                };
-                                let mut response = Response::new(Full::new(Bytes::new()));
-                                *response.status_mut() = status;
-                                Ok::<_, Infallible>(response)
-                            }
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Receiver {
-            addr,
-            received,
-            count,
-            stop,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Waits (bounded) until `n` requests arrived; returns them all.
-    async fn wait_for(&mut self, n: usize) -> Vec<Received> {
-        let arrived = tokio::time::timeout(WAIT, self.count.wait_for(|count| *count >= n))
-            .await
-            .is_ok();
-        let all = self.all();
-        assert!(arrived, "expected {n} webhook requests, got {all:#?}");
-        all
-    }
-
-    fn all(&self) -> Vec<Received> {
-        self.received.lock().unwrap().clone()
-    }
-
-    /// The JSON payloads whose `event` is `event`.
-    fn events(&self, event: &str) -> Vec<Value> {
-        self.all()
-            .iter()
-            .map(Received::json)
-            .filter(|json| json["event"] == event)
-            .collect()
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
+use receiver::{Receiver, WAIT};
 
 /// `[alerts]` for tests: a check every second, retries after a second, plus `channels`.
 fn alerts_config(extra: &str, channels: &str) -> String {
@@ -565,6 +445,90 @@ async fn a_provider_refusing_fresh_tokens_needs_attention() {
         "{alert}"
     );
     assert_no_secret(&all[0].body, &[]);
+    stop.cancel();
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_about_to_die_unused_is_kept_alive_instead_of_announced() {
+    let receiver = Receiver::start(0).await;
+    let microsoft_asset = r#"
+[[asset]]
+name = "m365"
+email = "m365@example.net"
+provider = "microsoft"
+client_id = "m365-client"
+client_secret = "m365-client-secret-Hh40"
+senders = ["m365@example.net"]
+upstream = "@UPSTREAM@"
+upstream_tls = "@UPSTREAM_TLS@"
+upstream_ca = "@CA@"
+token_url = "@TOKEN_URL@"
+"#;
+    let env = Env::with(Options {
+        extra_assets: format!(
+            "{microsoft_asset}\n{}",
+            alerts_config("", &webhook(&receiver.url("/hook"), "json"))
+        ),
+        ..Options::default()
+    })
+    .await;
+    env.issuer.add_account(IssuerAccount {
+        client_id: "m365-client".into(),
+        client_secret: "m365-client-secret-Hh40".into(),
+        refresh_token: "1//m365-refresh".into(),
+        email: "m365@example.net".into(),
+    });
+    // Stored 89.5 days ago and never used since: Microsoft drops it in 12 hours.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let stored_at = now - (89 * 24 + 12) * 3600;
+    env.store()
+        .put(
+            "m365",
+            StoredToken::new(
+                smtp_oauth_relay::credentials::secret::Secret::new("1//m365-refresh"),
+                Some("m365@example.net".into()),
+                vec![],
+                stored_at,
+            ),
+        )
+        .unwrap();
+    let m365 = env.relay.config.asset("m365").unwrap().clone();
+    let before = alerts::asset_forecast(&env.relay.tokens, &env.relay.config, &m365)
+        .await
+        .unwrap();
+    assert_eq!(before.cause, alerts::forecast::ExpiryCause::MicrosoftUnused);
+    assert!(before.remaining(std::time::SystemTime::now()) < Duration::from_secs(13 * 3600));
+
+    let refreshes = env.issuer.refresh_count();
+    let stop = start_alerts(&env, None);
+    let renewed = tokio::time::timeout(WAIT, async {
+        loop {
+            let forecast = alerts::asset_forecast(&env.relay.tokens, &env.relay.config, &m365)
+                .await
+                .unwrap();
+            if forecast.remaining(std::time::SystemTime::now())
+                > Duration::from_secs(89 * 24 * 3600)
+            {
+                return forecast;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the keep-alive refresh renews the forecast");
+    assert_eq!(
+        renewed.cause,
+        alerts::forecast::ExpiryCause::MicrosoftUnused
+    );
+    assert_eq!(env.issuer.refresh_count(), refreshes + 1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(receiver.all().is_empty(), "{:#?}", receiver.all());
+    // Still exactly one refresh: a renewed token is not refreshed again.
+    assert_eq!(env.issuer.refresh_count(), refreshes + 1);
     stop.cancel();
     env.stop().await;
 }
