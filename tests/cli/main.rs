@@ -16,3 +16,4 @@ mod config_example;
 mod reload;
 #[cfg(unix)]
 mod secret_modes;
+mod serve_alerts;

@@ -1,6 +1,7 @@
 //! A webhook receiver on 127.0.0.1 for the alert tests: a real HTTP/1.1 server (hyper)
 //! that records every request and answers 500 to the first few, 204 to the rest.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Each test binary that includes it uses part of it.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
