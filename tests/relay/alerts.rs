@@ -449,9 +449,9 @@ async fn a_provider_refusing_fresh_tokens_needs_attention() {
     env.stop().await;
 }
 
-#[tokio::test]
-async fn a_token_about_to_die_unused_is_kept_alive_instead_of_announced() {
-    let receiver = Receiver::start(0).await;
+/// An env with a Microsoft asset "m365" whose stored refresh token was last used 89.5 days
+/// ago (Microsoft drops it in 12 hours), alerts going to `hook`.
+async fn microsoft_token_dying_unused(hook: &str) -> Env {
     let microsoft_asset = r#"
 [[asset]]
 name = "m365"
@@ -468,7 +468,7 @@ token_url = "@TOKEN_URL@"
     let env = Env::with(Options {
         extra_assets: format!(
             "{microsoft_asset}\n{}",
-            alerts_config("", &webhook(&receiver.url("/hook"), "json"))
+            alerts_config("", &webhook(hook, "json"))
         ),
         ..Options::default()
     })
@@ -479,12 +479,10 @@ token_url = "@TOKEN_URL@"
         refresh_token: "1//m365-refresh".into(),
         email: "m365@example.net".into(),
     });
-    // Stored 89.5 days ago and never used since: Microsoft drops it in 12 hours.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let stored_at = now - (89 * 24 + 12) * 3600;
     env.store()
         .put(
             "m365",
@@ -492,10 +490,17 @@ token_url = "@TOKEN_URL@"
                 smtp_oauth_relay::credentials::secret::Secret::new("1//m365-refresh"),
                 Some("m365@example.net".into()),
                 vec![],
-                stored_at,
+                now - (89 * 24 + 12) * 3600,
             ),
         )
         .unwrap();
+    env
+}
+
+#[tokio::test]
+async fn a_token_about_to_die_unused_is_kept_alive_instead_of_announced() {
+    let receiver = Receiver::start(0).await;
+    let env = microsoft_token_dying_unused(&receiver.url("/hook")).await;
     let m365 = env.relay.config.asset("m365").unwrap().clone();
     let before = alerts::asset_forecast(&env.relay.tokens, &env.relay.config, &m365)
         .await
@@ -529,6 +534,32 @@ token_url = "@TOKEN_URL@"
     assert!(receiver.all().is_empty(), "{:#?}", receiver.all());
     // Still exactly one refresh: a renewed token is not refreshed again.
     assert_eq!(env.issuer.refresh_count(), refreshes + 1);
+    stop.cancel();
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_dying_unused_that_cannot_be_kept_alive_is_announced() {
+    let mut receiver = Receiver::start(0).await;
+    let env = microsoft_token_dying_unused(&receiver.url("/hook")).await;
+    // The token endpoint is down (a temporary failure): the keep-alive cannot renew it.
+    env.issuer.set_mode(IssuerMode::ServerError);
+    let stop = start_alerts(&env, None);
+    let all = receiver.wait_for(1).await;
+    let alert = all[0].json();
+    assert_eq!(alert["event"], "refresh_token_expiring", "{alert}");
+    assert_eq!(alert["asset"], "m365");
+    let reason = alert["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("expires if unused until") && reason.contains("90 days"),
+        "{reason}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.all().len(), 1, "{:#?}", receiver.all());
+    assert_no_secret(
+        &all[0].body,
+        &["m365-client-secret-Hh40", "1//m365-refresh"],
+    );
     stop.cancel();
     env.stop().await;
 }
