@@ -39,6 +39,7 @@
 //!   line and field before anything binds.
 //! - [`relay`]: the state all sessions share; [`admin`], [`metrics`]: probes and
 //!   Prometheus counters; [`console`]: the operator's web pages on the admin listener;
+//!   [`alerts`]: credential alerts (webhook, mail) and the refresh-token expiry forecast;
 //!   [`tls`], [`stream`]: rustls configs and a plain-or-TLS stream;
 //!   [`logsafe`]: client-supplied values escaped for log lines.
 //! - [`cli`]: the command bodies (`serve`, `check`, `authorize`, `token`, `hash-password`)
@@ -58,6 +59,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod alerts;
 pub mod cli;
 pub mod config;
 pub mod console;

@@ -53,6 +53,7 @@ pub struct Metrics {
     pub auth_failures: Counter,
     limit_hits: Family<Labels, Counter>,
     asset_ready: Family<Labels, Gauge>,
+    alerts: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -126,7 +127,14 @@ impl Metrics {
             "1 while the asset's credentials work (or are untried), 0 while it needs an operator",
             asset_ready.clone(),
         );
+        let alerts = Family::<Labels, Counter>::default();
+        registry.register(
+            "alerts",
+            "Alerts per channel kind, event and result (sent, or failed after every attempt)",
+            alerts.clone(),
+        );
         Metrics {
+            alerts,
             registry,
             sessions_current,
             sessions_total,
@@ -167,6 +175,18 @@ impl Metrics {
         self.asset_ready
             .get_or_create(&vec![("asset", asset.to_string())])
             .set(i64::from(ready));
+    }
+
+    /// One alert on one channel: sent, or given up on.
+    pub fn alert(&self, channel: &str, event: &str, sent: bool) {
+        let result = if sent { "sent" } else { "failed" };
+        self.alerts
+            .get_or_create(&vec![
+                ("channel", channel.to_string()),
+                ("event", event.to_string()),
+                ("result", result.to_string()),
+            ])
+            .inc();
     }
 
     pub fn observe(histogram: &Histogram, took: Duration) {

@@ -1,9 +1,11 @@
 //! `smtp-oauth-relay check`: prove each asset works without sending mail.
 
 use std::io::Write;
+use std::time::SystemTime;
 
 use tokio::time::Instant;
 
+use crate::alerts::forecast::Forecast;
 use crate::config::{Asset, AssetTransport, Config};
 use crate::error::RelayError;
 use crate::oauth::token::TokenManager;
@@ -16,6 +18,8 @@ use crate::upstream::{Connector, UpstreamSettings};
 pub struct AssetCheck {
     pub asset: String,
     pub result: Result<String, RelayError>,
+    /// When its refresh token is foreseen to die, as the console and alerts show it.
+    pub forecast: Option<Forecast>,
 }
 
 /// Refreshes a token and opens an authenticated upstream session for every asset.
@@ -47,6 +51,7 @@ pub async fn check_asset(config: &Config, tokens: &TokenManager, asset: &Asset) 
         return AssetCheck {
             asset: asset.name.clone(),
             result,
+            forecast: crate::alerts::asset_forecast(tokens, config, asset).await,
         };
     }
     if let AssetTransport::GmailApi(api) = &asset.transport {
@@ -60,6 +65,7 @@ pub async fn check_asset(config: &Config, tokens: &TokenManager, asset: &Asset) 
         return AssetCheck {
             asset: asset.name.clone(),
             result: check_gmail_api(&cx, asset, api).await,
+            forecast: crate::alerts::asset_forecast(tokens, config, asset).await,
         };
     }
     let result = async {
@@ -80,6 +86,7 @@ pub async fn check_asset(config: &Config, tokens: &TokenManager, asset: &Asset) 
     AssetCheck {
         asset: asset.name.clone(),
         result,
+        forecast: crate::alerts::asset_forecast(tokens, config, asset).await,
     }
 }
 
@@ -99,6 +106,14 @@ pub fn report(results: &[AssetCheck], out: &mut impl Write) -> bool {
                 )
             }
         };
+        if let Some(forecast) = &check.forecast {
+            let _ = writeln!(
+                out,
+                "    {}\n    before then: {}",
+                forecast.describe(SystemTime::now()),
+                forecast.cause.fix()
+            );
+        }
     }
     all_ok
 }

@@ -65,6 +65,7 @@ pub fn sandbox_config(
         transport: Default::default(),
         header_recipients: Default::default(),
         grant: Grant::RefreshToken,
+        client_secret_expires: None,
     };
     let mut senders = SenderMap::default();
     // Only one claim on an empty map: it cannot collide.
@@ -100,6 +101,7 @@ pub fn sandbox_config(
         admin: Default::default(),
         pool: PoolSettings::default(),
         upstream: crate::config::UpstreamDialogue::default(),
+        alerts: crate::config::AlertSettings::default(),
         warnings: Vec::new(),
         tokens: TokenSettings {
             path: PathBuf::from("sandbox-state/tokens.json"),

@@ -142,6 +142,9 @@ async fn run_relay(
             })?),
             None => None,
         };
+    let alert_options = crate::alerts::AlertOptions {
+        console_base: console_base(&config, admin.as_ref()),
+    };
     let relay = Arc::new(Relay::new(config)?);
     let signal_shutdown = shutdown.clone();
     tokio::spawn(async move {
@@ -156,8 +159,34 @@ async fn run_relay(
     if let Some(path) = reload_from {
         tokio::spawn(reload_on_sighup(path, relays.clone()));
     }
+    // Runs even without [[alert]] channels (a reload may add some), and keeps refresh tokens
+    // from expiring unused.
+    tokio::spawn(crate::alerts::run(
+        relays.clone(),
+        shutdown.clone(),
+        alert_options,
+    ));
     server::run(listeners, relays, shutdown).await;
     Ok(())
+}
+
+/// Where alerts link to the asset's console page: `[admin] public_url`, else the admin
+/// listener's own address (as the console derives it); none without a console.
+fn console_base(config: &Config, admin: Option<&tokio::net::TcpListener>) -> Option<String> {
+    let console = config.admin.console.as_ref()?;
+    if let Some(url) = &console.public_url {
+        return Some(url.clone());
+    }
+    let mut addr = admin?.local_addr().ok()?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let scheme = if config.admin.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    Some(format!("{scheme}://{addr}"))
 }
 
 /// SIGHUP: read the config again and, if it is valid, give new sessions the new users,

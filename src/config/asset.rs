@@ -87,6 +87,9 @@ pub(super) fn validate_asset(raw: &RawAsset, index: usize, check: &mut Checker) 
             .map(|value| *value.get_ref())
             .unwrap_or_default(),
         grant,
+        client_secret_expires: raw.client_secret_expires.as_ref().and_then(|date| {
+            super::alerts::parse_date(date, field("client_secret_expires"), check)
+        }),
     })
 }
 

@@ -15,6 +15,7 @@
 //! session): they depend on it, never the other way round.
 
 mod admin;
+mod alerts;
 mod asset;
 mod defaults;
 mod env;
@@ -33,6 +34,7 @@ mod tests;
 use std::path::Path;
 
 pub use admin::{AdminSettings, ConsoleSettings};
+pub use alerts::{AlertChannel, AlertSettings, WebhookFormat};
 pub use asset::check_endpoint_url;
 pub use defaults::DEFAULT_AUTH_THROTTLE_ENTRIES;
 pub use env::{expand_env, STORE_KEY_ENV};

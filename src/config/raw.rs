@@ -25,6 +25,9 @@ pub(super) struct RawConfig {
     pub(super) users: Vec<Spanned<RawUser>>,
     #[serde(default, rename = "asset")]
     pub(super) assets: Vec<Spanned<RawAsset>>,
+    pub(super) alerts: Option<super::alerts::RawAlerts>,
+    #[serde(default, rename = "alert")]
+    pub(super) alert_channels: Vec<Spanned<super::alerts::RawAlert>>,
 }
 
 /// `listen = "addr"` or `listen = ["addr", ...]`. (Spans do not survive serde's untagged
@@ -172,4 +175,6 @@ pub(super) struct RawAsset {
     pub(super) grant: Option<Spanned<Grant>>,
     pub(super) graph_large_messages: Option<Spanned<bool>>,
     pub(super) graph_concurrency: Option<Spanned<usize>>,
+    /// `"YYYY-MM-DD"`: `client_secret_expiring` alerts before it.
+    pub(super) client_secret_expires: Option<Spanned<String>>,
 }

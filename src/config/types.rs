@@ -32,6 +32,8 @@ pub struct Config {
     pub pool: PoolSettings,
     /// `[upstream]`: the SMTP extensions the relay may use towards the provider.
     pub upstream: UpstreamDialogue,
+    /// `[alerts]` and `[[alert]]`: who is told when an asset needs an operator.
+    pub alerts: super::alerts::AlertSettings,
     /// Problems that do not stop the relay but should be fixed (a secret file others can
     /// read). Logged when found; `serve` logs them again once logging is set up, `check`
     /// prints them.
@@ -255,6 +257,9 @@ pub struct Asset {
     /// How access tokens are obtained (issue 13): a refresh token from a consent, or
     /// app-only client credentials (no consent, no token store).
     pub grant: Grant,
+    /// When the OAuth client secret expires (`client_secret_expires`; Microsoft's expire
+    /// after at most two years), for `client_secret_expiring` alerts.
+    pub client_secret_expires: Option<time::Date>,
 }
 
 impl Asset {

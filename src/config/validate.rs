@@ -62,6 +62,20 @@ pub(super) fn validate(
     }
 
     let server = validate_server(raw.server.unwrap_or_default(), &asset_names, check);
+    // Mail alerts go out over the asset's SMTP login (alerts/send.rs), so an email
+    // channel may only name an asset whose transport is SMTP.
+    let smtp_assets: HashSet<String> = assets
+        .iter()
+        .filter(|asset| matches!(asset.transport, super::transport::AssetTransport::Smtp))
+        .map(|asset| asset.name.clone())
+        .collect();
+    let alerts = super::alerts::validate_alerts(
+        raw.alerts,
+        &raw.alert_channels,
+        &asset_names,
+        &smtp_assets,
+        check,
+    );
     let senders = build_sender_map(&raw.assets, check);
     let tokens = validate_tokens(raw.tokens.unwrap_or_default(), env, check);
     let admin_listen = raw
@@ -133,6 +147,7 @@ pub(super) fn validate(
             }
         },
         upstream: validate_upstream(raw.upstream.unwrap_or_default(), check),
+        alerts,
         warnings: Vec::new(),
     })
 }

@@ -148,10 +148,14 @@ pub async fn show(
             dt { "Email" } dd { (asset.email) }
             dt { "Provider" } dd { (provider_name(asset.provider)) }
             dt { "Authentication type" } dd { (auth_type(&asset)) }
-            dt { "SMTP server" } dd { (upstream.host) }
-            dt { "Port" } dd { (upstream.port) }
-            dt { "Security" } dd { (security) }
-            @if asset.service_account.is_none() {
+            @if matches!(asset.transport, crate::config::AssetTransport::Smtp) {
+                dt { "SMTP server" } dd { (upstream.host) }
+                dt { "Port" } dd { (upstream.port) }
+                dt { "Security" } dd { (security) }
+            } @else {
+                dt { "Transport" } dd { (super::assets::transport_cell(&asset)) }
+            }
+            @if asset.service_account.is_none() && asset.grant == crate::config::Grant::RefreshToken {
                 dt { "Client id" } dd { code { (asset.client_id) } }
                 dt { "Client secret" } dd { (masked(&asset.client_secret)) }
                 dt { "Callback URL" } dd { code #callback { (app.callback_url()) }
@@ -161,7 +165,7 @@ pub async fn show(
             dt { "Scope" } dd { code { (asset.scopes.join(" ")) } }
             dt { "Token URL" } dd { code { (asset.token_url) } }
         }
-        @if asset.service_account.is_none() {
+        @if asset.service_account.is_none() && asset.grant == crate::config::Grant::RefreshToken {
             h2 { "Generate Token" }
             p { "Signs in at the provider as " (asset.email) " and stores the new refresh token (as "
                 code { "smtp-oauth-relay authorize " (asset.name) } " does), then checks the asset." }

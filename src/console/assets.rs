@@ -15,7 +15,7 @@ use maud::{html, Markup};
 use super::forecast::{forecast, Forecast};
 use super::pages::{page, span, utc, when};
 use super::App;
-use crate::config::{Asset, Provider, RefreshTokenSource};
+use crate::config::{Asset, Provider};
 use crate::credentials::store::{StoredToken, TokenStore};
 use crate::oauth::token::TokenError;
 use crate::relay::Relay;
@@ -51,7 +51,7 @@ pub async fn stored_tokens(relay: &Relay) -> Result<BTreeMap<String, StoredToken
 }
 
 fn uses_store(asset: &Asset) -> bool {
-    asset.service_account.is_none() && asset.refresh_token == RefreshTokenSource::Store
+    asset.uses_store()
 }
 
 /// The fix for a token error, with the console's own way to re-authorize.
@@ -86,7 +86,7 @@ pub async fn health(
         fix: None,
         access_valid_for: status.as_ref().and_then(|s| s.access_token_valid_for),
         last_refresh: status.as_ref().and_then(|s| s.last_refresh),
-        forecast: forecast(asset, stored.as_ref()),
+        forecast: forecast(asset, status.as_ref(), stored.as_ref()),
         stored,
         last_error: status
             .as_ref()
@@ -200,7 +200,7 @@ pub async fn page_handler(app: &App, headers: &HeaderMap) -> Response {
                         td { a href=(app.href(&format!("/assets/{}", path_segment(&asset.name)))) { (asset.name) } }
                         td { (asset.email) }
                         td { (provider_name(asset.provider)) }
-                        td { "SMTP " (asset.upstream) }
+                        td { (transport_cell(asset)) }
                         td { (status_cell(health)) }
                         td { @match health.access_valid_for {
                             Some(d) if !d.is_zero() => { (d.as_secs()) " s (" (span(d)) ")" }
@@ -228,4 +228,14 @@ pub fn path_segment(name: &str) -> String {
     oauth2::url::form_urlencoded::byte_serialize(name.as_bytes())
         .collect::<String>()
         .replace('+', "%20")
+}
+
+/// The transport column: SMTP with its server, or the HTTPS API the asset posts to.
+pub fn transport_cell(asset: &Asset) -> String {
+    use crate::config::AssetTransport;
+    match &asset.transport {
+        AssetTransport::Smtp => format!("SMTP {}", asset.upstream),
+        AssetTransport::GmailApi(api) => format!("Gmail API {}", api.api_url),
+        AssetTransport::Graph(graph) => format!("Microsoft Graph {}", graph.api_url),
+    }
 }

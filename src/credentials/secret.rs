@@ -46,6 +46,19 @@ impl From<String> for Secret {
     }
 }
 
+/// `text` with every occurrence of each of `secrets` replaced by [`REDACTED`]: for text
+/// from elsewhere (a provider's error description, an upstream reply) that may repeat a
+/// secret the relay sent. Empty secrets are skipped.
+pub fn redact(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_string();
+    for secret in secrets.iter().filter(|secret| !secret.is_empty()) {
+        if out.contains(secret) {
+            out = out.replace(secret, REDACTED);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +70,13 @@ mod tests {
         assert_eq!(format!("{secret}"), REDACTED);
         assert_eq!(format!("{:?}", Some(&secret)), format!("Some({REDACTED})"));
         assert_eq!(secret.expose(), "ya29.very-secret");
+    }
+
+    #[test]
+    fn redact_replaces_every_occurrence() {
+        assert_eq!(
+            redact("a s3cr3t b s3cr3t tok", &["s3cr3t", "", "tok"]),
+            format!("a {REDACTED} b {REDACTED} {REDACTED}")
+        );
     }
 }

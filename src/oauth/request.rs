@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use crate::config::Asset;
-use crate::credentials::secret::Secret;
+use crate::credentials::secret::{redact, Secret};
 use crate::oauth::error::TokenError;
 use crate::oauth::http::{describe_error, provider_text};
 
@@ -53,7 +53,15 @@ pub(super) struct TokenResponse {
     pub access_token: Secret,
     pub lifetime: Duration,
     pub refresh_token: Option<Secret>,
+    /// `refresh_token_expires_in`: the grant is time-limited (Google's Testing-mode apps,
+    /// time-based access) and dies this long from now. Clamped to [`MAX_GRANT_LIFETIME`].
+    pub refresh_token_lifetime: Option<Duration>,
 }
+
+/// The longest refresh-token lifetime believed from `refresh_token_expires_in`: far beyond
+/// any provider's (Google's longest time-based access is a few weeks), short enough that
+/// adding it to the clock cannot overflow.
+pub const MAX_GRANT_LIFETIME: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
 
 /// One POST to the asset's token endpoint (RFC 6749 §4.6, RFC 7523), classified.
 pub(super) async fn token_request(
@@ -88,8 +96,15 @@ pub(super) async fn token_request(
             )))
         });
     }
+    // What the endpoint says goes to logs, `check`, pages and alert payloads: a provider
+    // that repeats the request's secrets in its error text must not put them there.
+    let secrets: Vec<&str> = form
+        .iter()
+        .filter(|(key, _)| matches!(*key, "refresh_token" | "client_secret" | "assertion"))
+        .map(|(_, value)| *value)
+        .collect();
     Err(Refusal {
-        error: classify_refusal(&asset.name, kind, status, &body),
+        error: classify_refusal(&asset.name, kind, status, &body, &secrets),
         retry_after,
     })
 }
@@ -102,6 +117,8 @@ fn token_response(body: &[u8]) -> Option<TokenResponse> {
         expires_in: Option<serde_json::Value>,
         #[serde(default)]
         refresh_token: Option<String>,
+        #[serde(default)]
+        refresh_token_expires_in: Option<serde_json::Value>,
     }
     let success: Success = serde_json::from_slice(body).ok()?;
     if success.access_token.is_empty() {
@@ -119,6 +136,10 @@ fn token_response(body: &[u8]) -> Option<TokenResponse> {
             .refresh_token
             .filter(|token| !token.is_empty())
             .map(Secret::new),
+        refresh_token_lifetime: success
+            .refresh_token_expires_in
+            .as_ref()
+            .and_then(|value| provider_seconds_up_to(value, MAX_GRANT_LIFETIME)),
     })
 }
 
@@ -126,6 +147,11 @@ fn token_response(body: &[u8]) -> Option<TokenResponse> {
 /// as some providers send. Clamped to [`MAX_TOKEN_LIFETIME`]; negative is zero; anything
 /// else is `None` (the default applies).
 fn provider_seconds(value: &serde_json::Value) -> Option<Duration> {
+    provider_seconds_up_to(value, MAX_TOKEN_LIFETIME)
+}
+
+/// [`provider_seconds`] clamped to `max` instead.
+fn provider_seconds_up_to(value: &serde_json::Value, max: Duration) -> Option<Duration> {
     let secs = match value {
         serde_json::Value::Number(number) => number.as_f64()?,
         serde_json::Value::String(text) => text.trim().parse::<f64>().ok()?,
@@ -134,7 +160,7 @@ fn provider_seconds(value: &serde_json::Value) -> Option<Duration> {
     if secs.is_nan() {
         return None;
     }
-    Duration::try_from_secs_f64(secs.clamp(0.0, MAX_TOKEN_LIFETIME.as_secs_f64())).ok()
+    Duration::try_from_secs_f64(secs.clamp(0.0, max.as_secs_f64())).ok()
 }
 
 /// `Retry-After` in delta-seconds, clamped to [`MAX_RETRY_AFTER`]; an HTTP date is ignored
@@ -169,6 +195,7 @@ fn classify_refusal(
     kind: GrantKind,
     status: reqwest::StatusCode,
     body: &[u8],
+    secrets: &[&str],
 ) -> TokenError {
     #[derive(serde::Deserialize)]
     struct OAuthError {
@@ -186,11 +213,12 @@ fn classify_refusal(
             ),
         };
     };
-    let error = provider_text(&refusal.error);
+    // Redacted before `provider_text` shortens it, so no cut-off piece of a secret remains.
+    let error = provider_text(&redact(&refusal.error, secrets));
     let description = refusal
         .error_description
         .as_deref()
-        .map(provider_text)
+        .map(|text| provider_text(&redact(text, secrets)))
         .unwrap_or_else(|| "no description".to_string());
     let temporary = status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
     let code = refusal.error.as_str();
@@ -245,7 +273,7 @@ mod tests {
 
     fn refusal(kind: GrantKind, status: u16, body: &str) -> TokenError {
         let status = reqwest::StatusCode::from_u16(status).unwrap_or_default();
-        classify_refusal("a", kind, status, body.as_bytes())
+        classify_refusal("a", kind, status, body.as_bytes(), &[])
     }
 
     fn oauth(error: &str) -> String {
@@ -301,6 +329,32 @@ mod tests {
     }
 
     #[test]
+    fn secrets_echoed_by_the_provider_are_redacted() {
+        let status = reqwest::StatusCode::BAD_REQUEST;
+        let long = "1//0".to_string() + &"k".repeat(400);
+        let body = format!(
+            r#"{{"error":"invalid_grant","error_description":"Token {long} of client shh-secret is revoked"}}"#
+        );
+        let error = classify_refusal(
+            "a",
+            GrantKind::RefreshToken,
+            status,
+            body.as_bytes(),
+            &[long.as_str(), "shh-secret"],
+        );
+        let text = error.to_string();
+        assert!(matches!(error, TokenError::NeedsReauthorization { .. }));
+        assert!(
+            !text.contains("1//0") && !text.contains("kkkk") && !text.contains("shh"),
+            "{text}"
+        );
+        assert!(
+            text.contains(crate::credentials::secret::REDACTED),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn provider_durations_are_clamped() {
         let lifetime = |json: &str| token_response(json.as_bytes()).map(|r| r.lifetime);
         let day = Some(MAX_TOKEN_LIFETIME);
@@ -338,6 +392,18 @@ mod tests {
             Some(DEFAULT_TOKEN_LIFETIME)
         );
         assert_eq!(lifetime(r#"{"access_token":""}"#), None);
+
+        let grant =
+            |json: &str| token_response(json.as_bytes()).and_then(|r| r.refresh_token_lifetime);
+        assert_eq!(grant(r#"{"access_token":"t"}"#), None);
+        assert_eq!(
+            grant(r#"{"access_token":"t","refresh_token_expires_in":604799}"#),
+            Some(Duration::from_secs(604_799))
+        );
+        assert_eq!(
+            grant(r#"{"access_token":"t","refresh_token_expires_in":1e300}"#),
+            Some(MAX_GRANT_LIFETIME)
+        );
 
         let after = |value: &str| {
             let mut headers = reqwest::header::HeaderMap::new();

@@ -46,6 +46,9 @@ pub(super) struct AssetState {
     pub rotation: Option<PendingRotation>,
     pub failure: Option<Failure>,
     pub last_refresh: Option<SystemTime>,
+    /// When the refresh token dies, as the provider said at the last refresh
+    /// (`refresh_token_expires_in`, a time-limited grant); `None` when it did not say.
+    pub refresh_token_expires_at: Option<SystemTime>,
 }
 
 /// What `status` reports, copied out of [`AssetState`] whenever it changes: the state's
@@ -56,6 +59,7 @@ pub(super) struct Snapshot {
     pub expires_at: Option<Instant>,
     pub last_refresh: Option<SystemTime>,
     pub last_error: Option<TokenError>,
+    pub refresh_token_expires_at: Option<SystemTime>,
 }
 
 /// One asset's token state. Shared with the manager of a reloaded config while the asset's
@@ -65,6 +69,10 @@ pub(super) struct Snapshot {
 pub(super) struct SlotState {
     pub state: Mutex<AssetState>,
     snapshot: std::sync::Mutex<Snapshot>,
+    /// Why the provider refused a freshly refreshed access token at the last login, if it
+    /// did (SMTP AUTH off for the mailbox, a token of another account); cleared by the next
+    /// login it accepts. Kept apart from `state`: logins happen without the refresh lock.
+    pub provider_refusal: std::sync::Mutex<Option<String>>,
 }
 
 impl SlotState {
@@ -73,6 +81,7 @@ impl SlotState {
             expires_at: state.cached.as_ref().map(|cached| cached.expires_at),
             last_refresh: state.last_refresh,
             last_error: state.failure.as_ref().map(|failure| failure.error.clone()),
+            refresh_token_expires_at: state.refresh_token_expires_at,
         };
         *self
             .snapshot

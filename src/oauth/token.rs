@@ -55,6 +55,23 @@ pub struct TokenStatus {
     pub access_token_valid_for: Option<Duration>,
     pub last_refresh: Option<SystemTime>,
     pub last_error: Option<TokenError>,
+    /// When the refresh token dies, as the provider said at the last refresh (a
+    /// time-limited grant); see [`crate::alerts::forecast`] for what else is foreseeable.
+    pub refresh_token_expires_at: Option<SystemTime>,
+    /// Why the provider refused a freshly refreshed token at the last login, if it did.
+    pub provider_refusal: Option<String>,
+}
+
+impl TokenStatus {
+    /// True when retrying cannot help until an operator acts: the token endpoint refused
+    /// the credentials (or there are none), or the provider refuses fresh tokens.
+    pub fn needs_operator(&self) -> bool {
+        self.provider_refusal.is_some()
+            || self
+                .last_error
+                .as_ref()
+                .is_some_and(TokenError::needs_operator)
+    }
 }
 
 pub struct TokenManager {
@@ -213,6 +230,23 @@ impl TokenManager {
         }
     }
 
+    /// Records the provider's answer to a login with a freshly refreshed token: `Some(reason)`
+    /// when it refused it (only an operator can fix that), `None` when it accepted one.
+    /// Called by whatever logs in with the asset's tokens (the SMTP connector, HTTPS
+    /// transports); `status` and the alerts read it.
+    pub fn note_provider_login(&self, asset: &str, refusal: Option<String>) {
+        if let Some(slot) = self.slots.get(asset) {
+            let mut held = slot
+                .shared
+                .provider_refusal
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if held.is_some() || refusal.is_some() {
+                *held = refusal;
+            }
+        }
+    }
+
     /// The asset's state as of the last change. Never waits for a refresh in flight.
     pub async fn status(&self, asset: &str) -> Option<TokenStatus> {
         let slot = self.slots.get(asset)?;
@@ -231,6 +265,13 @@ impl TokenManager {
                 .map(|expires_at| expires_at.saturating_duration_since(Instant::now())),
             last_refresh: snapshot.last_refresh,
             last_error: snapshot.last_error,
+            refresh_token_expires_at: snapshot.refresh_token_expires_at,
+            provider_refusal: slot
+                .shared
+                .provider_refusal
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone(),
         })
     }
 
@@ -259,7 +300,12 @@ impl TokenManager {
             took_ms = started.elapsed().as_millis() as u64,
             "access token refreshed"
         );
-        state.last_refresh = Some(SystemTime::now());
+        let now = SystemTime::now();
+        state.last_refresh = Some(now);
+        // Each answer says it anew: a new grant may be unlimited where the old one was not.
+        state.refresh_token_expires_at = grant
+            .refresh_token_lifetime
+            .and_then(|lifetime| now.checked_add(lifetime));
         state.cached = Some(Cached {
             token: grant.access_token.clone(),
             expires_at,
@@ -389,6 +435,7 @@ impl TokenManager {
         Ok(Grant {
             access_token: response.access_token,
             lifetime: response.lifetime,
+            refresh_token_lifetime: response.refresh_token_lifetime,
         })
     }
 
@@ -451,6 +498,7 @@ impl TokenManager {
         Ok(Grant {
             access_token: response.access_token,
             lifetime: response.lifetime,
+            refresh_token_lifetime: None,
         })
     }
 
@@ -480,6 +528,8 @@ impl TokenManager {
         Ok(Grant {
             access_token: response.access_token,
             lifetime: response.lifetime,
+            // A service account has no refresh token to expire.
+            refresh_token_lifetime: None,
         })
     }
 }
@@ -487,6 +537,7 @@ impl TokenManager {
 struct Grant {
     access_token: Secret,
     lifetime: Duration,
+    refresh_token_lifetime: Option<Duration>,
 }
 
 /// Whether a reloaded asset may keep the token state of the asset of the same name: the

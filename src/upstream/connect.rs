@@ -138,6 +138,7 @@ impl<'a> Connector<'a> {
         loop {
             let failure = match self.attempt(asset).await {
                 Ok(upstream) => {
+                    self.tokens.note_provider_login(&asset.name, None);
                     tracing::debug!(
                         asset = %asset.name,
                         upstream = %upstream.target(),
@@ -158,6 +159,14 @@ impl<'a> Connector<'a> {
                     self.tokens.invalidate(&asset.name, &token.token).await;
                     retried = true;
                     continue;
+                }
+            }
+            if let (Some(token), RelayError::Upstream(err)) = (&failure.refused, &failure.error) {
+                // A fresh token refused: the credentials are fine at the token endpoint but
+                // the provider will not take them (SMTP AUTH off, another account's grant).
+                if err.is_credential_rejection() && token.fresh {
+                    self.tokens
+                        .note_provider_login(&asset.name, Some(err.to_string()));
                 }
             }
             return Err(failure.error);

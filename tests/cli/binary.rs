@@ -400,6 +400,20 @@ async fn check_reports_each_asset_and_fails_when_reauthorization_is_needed() {
     assert!(stdout.contains("asset support: OK"), "{}", text(&output));
     assert!(stdout.contains("asset sales: OK"), "{}", text(&output));
 
+    // The forecast the console and the alerts show: a time-limited grant (Testing mode).
+    env.issuer
+        .set_refresh_token_lifetime(Some(std::time::Duration::from_secs(7 * 24 * 3600)));
+    let output = run_check().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        stdout.contains("refresh token expires ")
+            && stdout.contains("(in 6 d 23 h): the provider issued a time-limited grant"),
+        "{}",
+        text(&output)
+    );
+    assert!(stdout.contains("\"In production\""), "{}", text(&output));
+    env.issuer.set_refresh_token_lifetime(None);
+
     env.issuer.set_mode(IssuerMode::InvalidGrant);
     let output = run_check().await.unwrap();
     let all = text(&output);

@@ -472,3 +472,24 @@ fn example_client_json_replaces_client_id_and_secret() {
         assert!(message.contains("comes from client_json"), "{message}");
     }
 }
+
+/// The commented-out alerts block at the end of the example loads once uncommented.
+#[test]
+fn example_alerts_block_loads() {
+    let text = std::fs::read_to_string(EXAMPLE).unwrap();
+    let block: String = text
+        .lines()
+        .skip_while(|line| !line.starts_with("# Alerts:"))
+        .skip_while(|line| line.trim() != "# [alerts]")
+        .map(|line| {
+            line.strip_prefix("# ")
+                .unwrap_or(line.trim_start_matches('#'))
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert!(block.contains("[[alert]]"), "{block}");
+    let config = config::parse(&format!("{text}\n{block}"), Path::new(EXAMPLE))
+        .unwrap_or_else(|err| panic!("the uncommented alerts must load:\n{block}\n{err}"));
+    assert_eq!(config.alerts.channels.len(), 2);
+    assert_eq!(config.alerts.interval, std::time::Duration::from_secs(3600));
+}

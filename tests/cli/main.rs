@@ -18,3 +18,4 @@ mod reload;
 mod sandbox_graph;
 #[cfg(unix)]
 mod secret_modes;
+mod serve_alerts;

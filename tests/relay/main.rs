@@ -9,6 +9,7 @@
 mod common;
 
 mod admin;
+mod alerts;
 mod app_only;
 mod client_abuse;
 mod faults;

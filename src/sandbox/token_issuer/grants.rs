@@ -68,6 +68,8 @@ pub(super) async fn handle_token(shared: &IssuerShared, req: Request<Incoming>) 
             shared.shutdown.cancelled().await;
             return server_error();
         }
+        // Answered below, once the form (whose secrets it repeats) is read.
+        IssuerMode::InvalidGrantEcho => {}
         IssuerMode::OAuthError { status, error } => {
             tracing::info!(outcome = error, status, "sandbox token request (forced)");
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
@@ -102,6 +104,19 @@ pub(super) async fn handle_token(shared: &IssuerShared, req: Request<Incoming>) 
             )
         }
     };
+
+    if mode == IssuerMode::InvalidGrantEcho {
+        tracing::info!(
+            outcome = "invalid_grant echoing secrets (forced)",
+            "sandbox token request"
+        );
+        let echoed = format!(
+            "Token {} of client secret {} has been expired or revoked.",
+            form.get("refresh_token").map_or("", String::as_str),
+            form.get("client_secret").map_or("", String::as_str),
+        );
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", &echoed);
+    }
 
     match form.get("grant_type").map(String::as_str) {
         Some("refresh_token") => refresh_token_grant(shared, &parts.headers, &form),
@@ -189,9 +204,13 @@ fn refresh_token_grant(
         return invalid_client(Some(&client_id));
     }
 
-    let (email, rotated) = {
+    let (email, rotated, expires_at) = {
         let mut auth = lock(&shared.auth);
         let rotate = auth.rotate_refresh_tokens;
+        // A time-limited grant past its end is gone, as at Google.
+        let now = Instant::now();
+        auth.refresh_grants
+            .retain(|g| g.expires_at.is_none_or(|expires_at| expires_at > now));
         let Some(grant) = auth
             .refresh_grants
             .iter_mut()
@@ -204,7 +223,7 @@ fn refresh_token_grant(
             grant.token = new_refresh_token();
             grant.token.clone()
         });
-        (grant.email.clone(), rotated)
+        (grant.email.clone(), rotated, grant.expires_at)
     };
 
     // Graph scopes get a JWT with `scp`, as Entra issues them (apps.rs).
@@ -220,6 +239,9 @@ fn refresh_token_grant(
     });
     if let Some(new_token) = rotated {
         body["refresh_token"] = serde_json::Value::String(new_token);
+    }
+    if let Some(expires_at) = expires_at {
+        body["refresh_token_expires_in"] = remaining_secs(expires_at).into();
     }
     json(StatusCode::OK, &body)
 }
@@ -303,12 +325,17 @@ fn authorization_code_grant(
     let email = pending.email;
     let refresh_token = pending.with_refresh_token.then(|| {
         let token = new_refresh_token();
-        lock(&shared.auth).refresh_grants.push(RefreshGrant {
+        let mut auth = lock(&shared.auth);
+        let expires_at = auth
+            .refresh_token_lifetime
+            .map(|lifetime| Instant::now() + lifetime);
+        auth.refresh_grants.push(RefreshGrant {
             token: token.clone(),
             client_id: client_id.clone(),
             email: email.clone(),
+            expires_at,
         });
-        token
+        (token, expires_at)
     });
     let access_token = shared.tokens.issue(&email);
     tracing::info!(%client_id, %email, outcome = "issued", "sandbox code exchange");
@@ -318,8 +345,11 @@ fn authorization_code_grant(
         "scope": pending.scope,
         "token_type": "Bearer",
     });
-    if let Some(token) = refresh_token {
+    if let Some((token, expires_at)) = refresh_token {
         body["refresh_token"] = serde_json::Value::String(token);
+        if let Some(expires_at) = expires_at {
+            body["refresh_token_expires_in"] = remaining_secs(expires_at).into();
+        }
     }
     json(StatusCode::OK, &body)
 }
@@ -467,6 +497,13 @@ fn invalid_client(client_id: Option<&str>) -> HttpResponse {
         "invalid_client",
         "The OAuth client was not found.",
     )
+}
+
+/// Whole seconds left until `expires_at`, as `refresh_token_expires_in` counts them.
+fn remaining_secs(expires_at: Instant) -> u64 {
+    expires_at
+        .saturating_duration_since(Instant::now())
+        .as_secs()
 }
 
 fn invalid_grant() -> HttpResponse {

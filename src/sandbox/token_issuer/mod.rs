@@ -104,6 +104,10 @@ pub enum IssuerMode {
     /// status, e.g. `503 temporarily_unavailable` or `429 rate_limit_exceeded`, as a
     /// provider under load does.
     OAuthError { status: u16, error: &'static str },
+    /// Answer every request with `400 invalid_grant` whose `error_description` repeats the
+    /// request's refresh token and client secret, as a careless provider might: the relay
+    /// must never pass such text on (logs, alerts, pages).
+    InvalidGrantEcho,
 }
 
 /// Shared registry of valid access tokens, consulted by the fake Gmail.
@@ -226,6 +230,9 @@ struct RefreshGrant {
     token: String,
     client_id: String,
     email: String,
+    /// A time-limited grant (Google's Testing-mode apps: 7 days) dies at this instant; its
+    /// refresh and code-exchange answers carry `refresh_token_expires_in`.
+    expires_at: Option<Instant>,
 }
 
 /// An authorization code handed out by `GET /auth`, awaiting exchange.
@@ -261,6 +268,8 @@ struct AuthState {
     service_accounts: Vec<RegisteredServiceAccount>,
     /// Apps for the client-credentials grant (`apps.rs`).
     apps: Vec<AppRegistration>,
+    /// Lifetime of grants issued from now on (`None`: unlimited, Google's production apps).
+    refresh_token_lifetime: Option<Duration>,
 }
 
 impl AuthState {
@@ -276,6 +285,7 @@ impl AuthState {
             code_lifetime: DEFAULT_CODE_LIFETIME,
             service_accounts: Vec::new(),
             apps: Vec::new(),
+            refresh_token_lifetime: None,
         }
     }
 }
@@ -286,6 +296,7 @@ impl RefreshGrant {
             token: account.refresh_token.clone(),
             client_id: account.client_id.clone(),
             email: account.email.clone(),
+            expires_at: None,
         }
     }
 }
@@ -389,6 +400,22 @@ impl TokenIssuer {
     /// `refresh_token` and invalidates the one used. Default `false` (Google's behaviour).
     pub fn set_rotate_refresh_tokens(&self, rotate: bool) {
         lock(&self.shared.auth).rotate_refresh_tokens = rotate;
+    }
+
+    /// Makes refresh tokens time-limited grants, as Google does for an External app in
+    /// Testing status (7 days): grants issued from now on live `lifetime`, and so do, from
+    /// now, the grants that are valid and unlimited now. Their token answers carry
+    /// `refresh_token_expires_in`; after it, refreshes get `invalid_grant`. `None` makes
+    /// later grants unlimited again (earlier ones keep their expiry).
+    pub fn set_refresh_token_lifetime(&self, lifetime: Option<Duration>) {
+        let mut auth = lock(&self.shared.auth);
+        auth.refresh_token_lifetime = lifetime;
+        if let Some(lifetime) = lifetime {
+            let expires_at = Instant::now() + lifetime;
+            for grant in &mut auth.refresh_grants {
+                grant.expires_at.get_or_insert(expires_at);
+            }
+        }
     }
 
     /// Makes `token` invalid for later refreshes ("Token has been expired or revoked.").

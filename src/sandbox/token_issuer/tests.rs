@@ -141,6 +141,78 @@ async fn wrong_refresh_token_is_invalid_grant() {
 }
 
 #[tokio::test]
+async fn time_limited_grants_say_so_and_then_die() {
+    let f = fixture().await;
+    let a = account();
+    async fn refresh(f: &Fixture) -> (StatusCode, Option<String>, serde_json::Value) {
+        let a = account();
+        post_form(
+            f,
+            Some(basic_header(&a.client_id, &a.client_secret)),
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &a.refresh_token),
+            ],
+        )
+        .await
+    }
+    let (status, _, body) = refresh(&f).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.get("refresh_token_expires_in").is_none(), "{body}");
+
+    f.issuer
+        .set_refresh_token_lifetime(Some(Duration::from_secs(7 * 24 * 3600)));
+    let (_, _, body) = refresh(&f).await;
+    let left = body["refresh_token_expires_in"].as_u64().unwrap();
+    assert!(
+        (7 * 24 * 3600 - 5..=7 * 24 * 3600).contains(&left),
+        "{body}"
+    );
+
+    // A grant past its end is refused like a revoked one.
+    f.issuer.set_refresh_token_lifetime(None);
+    f.issuer.revoke_refresh_token(&a.refresh_token);
+    f.issuer.add_account(IssuerAccount {
+        refresh_token: "1//0short".into(),
+        ..account()
+    });
+    f.issuer
+        .set_refresh_token_lifetime(Some(Duration::from_millis(50)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, _, body) = post_form(
+        &f,
+        Some(basic_header(&a.client_id, &a.client_secret)),
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", "1//0short"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "invalid_grant");
+}
+
+#[tokio::test]
+async fn echo_mode_repeats_the_secrets_it_was_sent() {
+    let f = fixture().await;
+    f.issuer.set_mode(IssuerMode::InvalidGrantEcho);
+    let (status, _, body) = post_form(
+        &f,
+        None,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", "1//0refresh"),
+            ("client_id", "123-abc.apps.googleusercontent.com"),
+            ("client_secret", "GOCSPX-s3cr&t=+/:x"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let description = body["error_description"].as_str().unwrap();
+    assert!(description.contains("1//0refresh") && description.contains("GOCSPX-s3cr&t=+/:x"));
+}
+
+#[tokio::test]
 async fn unknown_client_or_wrong_secret_is_invalid_client() {
     let f = fixture().await;
     let a = account();
