@@ -525,4 +525,24 @@ format = "json"
         };
         assert_eq!(channel.describe(), "webhook https://hooks.slack.com");
     }
+
+    #[test]
+    fn email_alerts_need_an_asset_that_sends_over_smtp() {
+        let text = config(
+            "provider = \"google\"\ntransport = \"gmail-api\"",
+            r#"
+[[alert]]
+kind = "email"
+to = "ops@example.com"
+asset = "a"
+"#,
+        );
+        let found = problems(&text);
+        assert!(
+            found
+                .iter()
+                .any(|p| p.field == "alert[0].asset" && p.message.contains("transport = \"smtp\"")),
+            "{found:?}"
+        );
+    }
 }
