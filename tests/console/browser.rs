@@ -114,6 +114,22 @@ async fn text(browser: &Client) -> String {
         .unwrap()
 }
 
+/// The text of the `#result` box that `action` produced. Waits for that
+/// action's box, not just any `#result`: right after a click the browser may
+/// still show the previous page, whose box names another action.
+async fn result_of(browser: &Client, action: &str) -> String {
+    let box_of_action = format!("//*[@id='result'][starts-with(normalize-space(.), '{action}')]");
+    browser
+        .wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::XPath(&box_of_action))
+        .await
+        .unwrap_or_else(|e| panic!("no result box for {action}: {e}"))
+        .text()
+        .await
+        .unwrap()
+}
+
 async fn log_in(browser: &Client, user: &str, password: &str) {
     browser
         .find(Locator::Id("user"))
@@ -214,12 +230,7 @@ async fn operator_fixes_a_broken_asset_from_the_browser() {
             .await
             .unwrap();
         // Through the sandbox's consent page and back to the console's callback.
-        let result = browser
-            .wait()
-            .for_element(Locator::Id("result"))
-            .await
-            .unwrap();
-        let said = result.text().await.unwrap();
+        let said = result_of(&browser, "Generate Token").await;
         assert!(said.contains("new refresh token stored"), "{said}");
         assert!(
             said.contains("accepted XOAUTH2 for support@example.com"),
@@ -268,12 +279,7 @@ async fn operator_fixes_a_broken_asset_from_the_browser() {
             .click()
             .await
             .unwrap();
-        let note = browser
-            .wait()
-            .for_element(Locator::Id("result"))
-            .await
-            .unwrap();
-        let said = note.text().await.unwrap();
+        let said = result_of(&browser, "Send test message").await;
         assert!(said.contains("sent to friend@example.net"), "{said}");
         let delivered = console.env.gmail.messages();
         assert_eq!(delivered.len(), 1);
