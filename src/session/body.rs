@@ -10,9 +10,14 @@ use crate::smtp::unstuff::Unstuffer;
 use crate::transport::Link;
 use crate::upstream::UpstreamError;
 
-/// A BDAT chunk is sent once it holds this much (the last one whatever it holds): one
-/// client read's worth, so a chunk costs no more memory than the DATA path's buffer.
+/// A BDAT chunk is sent once it holds this much (the last one whatever it holds) when the
+/// upstream does not pipeline, so each chunk's round trip carries one client read's worth.
 const BDAT_CHUNK: usize = READ_CHUNK;
+/// When the upstream pipelines, chunks cost no round trip: one goes out per client read
+/// once it holds this much, so the chunk buffer never holds more than one read beyond it
+/// (memory per large message), while a client trickling small reads does not turn into a
+/// stream of tiny chunks.
+const PIPELINED_CHUNK_MIN: usize = 8 * 1024;
 /// A message with a large header block (up to 100 KiB is held back for the header gate)
 /// may grow the buffers; afterwards they shrink back to this.
 const KEEP: usize = READ_CHUNK + 1024;
@@ -85,7 +90,12 @@ impl BodySender {
             BodyMode::Data => upstream.send_wire(&body.wire).await.map(|()| None),
             BodyMode::Bdat { wait_each_chunk } => {
                 body.chunk.extend_unstuffed(&mut self.unstuffer, &body.wire);
-                if body.chunk.len() < BDAT_CHUNK {
+                let send_at = if wait_each_chunk {
+                    BDAT_CHUNK
+                } else {
+                    PIPELINED_CHUNK_MIN
+                };
+                if body.chunk.len() < send_at {
                     return Ok(None);
                 }
                 let sent = upstream

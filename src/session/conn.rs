@@ -13,7 +13,7 @@ use crate::smtp::reply::Reply;
 use crate::stream::MaybeTls;
 
 /// How much we read from the client at once; also bounds the chunks sent upstream.
-pub(super) const READ_CHUNK: usize = 64 * 1024;
+pub(super) const READ_CHUNK: usize = 32 * 1024;
 
 /// What reading the next line from the client produced.
 pub(super) enum Input {

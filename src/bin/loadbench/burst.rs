@@ -25,6 +25,11 @@ pub(crate) struct Burst {
     pub(crate) burst_time: Duration,
     /// VmHWM right after the burst.
     pub(crate) hwm_kib: u64,
+    /// Peak RssAnon during the burst (sampled every 5 ms): VmHWM without the executable's
+    /// and libraries' file pages.
+    pub(crate) anon_peak_kib: u64,
+    /// RssFile right after the burst: the executable's and libraries' pages.
+    pub(crate) file_kib: u64,
     /// VmRSS 2 s into the steady load (buffers not freed yet).
     pub(crate) early_rss_kib: u64,
     /// Peak VmRSS over the last `SAMPLE` of the steady load.
@@ -49,6 +54,7 @@ impl Bench {
         let mut relay = self.spawn_relay(gmail.addr()).await;
         let plan = Arc::new(self.memory_plan(relay.addr));
         let gate = Arc::new(Barrier::new(logins));
+        let anon = RssSampler::start_key(relay.pid, "RssAnon");
         let t0 = Instant::now();
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..logins {
@@ -72,6 +78,8 @@ impl Bench {
         }
         let burst_time = t0.elapsed();
         let hwm_kib = status_kib(relay.pid, "VmHWM").unwrap_or(0);
+        let anon_peak_kib = anon.stop();
+        let file_kib = status_kib(relay.pid, "RssFile").unwrap_or(0);
 
         let steady_plan = Arc::new(Plan {
             target: plan.target,
@@ -122,6 +130,8 @@ impl Bench {
             first_error,
             burst_time,
             hwm_kib,
+            anon_peak_kib,
+            file_kib,
             early_rss_kib,
             steady_rss_kib,
             steady,

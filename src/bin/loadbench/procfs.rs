@@ -81,7 +81,8 @@ pub(crate) fn clock_ticks() -> u64 {
         .unwrap_or(100)
 }
 
-/// Samples a process's VmRSS every 5 ms on its own thread until stopped; returns the peak.
+/// Samples a process's VmRSS (or another `kB` line of its status) every 5 ms on its own
+/// thread until stopped; returns the peak.
 pub(crate) struct RssSampler {
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) thread: std::thread::JoinHandle<u64>,
@@ -89,6 +90,12 @@ pub(crate) struct RssSampler {
 
 impl RssSampler {
     pub(crate) fn start(pid: u32) -> RssSampler {
+        RssSampler::start_key(pid, "VmRSS")
+    }
+
+    /// `RssAnon`: the process's own memory (heap, stacks), without the pages of its
+    /// executable and libraries mapped from the page cache, which VmRSS also counts.
+    pub(crate) fn start_key(pid: u32, key: &'static str) -> RssSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -96,10 +103,10 @@ impl RssSampler {
             .spawn(move || {
                 let mut peak = 0;
                 while !flag.load(Ordering::Relaxed) {
-                    peak = peak.max(status_kib(pid, "VmRSS").unwrap_or(0));
+                    peak = peak.max(status_kib(pid, key).unwrap_or(0));
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                peak.max(status_kib(pid, "VmRSS").unwrap_or(0))
+                peak.max(status_kib(pid, key).unwrap_or(0))
             })
             .expect("cannot start the RSS sampler");
         RssSampler { stop, thread }

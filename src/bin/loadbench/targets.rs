@@ -350,7 +350,8 @@ fn print(list: &[Scenario], runs: &Runs, repeat: usize) {
     println!("\n## Memory details\n");
     for b in &runs.bursts {
         println!(
-            "- burst: {} logins at once in {:.2} s ({} failed{}); VmHWM {:.1} MiB; then {} clients × \
+            "- burst: {} logins at once in {:.2} s ({} failed{}); VmHWM {:.1} MiB (RssAnon peak {:.1}, \
+             RssFile {:.1}); then {} clients × \
              10 KB for {:?} ({} messages, {} errors): VmRSS {:.1} MiB after 2 s, peak {:.1} MiB \
              over the last 5 s",
             b.logins,
@@ -361,6 +362,8 @@ fn print(list: &[Scenario], runs: &Runs, repeat: usize) {
                 .map(|e| format!(", first error: {e}"))
                 .unwrap_or_default(),
             mib(b.hwm_kib),
+            mib(b.anon_peak_kib),
+            mib(b.file_kib),
             STEADY_CLIENTS,
             b.steady,
             b.steady_messages,
@@ -388,13 +391,16 @@ fn print(list: &[Scenario], runs: &Runs, repeat: usize) {
     }
 }
 
-/// `--memory`: only the 50 MB message and the 1000 idle sessions (quick check of a build).
+/// `--memory`: the 50 MB message, the 1000 idle sessions and the login burst's peak
+/// (quick check of a build; the steady phase after the burst is not run).
 pub(crate) fn memory_only(bench: &Bench, rt: &tokio::runtime::Runtime) {
     let big = rt.block_on(bench.big_message(50_000_000));
     let idle = rt.block_on(bench.idle_sessions(1000));
+    let burst = rt.block_on(bench.login_burst(BURST_LOGINS, STEADY_CLIENTS, Duration::ZERO));
     println!(
-        "50 MB message: {}, RSS {:.1} → peak {:.1} MiB; 1000 idle sessions: {} open, RSS {:.1} → \
-         {:.1} MiB (+{:.1})",
+        "50 MB message: {}, RSS {:.1} → peak {:.1} MiB (+{} KiB); 1000 idle sessions: {} open, \
+         RSS {:.1} → {:.1} MiB (+{:.1}); {} logins at once: {} failed, VmHWM {:.1} MiB (RssAnon peak \
+         {:.1} MiB, RssFile {:.1} MiB)",
         if big.outcome.is_ok() {
             "accepted"
         } else {
@@ -402,9 +408,15 @@ pub(crate) fn memory_only(bench: &Bench, rt: &tokio::runtime::Runtime) {
         },
         mib(big.rss_before),
         mib(big.rss_peak),
+        big.rss_peak.saturating_sub(big.rss_before),
         idle.open,
         mib(idle.rss_before),
         mib(idle.rss_after),
         mib(idle.rss_after.saturating_sub(idle.rss_before)),
+        burst.logins,
+        burst.login_failures,
+        mib(burst.hwm_kib),
+        mib(burst.anon_peak_kib),
+        mib(burst.file_kib),
     );
 }
