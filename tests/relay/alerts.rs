@@ -234,6 +234,14 @@ async fn secrets_a_provider_echoes_stay_out_of_payloads_and_logs() {
             _ => assert_eq!(json["attachments"][0]["content"]["type"], "AdaptiveCard"),
         }
     }
+    // The webhook has the requests; the relay logs "alert sent" once it has read the
+    // answers, which may be a moment later: wait for it (bounded) before stopping.
+    for _ in 0..100 {
+        if captured.text().matches("alert sent").count() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     stop.cancel();
     env.stop().await;
     let logs = captured.text();
