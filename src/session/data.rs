@@ -82,7 +82,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             match reply {
                 Ok(reply) if reply.code == 354 => {}
                 Ok(reply) => {
-                    let reply = self.from_provider(&transaction.asset, reply).await;
+                    let reply = self.provider_reply(&transaction.asset, reply).await;
                     self.send(&reply);
                     self.phase = Phase::Transaction(transaction);
                     return Flow::Continue;
@@ -154,7 +154,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             {
                 Ok(reply) => {
                     // A quota refusal after the message becomes a 4xx (issue 16).
-                    let reply = self.from_provider(&transaction.asset, reply).await;
+                    let reply = self.provider_reply(&transaction.asset, reply).await;
                     let (outcome, counted) = match reply.code / 100 {
                         2 => ("message relayed", Outcome::Delivered),
                         4 => ("message deferred by upstream", Outcome::TempFailed),
@@ -237,7 +237,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             Streamed::UpstreamRefused { reply, size } => {
                 // A BDAT chunk refused before the end: the upstream discards the rest; the
                 // connection is not trusted for another transaction.
-                let reply = self.from_provider(&transaction.asset, reply).await;
+                let reply = self.provider_reply(&transaction.asset, reply).await;
                 metrics.transaction(if reply.code / 100 == 4 {
                     Outcome::TempFailed
                 } else {

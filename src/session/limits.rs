@@ -115,7 +115,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     /// An upstream reply as the client hears it: a provider's quota refusal becomes our
     /// 4xx (the mail waits in the client's queue, it does not bounce) and marks the asset;
     /// anything else is relayed.
-    pub(super) async fn from_provider(&self, asset: &Asset, reply: Reply) -> Reply {
+    pub(super) async fn provider_reply(&self, asset: &Asset, reply: Reply) -> Reply {
         match limits::quota::smtp_quota(&reply) {
             Some(quota) => {
                 let hit = self.provider_quota(asset, &quota).await;

@@ -169,7 +169,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         };
         let prefetched = Prefetched::new(lines.get(1..).unwrap_or_default(), replies);
         let accepted = reply.is_positive();
-        let reply = self.from_provider(&asset, reply).await;
+        let reply = self.provider_reply(&asset, reply).await;
         self.send(&reply);
         if accepted {
             self.phase = Phase::Transaction(Box::new(Transaction {
@@ -260,7 +260,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 if !positive {
                     self.recipient_refused();
                 }
-                let reply = self.from_provider(&asset, reply).await;
+                let reply = self.provider_reply(&asset, reply).await;
                 // A client that probes address after address the provider refuses is
                 // making errors like any other (Postfix counts them too).
                 let permanent = reply.code / 100 == 5;
