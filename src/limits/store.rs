@@ -102,7 +102,7 @@ pub(super) struct AssetState {
     pub(super) over_limit: Option<OverLimit>,
 }
 
-/// In memory, written to `path` (when set) a moment after a change ([`WRITE_DELAY`], so a
+/// In memory, written to `path` (when set) a moment after a change (`WRITE_DELAY`, so a
 /// busy relay writes about once a second, not once a message): atomically (temporary
 /// file, fsync, rename), by at most one writer at a time, changes made during a write
 /// going into the next one. Sessions never wait for the disk; `flush` writes at once.
