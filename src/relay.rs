@@ -32,6 +32,9 @@ pub struct Relay {
     pub trusted_user: Arc<User>,
     /// Recent per-message outcomes for the console; shared across reloads.
     pub recent: Arc<RecentMessages>,
+    /// Sending limits per asset (issue 16): counters, marks, connection slots; shared
+    /// across reloads.
+    pub limits: Arc<crate::limits::Limits>,
     id_prefix: String,
     next_session: AtomicU64,
 }
@@ -60,7 +63,11 @@ impl Relay {
                 .as_ref()
                 .map_or(0, |console| console.messages_kept),
         ));
-        Relay::build(config, metrics, auth_throttle, tokens, recent)
+        let limits = crate::limits::Limits::new(
+            crate::limits::open_local_store(&config),
+            Some(metrics.clone()),
+        );
+        Relay::build(config, metrics, auth_throttle, tokens, recent, limits)
     }
 
     /// The relay for a reloaded config: counters, login lockouts and the token state of
@@ -73,6 +80,7 @@ impl Relay {
             previous.auth_throttle.clone(),
             tokens,
             previous.recent.clone(),
+            previous.limits.clone(),
         )
     }
 
@@ -82,6 +90,7 @@ impl Relay {
         auth_throttle: Arc<AuthThrottle>,
         tokens: TokenManager,
         recent: Arc<RecentMessages>,
+        limits: Arc<crate::limits::Limits>,
     ) -> Result<Relay, HttpClientInitError> {
         let tokens = tokens.with_metrics(metrics.clone());
         let upstream = UpstreamSettings::from_config(&config);
@@ -108,6 +117,7 @@ impl Relay {
             auth_throttle,
             trusted_user,
             recent,
+            limits,
             users: Users::new(config.users.clone(), config.limits.max_password_checks),
             config: Arc::new(config),
             tokens,

@@ -24,6 +24,7 @@ mod graph;
 mod problems;
 mod provider;
 mod raw;
+mod sending;
 mod transport;
 mod types;
 mod validate;
@@ -47,6 +48,7 @@ pub use types::{
 };
 
 pub use graph::{GraphSettings, DEFAULT_GRAPH_CONCURRENCY, GRAPH_API_URL};
+pub use sending::{AccountKind, SendingLimits};
 pub use transport::{
     AssetTransport, GmailApiSettings, HeaderRecipients, GMAIL_API_MAX_MESSAGE, GMAIL_API_URL,
     GMAIL_SEND_SCOPE, GOOGLE_TOKENINFO_URL,

@@ -16,6 +16,8 @@ mod faults;
 mod gmail_api;
 mod graph;
 mod hardening;
+mod limits;
+mod limits_alerts;
 mod pool;
 mod relay;
 mod reload;
