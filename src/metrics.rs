@@ -54,6 +54,8 @@ pub struct Metrics {
     limit_hits: Family<Labels, Counter>,
     asset_ready: Family<Labels, Gauge>,
     alerts: Family<Labels, Counter>,
+    /// The durable spool's series (issue 15).
+    pub spool: crate::spool::metrics::SpoolMetrics,
 }
 
 impl Default for Metrics {
@@ -133,7 +135,9 @@ impl Metrics {
             "Alerts per channel kind, event and result (sent, or failed after every attempt)",
             alerts.clone(),
         );
+        let spool = crate::spool::metrics::SpoolMetrics::register(&mut registry);
         Metrics {
+            spool,
             alerts,
             registry,
             sessions_current,

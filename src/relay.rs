@@ -32,6 +32,8 @@ pub struct Relay {
     pub trusted_user: Arc<User>,
     /// Recent per-message outcomes for the console; shared across reloads.
     pub recent: Arc<RecentMessages>,
+    /// The durable spool (issue 15) when the config uses one; shared across reloads.
+    pub spool: Option<Arc<crate::spool::Spool>>,
     id_prefix: String,
     next_session: AtomicU64,
 }
@@ -60,19 +62,22 @@ impl Relay {
                 .as_ref()
                 .map_or(0, |console| console.messages_kept),
         ));
-        Relay::build(config, metrics, auth_throttle, tokens, recent)
+        let spool = open_spool(&config, None);
+        Relay::build(config, metrics, auth_throttle, tokens, recent, spool)
     }
 
     /// The relay for a reloaded config: counters, login lockouts and the token state of
     /// assets whose credentials did not change carry over.
     pub fn reloaded(config: Config, previous: &Relay) -> Result<Relay, HttpClientInitError> {
         let tokens = TokenManager::reloaded(&config, &previous.tokens)?;
+        let spool = open_spool(&config, previous.spool.as_ref());
         Relay::build(
             config,
             previous.metrics.clone(),
             previous.auth_throttle.clone(),
             tokens,
             previous.recent.clone(),
+            spool,
         )
     }
 
@@ -82,6 +87,7 @@ impl Relay {
         auth_throttle: Arc<AuthThrottle>,
         tokens: TokenManager,
         recent: Arc<RecentMessages>,
+        spool: Option<Arc<crate::spool::Spool>>,
     ) -> Result<Relay, HttpClientInitError> {
         let tokens = tokens.with_metrics(metrics.clone());
         let upstream = UpstreamSettings::from_config(&config);
@@ -100,6 +106,7 @@ impl Relay {
             name: "(trusted network)".to_string(),
             password_hash: String::new(),
             assets: config.server.trusted_assets.clone(),
+            delivery: config.server.trusted_delivery,
         });
         Ok(Relay {
             pool: UpstreamPool::new(config.pool),
@@ -108,6 +115,7 @@ impl Relay {
             auth_throttle,
             trusted_user,
             recent,
+            spool,
             users: Users::new(config.users.clone(), config.limits.max_password_checks),
             config: Arc::new(config),
             tokens,
@@ -131,5 +139,27 @@ impl Relay {
     pub fn next_session_id(&self) -> String {
         let n = self.next_session.fetch_add(1, Ordering::Relaxed);
         format!("{}{n:05X}", self.id_prefix)
+    }
+}
+
+/// The spool for `config`: the running one when the directory is the same (a reload),
+/// else opened now. A spool that cannot be opened is logged; `serve` checks it before
+/// binding, so this only happens when the directory breaks at a reload.
+fn open_spool(
+    config: &Config,
+    previous: Option<&Arc<crate::spool::Spool>>,
+) -> Option<Arc<crate::spool::Spool>> {
+    if !config.spool.enabled {
+        return None;
+    }
+    if let Some(previous) = previous.filter(|spool| spool.dirs.root == config.spool.dir) {
+        return Some(previous.clone());
+    }
+    match crate::spool::Spool::open(&config.spool) {
+        Ok(spool) => Some(spool),
+        Err(err) => {
+            tracing::error!(dir = %config.spool.dir.display(), error = %err, "cannot open the spool directory; spooled users get 451 until it works");
+            None
+        }
     }
 }

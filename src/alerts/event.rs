@@ -15,14 +15,17 @@ pub enum EventKind {
     RefreshTokenExpiring,
     /// `client_secret_expires` is near.
     ClientSecretExpiring,
+    /// A spooled message became a dead letter (issue 15; `crate::spool`).
+    SpoolDeadLetter,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 4] = [
+    pub const ALL: [EventKind; 5] = [
         EventKind::AssetNeedsAttention,
         EventKind::AssetRecovered,
         EventKind::RefreshTokenExpiring,
         EventKind::ClientSecretExpiring,
+        EventKind::SpoolDeadLetter,
     ];
 
     /// The payload's `event` value and the metrics label.
@@ -32,6 +35,7 @@ impl EventKind {
             EventKind::AssetRecovered => "asset_recovered",
             EventKind::RefreshTokenExpiring => "refresh_token_expiring",
             EventKind::ClientSecretExpiring => "client_secret_expiring",
+            EventKind::SpoolDeadLetter => "spool_dead_letter",
         }
     }
 
@@ -42,6 +46,7 @@ impl EventKind {
             EventKind::AssetRecovered => "works again",
             EventKind::RefreshTokenExpiring => "refresh token expiring",
             EventKind::ClientSecretExpiring => "client secret expiring",
+            EventKind::SpoolDeadLetter => "spooled message undeliverable",
         }
     }
 }

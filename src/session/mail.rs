@@ -29,7 +29,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             (None, true) => self.relay.trusted_user.clone(),
             (None, false) => return self.reject(Say::AuthRequired),
         };
-        if matches!(self.phase, Phase::Transaction(_)) {
+        if matches!(self.phase, Phase::Transaction(_) | Phase::Spooled(_)) {
             return self.reject(Say::NestedMail);
         }
         // 0 = unlimited.
@@ -75,6 +75,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         };
 
         let from = canonical.map_or(from, |canonical| canonical.to_string());
+        if user.delivery == crate::config::Delivery::Spool {
+            return self.spool_mail(asset, from, envelope);
+        }
 
         let setup_started = Instant::now();
         let (mut upstream, reused) = match self.upstream_for(&asset).await {
@@ -183,6 +186,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         if let Some(param) = params.first() {
             let keyword = param.keyword.clone();
             return self.reject(Say::UnsupportedParameter { keyword });
+        }
+        if matches!(self.phase, Phase::Spooled(_)) {
+            return self.spool_rcpt(to);
         }
         let max_recipients = self.params.max_recipients;
         let Phase::Transaction(transaction) = &mut self.phase else {

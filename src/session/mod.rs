@@ -26,6 +26,7 @@ mod headers;
 mod hello;
 mod mail;
 mod pipeline;
+mod spooled;
 mod upstream;
 
 #[cfg(test)]
@@ -64,6 +65,8 @@ enum Phase {
     Idle,
     /// The upstream accepted MAIL FROM; RCPTs and DATA follow.
     Transaction(Box<Transaction>),
+    /// A transaction of a spooled user (issue 15): no upstream until delivery.
+    Spooled(Box<spooled::Spooled>),
 }
 
 struct Transaction {
@@ -257,7 +260,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             // flight is allowed to finish.
             let shutdown = match self.phase {
                 Phase::Idle => Some(self.shutdown.clone()),
-                Phase::Transaction(_) => None,
+                Phase::Transaction(_) | Phase::Spooled(_) => None,
             };
             let input = self
                 .conn
