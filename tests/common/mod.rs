@@ -95,6 +95,10 @@ pub struct Options {
     pub support_client_secret: Option<String>,
     /// Replaces the `support` asset's `token_url`.
     pub support_token_url: Option<String>,
+    /// `delivery = ...` for the `scanner` user (issue 15: "spool").
+    pub scanner_delivery: Option<String>,
+    /// Lines for a `[spool]` table (placeholders as in `extra_assets`); none when empty.
+    pub spool: String,
 }
 
 impl Options {
@@ -234,6 +238,16 @@ impl Env {
             String::new()
         };
         let extra_assets = placeholders(&options.extra_assets);
+        let spool_table = if options.spool.is_empty() {
+            String::new()
+        } else {
+            format!("[spool]\n{}\n", placeholders(&options.spool))
+        };
+        let scanner_delivery = options
+            .scanner_delivery
+            .as_ref()
+            .map(|delivery| format!("delivery = \"{delivery}\""))
+            .unwrap_or_default();
 
         let [scanner_hash, app_hash, admin_hash] = hashes().clone();
         let upstream_tls = upstream_tls_mode;
@@ -299,6 +313,7 @@ tls_key = "{key}"
 name = "{scanner}"
 password_hash = "{scanner_hash}"
 assets = ["support"]
+{scanner_delivery}
 
 [[user]]
 name = "{app}"
@@ -337,6 +352,8 @@ token_url = "{token_url}"
 {extra_assets}
 
 {tokens_table}
+
+{spool_table}
 "#,
             cert = path("relay.crt").display(),
             key = path("relay.key").display(),

@@ -21,6 +21,7 @@ mod relay;
 mod reload;
 mod secrets;
 mod sender_spelling;
+mod spool;
 mod store;
 mod tokens;
 mod upstream_dialogue;
