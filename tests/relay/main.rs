@@ -22,6 +22,8 @@ mod reload;
 mod secrets;
 mod sender_spelling;
 mod spool;
+mod spool_cli;
+mod spool_crash;
 mod store;
 mod tokens;
 mod upstream_dialogue;
