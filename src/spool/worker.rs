@@ -114,9 +114,6 @@ pub async fn run(relays: RelayHandle, spool: Arc<Spool>, shutdown: CancellationT
                                 Arc::new(Semaphore::new(relay.config.spool.concurrency))
                             })
                             .clone();
-                        let Ok(permit) = slot.try_acquire_owned() else {
-                            continue;
-                        };
                         let id = entry.id.clone();
                         lock(&in_flight).insert(id.clone());
                         let force = new_grant && entry.waiting_for_credentials;
@@ -126,13 +123,22 @@ pub async fn run(relays: RelayHandle, spool: Arc<Spool>, shutdown: CancellationT
                         let task_relay = relay.clone();
                         let task_spool = spool.clone();
                         let task_in_flight = in_flight.clone();
+                        let task_shutdown = shutdown.clone();
+                        // Every due entry gets its task now; the asset's semaphore (fair,
+                        // so oldest first) lets `concurrency` of them deliver at a time.
                         tracker.spawn(async move {
-                            let ended = attempt(task_relay, task_spool, id.clone(), force).await;
+                            let permit = tokio::select! {
+                                permit = slot.acquire_owned() => permit.ok(),
+                                _ = task_shutdown.cancelled() => None,
+                            };
+                            if permit.is_some() && !task_shutdown.is_cancelled() {
+                                let ended = attempt(task_relay, task_spool, id.clone(), force).await;
+                                if ended == Ended::Skipped {
+                                    tracing::debug!(spool_id = %id, "spool entry skipped (locked, gone or not due)");
+                                }
+                            }
                             lock(&task_in_flight).remove(&id);
                             drop(permit);
-                            if ended == Ended::Skipped {
-                                tracing::debug!(spool_id = %id, "spool entry skipped (locked, gone or not due)");
-                            }
                         });
                     }
                 }

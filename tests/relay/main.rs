@@ -22,6 +22,7 @@ mod reload;
 mod secrets;
 mod sender_spelling;
 mod spool;
+mod spool_bench;
 mod spool_cli;
 mod spool_crash;
 mod store;

@@ -79,10 +79,10 @@ async fn start_relay(env: &Env, round: usize) -> (tokio::process::Child, SocketA
 
 /// A client that survives the relay dying under it (the harness's `Client` panics):
 /// one command, its reply's last line; None once the connection is gone.
-struct Raw(tokio::io::BufReader<tokio::net::TcpStream>);
+pub struct Raw(pub tokio::io::BufReader<tokio::net::TcpStream>);
 
 impl Raw {
-    async fn reply(&mut self) -> Option<String> {
+    pub async fn reply(&mut self) -> Option<String> {
         use tokio::io::AsyncBufReadExt;
         loop {
             let mut line = String::new();
@@ -99,7 +99,7 @@ impl Raw {
         }
     }
 
-    async fn send(&mut self, bytes: &[u8]) -> Option<String> {
+    pub async fn send(&mut self, bytes: &[u8]) -> Option<String> {
         use tokio::io::AsyncWriteExt;
         self.0.get_mut().write_all(bytes).await.ok()?;
         self.reply().await
@@ -108,7 +108,7 @@ impl Raw {
 
 /// Sends `count` messages on one connection; returns (subject, spool id) of each one the
 /// relay acknowledged, until the connection dies.
-async fn sender(
+pub async fn sender(
     addr: SocketAddr,
     round: usize,
     conn: usize,
@@ -170,7 +170,7 @@ async fn kill_9_during_bursts_loses_nothing_and_duplicates_only_what_it_logs() {
             .map(|conn| tokio::spawn(sender(addr, round, conn, BURST / CONNECTIONS)))
             .collect();
         // Anywhere in the burst: before the first message, in the middle, or after it.
-        let delay = Duration::from_millis(random.next() % 700);
+        let delay = Duration::from_millis(random.next() % 400);
         tokio::time::sleep(delay).await;
         child.start_kill().unwrap();
         let _ = child.wait().await;
