@@ -336,6 +336,11 @@ async fn refusal_makes_a_dead_letter_with_a_dsn_and_a_log_line() {
     let messages = env.gmail.messages();
     assert_eq!(messages.len(), 1, "only the DSN reached the provider");
     assert_is_report_about(dsn_in(&messages), "gone@example.net", None);
+    assert_eq!(
+        dsn_in(&messages).mail_from,
+        "",
+        "the report comes from the null sender"
+    );
     let dead = spool_dir(&env).join("dead");
     until(
         "the dead letter to be kept",
