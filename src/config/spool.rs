@@ -128,8 +128,72 @@ pub(super) fn validate_spool(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/relay.example.toml");
+
+    /// The example config with its commented `[spool]` block uncommented.
+    fn example_with_spool() -> String {
+        let text = std::fs::read_to_string(EXAMPLE).unwrap();
+        let block: String = text
+            .lines()
+            .skip_while(|line| line.trim() != "# [spool]")
+            .take_while(|line| line.starts_with("# "))
+            .map(|line| format!("{}\n", &line[2..]))
+            .collect();
+        assert!(block.contains("retry_secs"), "{block}");
+        format!("{text}\n{block}")
+    }
+
+    #[test]
+    fn example_spool_block_loads_with_the_documented_defaults() {
+        let config = crate::config::parse(&example_with_spool(), Path::new(EXAMPLE)).unwrap();
+        assert_eq!(
+            config.spool,
+            SpoolSettings {
+                enabled: true,
+                ..SpoolSettings::default()
+            }
+        );
+        // Without the table and without a spooling user: no spool.
+        let text = std::fs::read_to_string(EXAMPLE).unwrap();
+        let plain = crate::config::parse(&text, Path::new(EXAMPLE)).unwrap();
+        assert!(!plain.spool.enabled);
+        assert!(plain.users.values().all(|u| u.delivery == Delivery::Direct));
+        assert_eq!(plain.server.trusted_delivery, Delivery::Direct);
+        // A spooling user (or trusted network) turns it on with the defaults.
+        let spooling = text.replacen("[server]\n", "[server]\ntrusted_delivery = \"spool\"\n", 1);
+        let spooling = crate::config::parse(&spooling, Path::new(EXAMPLE)).unwrap();
+        assert_eq!(spooling.server.trusted_delivery, Delivery::Spool);
+        assert!(spooling.spool.enabled);
+        let user = text.replacen("[[user]]\n", "[[user]]\ndelivery = \"spool\"\n", 1);
+        let user = crate::config::parse(&user, Path::new(EXAMPLE)).unwrap();
+        assert!(user.users.values().any(|u| u.delivery == Delivery::Spool));
+        assert!(user.spool.enabled);
+    }
+
+    #[test]
+    fn bad_spool_settings_are_reported_by_field() {
+        let text = example_with_spool()
+            .replace("retry_secs = [60, 300, 900, 1800, 3600]", "retry_secs = []")
+            .replace("max_bytes = 1073741824", "max_bytes = 0");
+        let err = crate::config::parse(&text, Path::new(EXAMPLE))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("spool.retry_secs"), "{err}");
+        assert!(err.contains("spool.max_bytes"), "{err}");
+        let typo = example_with_spool().replace("max_age_secs", "max_age_sec");
+        assert!(crate::config::parse(&typo, Path::new(EXAMPLE)).is_err());
+        let delivery = std::fs::read_to_string(EXAMPLE).unwrap().replacen(
+            "[[user]]\n",
+            "[[user]]\ndelivery = \"queue\"\n",
+            1,
+        );
+        assert!(crate::config::parse(&delivery, Path::new(EXAMPLE)).is_err());
+    }
 
     #[test]
     fn retry_schedule_repeats_its_last_value() {
