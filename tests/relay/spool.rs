@@ -545,7 +545,7 @@ async fn readyz_stays_ready_while_the_spool_accepts_and_metrics_count_it() {
                 path.extension().is_some_and(|x| x == "json")
                     && std::fs::read_to_string(&path)
                         .unwrap()
-                        .contains("\"attempts\": 1")
+                        .contains("\"waiting_for_credentials\": true")
             })
     })
     .await;
