@@ -142,8 +142,7 @@ impl Relay {
     }
 }
 
-/// The spool for `config`: the running one when the directory is the same (a reload),
-/// else opened now. A spool that cannot be opened is logged; `serve` checks it before
+/// The spool for `config`: the running one at a reload, else opened now. A spool that cannot be opened is logged; `serve` checks it before
 /// binding, so this only happens when the directory breaks at a reload.
 fn open_spool(
     config: &Config,
@@ -152,7 +151,12 @@ fn open_spool(
     if !config.spool.enabled {
         return None;
     }
-    if let Some(previous) = previous.filter(|spool| spool.dirs.root == config.spool.dir) {
+    if let Some(previous) = previous {
+        // The worker delivers from the spool it started with: a new directory takes a
+        // restart (the old one may still hold mail).
+        if previous.dirs.root != config.spool.dir {
+            tracing::warn!(running = %previous.dirs.root.display(), configured = %config.spool.dir.display(), "a new [spool] dir takes effect at the next restart; the running spool is kept");
+        }
         return Some(previous.clone());
     }
     match crate::spool::Spool::open(&config.spool) {

@@ -57,8 +57,23 @@ fn scan(dirs: &Dirs) -> std::io::Result<Scan> {
     })
 }
 
-/// Runs until `shutdown`, then waits (at most the grace period) for deliveries in flight.
-pub async fn run(relays: RelayHandle, spool: Arc<Spool>, shutdown: CancellationToken) {
+/// Runs until `shutdown`: idle while the config has no spool (a reload may add one), then
+/// delivering from it; at shutdown waits (at most the grace period) for deliveries in
+/// flight.
+pub async fn run(relays: RelayHandle, shutdown: CancellationToken) {
+    let spool = loop {
+        if let Some(spool) = relays.current().spool.clone() {
+            break spool;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SCAN_EVERY) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    };
+    deliver_from(relays, spool, shutdown).await;
+}
+
+async fn deliver_from(relays: RelayHandle, spool: Arc<Spool>, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut slots: HashMap<String, Arc<Semaphore>> = HashMap::new();
