@@ -12,7 +12,8 @@
 //! dialogue, `mail` MAIL/RCPT and the choice of asset, `upstream` getting an
 //! authenticated upstream, `pipeline` the envelope sent upstream in one flight, `data` DATA
 //! and streaming, `body` the body buffers and DATA or BDAT upstream, `headers` the header
-//! gate and the header-From policy.
+//! gate and the header-From policy, `spooled` the transaction of a `delivery = "spool"`
+//! user (issue 15: MAIL/RCPT answered locally, the message made durable in the spool).
 //!
 //! The rule everything here serves: a client hears 2xx for MAIL, RCPT and the message only
 //! when the upstream said 2xx for the same thing. Whenever the upstream cannot be reached

@@ -13,3 +13,4 @@ mod http;
 mod proxy;
 mod refusals;
 mod secrets;
+mod spool;
