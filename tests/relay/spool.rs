@@ -617,3 +617,32 @@ async fn a_message_older_than_max_age_becomes_a_dead_letter() {
     }
     env.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_lets_a_delivery_in_flight_finish() {
+    let mut options = spool_options("[3600]", "");
+    options.timeouts = "shutdown_grace_secs = 20".into();
+    let env = Env::with(options).await;
+    // A slow provider: the delivery is still under way when the relay is told to stop.
+    env.gmail.set_behaviour(Behaviour {
+        greeting_delay: Some(Duration::from_millis(1500)),
+        ..Behaviour::default()
+    });
+    env.send_as(SCANNER, SUPPORT_EMAIL, "x@example.net", "in-flight")
+        .await
+        .expect_code(250);
+    let queue = spool_dir(&env).join("queue");
+    until("the delivery to start", Duration::from_secs(10), || {
+        std::fs::read_dir(&queue).unwrap().any(|e| {
+            let path = e.unwrap().path();
+            path.extension().is_some_and(|x| x == "json")
+                && std::fs::read_to_string(&path)
+                    .unwrap()
+                    .contains("\"sending\": true")
+        })
+    })
+    .await;
+    let gmail = env.stop_and_keep_fakes().await;
+    assert_eq!(gmail.messages().len(), 1, "the delivery in flight finished");
+    assert!(!files_in(&queue).iter().any(|name| name.ends_with(".json")));
+}
