@@ -234,6 +234,14 @@ async fn secrets_a_provider_echoes_stay_out_of_payloads_and_logs() {
             _ => assert_eq!(json["attachments"][0]["content"]["type"], "AdaptiveCard"),
         }
     }
+    // The receiver has the requests before the senders have read the answers and logged:
+    // wait (bounded) for their log lines before stopping them.
+    for _ in 0..100 {
+        if captured.text().matches("alert sent").count() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     stop.cancel();
     env.stop().await;
     let logs = captured.text();

@@ -25,6 +25,7 @@ mod spool;
 mod spool_bench;
 mod spool_cli;
 mod spool_crash;
+mod spool_ops;
 mod store;
 mod tokens;
 mod upstream_dialogue;
