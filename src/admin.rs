@@ -157,9 +157,23 @@ async fn route(relays: &RelayHandle, request: &Request<Incoming>) -> HttpRespons
                     }
                 }
             }
+            // Issue 15: a spool that still accepts keeps the relay useful (spooled mail
+            // waits for the asset); over 90 % of max_bytes is said, full is not ready.
+            let spool_accepts = relay.spool.as_ref().is_some_and(|spool| {
+                let (used, max) = (spool.used(), spool.max_bytes());
+                let state = if !spool.has_room(1) {
+                    "full"
+                } else if spool.nearly_full() {
+                    "nearly full (over 90 % of max_bytes)"
+                } else {
+                    "ok"
+                };
+                let _ = writeln!(body, "spool: {state} ({used} of {max} bytes)");
+                spool.has_room(1)
+            });
             // Ready unless every asset is unusable: one broken mailbox must not take
             // the whole pod out of service.
-            let status = if usable > 0 {
+            let status = if usable > 0 || spool_accepts {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE

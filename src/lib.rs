@@ -46,6 +46,8 @@
 //!   [`alerts`]: credential alerts (webhook, mail) and the refresh-token expiry forecast;
 //!   [`tls`], [`stream`]: rustls configs and a plain-or-TLS stream;
 //!   [`logsafe`]: client-supplied values escaped for log lines.
+//! - [`spool`]: the opt-in durable spool for clients that cannot retry: intake (from the
+//!   session's DATA), the delivery worker, dead letters and their DSNs.
 //! - [`cli`]: the command bodies (`serve`, `check`, `authorize`, `token`, `hash-password`)
 //!   returning one `CliError`; `main.rs` is only wiring. [`sandbox`]: an embedded
 //!   Gmail-like server and token issuer (`serve --sandbox`, tests, benchmarks).
@@ -81,6 +83,7 @@ pub mod senders;
 pub mod server;
 pub mod session;
 pub mod smtp;
+pub mod spool;
 pub mod stream;
 pub mod throttle;
 pub mod tls;

@@ -80,6 +80,11 @@ enum Command {
     },
     /// Read a password (terminal or stdin) and print its argon2id hash for the config.
     HashPassword,
+    /// Look at and act on the durable spool (works while `serve` runs).
+    Spool {
+        #[command(subcommand)]
+        action: smtp_oauth_relay::cli::spool::SpoolAction,
+    },
 }
 
 impl From<LogFormat> for config::LogFormat {
@@ -102,6 +107,7 @@ fn main() -> ExitCode {
     tls::install_default_provider();
     let result = match cli.command {
         Command::HashPassword => hash_password::hash_password(),
+        Command::Spool { action } => smtp_oauth_relay::cli::spool::spool(cli.config, action),
         Command::Check => with_runtime(check_command(cli.config)),
         Command::Authorize {
             asset,

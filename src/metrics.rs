@@ -58,6 +58,8 @@ pub struct Metrics {
     asset_sent_24h: Family<Labels, Gauge>,
     asset_limit_remaining: Family<Labels, Gauge>,
     asset_over_limit: Family<Labels, Gauge>,
+    /// The durable spool's series (issue 15).
+    pub spool: crate::spool::metrics::SpoolMetrics,
 }
 
 impl Default for Metrics {
@@ -155,10 +157,12 @@ impl Metrics {
             "1 while the provider has said the asset is over its sending limit",
             asset_over_limit.clone(),
         );
+        let spool = crate::spool::metrics::SpoolMetrics::register(&mut registry);
         Metrics {
             asset_sent_24h,
             asset_limit_remaining,
             asset_over_limit,
+            spool,
             alerts,
             registry,
             sessions_current,

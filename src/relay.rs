@@ -35,6 +35,8 @@ pub struct Relay {
     /// Sending limits per asset (issue 16): counters, marks, connection slots; shared
     /// across reloads.
     pub limits: Arc<crate::limits::Limits>,
+    /// The durable spool (issue 15) when the config uses one; shared across reloads.
+    pub spool: Option<Arc<crate::spool::Spool>>,
     id_prefix: String,
     next_session: AtomicU64,
 }
@@ -67,13 +69,23 @@ impl Relay {
             crate::limits::open_local_store(&config),
             Some(metrics.clone()),
         );
-        Relay::build(config, metrics, auth_throttle, tokens, recent, limits)
+        let spool = open_spool(&config, None);
+        Relay::build(
+            config,
+            metrics,
+            auth_throttle,
+            tokens,
+            recent,
+            limits,
+            spool,
+        )
     }
 
     /// The relay for a reloaded config: counters, login lockouts and the token state of
     /// assets whose credentials did not change carry over.
     pub fn reloaded(config: Config, previous: &Relay) -> Result<Relay, HttpClientInitError> {
         let tokens = TokenManager::reloaded(&config, &previous.tokens)?;
+        let spool = open_spool(&config, previous.spool.as_ref());
         Relay::build(
             config,
             previous.metrics.clone(),
@@ -81,6 +93,7 @@ impl Relay {
             tokens,
             previous.recent.clone(),
             previous.limits.clone(),
+            spool,
         )
     }
 
@@ -91,6 +104,7 @@ impl Relay {
         tokens: TokenManager,
         recent: Arc<RecentMessages>,
         limits: Arc<crate::limits::Limits>,
+        spool: Option<Arc<crate::spool::Spool>>,
     ) -> Result<Relay, HttpClientInitError> {
         let tokens = tokens.with_metrics(metrics.clone());
         let upstream = UpstreamSettings::from_config(&config);
@@ -109,6 +123,7 @@ impl Relay {
             name: "(trusted network)".to_string(),
             password_hash: String::new(),
             assets: config.server.trusted_assets.clone(),
+            delivery: config.server.trusted_delivery,
         });
         Ok(Relay {
             pool: UpstreamPool::new(config.pool),
@@ -118,6 +133,7 @@ impl Relay {
             trusted_user,
             recent,
             limits,
+            spool,
             users: Users::new(config.users.clone(), config.limits.max_password_checks),
             config: Arc::new(config),
             tokens,
@@ -141,5 +157,31 @@ impl Relay {
     pub fn next_session_id(&self) -> String {
         let n = self.next_session.fetch_add(1, Ordering::Relaxed);
         format!("{}{n:05X}", self.id_prefix)
+    }
+}
+
+/// The spool for `config`: the running one at a reload, else opened now. A spool that cannot be opened is logged; `serve` checks it before
+/// binding, so this only happens when the directory breaks at a reload.
+fn open_spool(
+    config: &Config,
+    previous: Option<&Arc<crate::spool::Spool>>,
+) -> Option<Arc<crate::spool::Spool>> {
+    if !config.spool.enabled {
+        return None;
+    }
+    if let Some(previous) = previous {
+        // The worker delivers from the spool it started with: a new directory takes a
+        // restart (the old one may still hold mail).
+        if previous.dirs.root != config.spool.dir {
+            tracing::warn!(running = %previous.dirs.root.display(), configured = %config.spool.dir.display(), "a new [spool] dir takes effect at the next restart; the running spool is kept");
+        }
+        return Some(previous.clone());
+    }
+    match crate::spool::Spool::open(&config.spool) {
+        Ok(spool) => Some(spool),
+        Err(err) => {
+            tracing::error!(dir = %config.spool.dir.display(), error = %err, "cannot open the spool directory; spooled users get 451 until it works");
+            None
+        }
     }
 }

@@ -168,6 +168,16 @@ pub enum Say {
         asset: String,
         limit: usize,
     },
+    // The durable spool (issue 15): MAIL and RCPT answered locally, 250 once durable.
+    SpoolSenderOk,
+    SpoolRecipientOk,
+    SpoolQueued {
+        id: String,
+    },
+    /// `[spool] max_bytes` reached.
+    SpoolFull,
+    /// The spool could not keep the message (I/O error, disk full).
+    SpoolUnavailable,
 }
 
 impl Say {
@@ -452,6 +462,11 @@ impl Say {
                 Reply::new(451, code(4, 7, 0), limits::busy_text(asset, *limit))
             }
 
+            Say::SpoolSenderOk => Reply::new(250, code(2, 1, 0), "Sender OK (spooled delivery)"),
+            Say::SpoolRecipientOk => Reply::new(250, code(2, 1, 5), "Recipient OK (spooled delivery)"),
+            Say::SpoolQueued { id } => Reply::new(250, code(2, 0, 0), format!("queued as {id}")),
+            Say::SpoolFull => Reply::new(452, code(4, 3, 1), "Spool full, try again later"),
+            Say::SpoolUnavailable => Reply::new(451, code(4, 3, 0), "Cannot keep the message now, try again later"),
             Say::ShuttingDown => Reply::new(
                 421,
                 code(4, 3, 2),
@@ -596,6 +611,14 @@ impl Say {
 /// An upstream reply as our client should see it: passed through unchanged, except that an
 /// enhanced status code is supplied when the upstream sent none, because we advertise
 /// ENHANCEDSTATUSCODES and clients may rely on it.
+/// The reply when the spool cannot keep a message (the one mapping for intake failures).
+pub fn for_spool_failure(error: &crate::spool::IntakeError) -> Say {
+    match error {
+        crate::spool::IntakeError::Full { .. } => Say::SpoolFull,
+        crate::spool::IntakeError::Io(_) => Say::SpoolUnavailable,
+    }
+}
+
 pub fn relayed(mut upstream: Reply) -> Reply {
     if upstream.enhanced.is_none() {
         let class = (upstream.code / 100) as u8;

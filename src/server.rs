@@ -167,6 +167,9 @@ pub async fn run(listeners: Listeners, relay: impl Into<RelayHandle>, shutdown: 
             },
         )));
     }
+    // Issue 15: the spool's delivery worker runs beside the listeners; it drains its
+    // deliveries in flight within the same grace period as the sessions.
+    let spool_worker = tokio::spawn(crate::spool::worker::run(relays.clone(), shutdown.clone()));
     shutdown.cancelled().await;
     tracker.close();
     let grace = relay.config.timeouts.shutdown_grace;
@@ -183,6 +186,7 @@ pub async fn run(listeners: Listeners, relay: impl Into<RelayHandle>, shutdown: 
             "shutdown grace period over, dropping sessions"
         );
     }
+    let _ = spool_worker.await;
     drained.cancel();
     for accept_loop in accept_loops {
         let _ = accept_loop.await;

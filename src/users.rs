@@ -375,6 +375,7 @@ mod tests {
                     name: name.to_string(),
                     password_hash: hash.clone(),
                     assets: AssetAccess::All,
+                    delivery: Default::default(),
                 });
                 (name.to_string(), user)
             })

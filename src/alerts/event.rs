@@ -18,15 +18,18 @@ pub enum EventKind {
     /// The provider refused mail for quota; the relay answers the asset's mail with 451
     /// itself until the mark ends (issue 16).
     AssetOverProviderLimit,
+    /// A spooled message became a dead letter (issue 15; `crate::spool`).
+    SpoolDeadLetter,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 5] = [
+    pub const ALL: [EventKind; 6] = [
         EventKind::AssetNeedsAttention,
         EventKind::AssetRecovered,
         EventKind::RefreshTokenExpiring,
         EventKind::ClientSecretExpiring,
         EventKind::AssetOverProviderLimit,
+        EventKind::SpoolDeadLetter,
     ];
 
     /// The payload's `event` value and the metrics label.
@@ -37,6 +40,7 @@ impl EventKind {
             EventKind::RefreshTokenExpiring => "refresh_token_expiring",
             EventKind::ClientSecretExpiring => "client_secret_expiring",
             EventKind::AssetOverProviderLimit => "asset_over_provider_limit",
+            EventKind::SpoolDeadLetter => "spool_dead_letter",
         }
     }
 
@@ -48,6 +52,7 @@ impl EventKind {
             EventKind::RefreshTokenExpiring => "refresh token expiring",
             EventKind::ClientSecretExpiring => "client secret expiring",
             EventKind::AssetOverProviderLimit => "over the provider's sending limit",
+            EventKind::SpoolDeadLetter => "spooled message undeliverable",
         }
     }
 }

@@ -163,6 +163,18 @@ pub async fn run(relays: RelayHandle, shutdown: CancellationToken, options: Aler
                 }
             }
         }
+        // Dead letters of the spool (issue 15): told as they come, once each.
+        if let Some(spool) = &relay.spool {
+            for alert in spool.take_alerts() {
+                let Some(asset) = relay.config.asset(&alert.asset) else {
+                    continue;
+                };
+                let secrets = secrets_of(&relay, asset).await;
+                if let Some(outbox) = &outbox {
+                    outbox.send(Outgoing { alert, secrets });
+                }
+            }
+        }
         let names: Vec<&str> = relay
             .config
             .assets

@@ -76,6 +76,7 @@ pub fn sandbox_config(
         name: DEMO_USER.to_string(),
         password_hash: hash_password(&Secret::new(DEMO_PASSWORD))?,
         assets: AssetAccess::Only(HashSet::from([DEMO_ASSET.to_string()])),
+        delivery: Default::default(),
     };
     Ok(Config {
         server: ServerSettings {
@@ -92,6 +93,7 @@ pub fn sandbox_config(
             trusted_assets: AssetAccess::Only(HashSet::new()),
             header_from: HeaderFromPolicy::Off,
             log_format: None,
+            trusted_delivery: Default::default(),
         },
         limits: Limits::default(),
         timeouts: Timeouts::default(),
@@ -105,6 +107,7 @@ pub fn sandbox_config(
         upstream: crate::config::UpstreamDialogue::default(),
         alerts: crate::config::AlertSettings::default(),
         warnings: Vec::new(),
+        spool: Default::default(),
         tokens: TokenSettings {
             path: PathBuf::from("sandbox-state/tokens.json"),
             key: None,

@@ -19,6 +19,7 @@ pub mod error;
 pub mod hash_password;
 pub mod logging;
 pub mod serve;
+pub mod spool;
 pub mod token;
 
 use error::CliError;
@@ -39,7 +40,7 @@ pub async fn check_command(config_path: PathBuf) -> Result<(), CliError> {
     }
 }
 
-fn load_config(path: &Path) -> Result<Config, CliError> {
+pub(crate) fn load_config(path: &Path) -> Result<Config, CliError> {
     Ok(config::load(path)?)
 }
 

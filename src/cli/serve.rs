@@ -49,6 +49,15 @@ pub async fn serve(
         "config loaded"
     );
     check_token_store(&config)?;
+    if config.spool.enabled {
+        // A spool that cannot be used is a startup error, not 451s for every scan.
+        crate::spool::Spool::open(&config.spool).map_err(|err| {
+            CliError::failed(format!(
+                "cannot use the spool directory {}: {err}",
+                config.spool.dir.display()
+            ))
+        })?;
+    }
     run_relay(config, CancellationToken::new(), Some(config_path)).await
 }
 

@@ -25,6 +25,7 @@ mod problems;
 mod provider;
 mod raw;
 mod sending;
+mod spool;
 mod transport;
 mod types;
 mod validate;
@@ -40,6 +41,7 @@ pub use asset::check_endpoint_url;
 pub use defaults::DEFAULT_AUTH_THROTTLE_ENTRIES;
 pub use env::{expand_env, STORE_KEY_ENV};
 pub use problems::{ConfigError, Problem};
+pub use spool::{Delivery, SpoolSettings};
 pub use types::UpstreamDialogue;
 pub use types::{
     Asset, AssetAccess, Config, CredentialFailure, Grant, HeaderFromPolicy, Limits, LogFormat,

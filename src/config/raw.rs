@@ -28,6 +28,7 @@ pub(super) struct RawConfig {
     pub(super) alerts: Option<super::alerts::RawAlerts>,
     #[serde(default, rename = "alert")]
     pub(super) alert_channels: Vec<Spanned<super::alerts::RawAlert>>,
+    pub(super) spool: Option<super::spool::RawSpool>,
 }
 
 /// `listen = "addr"` or `listen = ["addr", ...]`. (Spans do not survive serde's untagged
@@ -65,6 +66,7 @@ pub(super) struct RawServer {
     pub(super) trusted_assets: Vec<Spanned<String>>,
     pub(super) header_from: Option<HeaderFromPolicy>,
     pub(super) log_format: Option<LogFormat>,
+    pub(super) trusted_delivery: Option<super::spool::Delivery>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -141,6 +143,8 @@ pub(super) struct RawUser {
     pub(super) password_hash: Spanned<String>,
     #[serde(default)]
     pub(super) assets: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) delivery: super::spool::Delivery,
 }
 
 #[derive(Debug, Deserialize)]

@@ -34,6 +34,8 @@ pub struct Config {
     pub upstream: UpstreamDialogue,
     /// `[alerts]` and `[[alert]]`: who is told when an asset needs an operator.
     pub alerts: super::alerts::AlertSettings,
+    /// `[spool]`: the opt-in durable spool (issue 15).
+    pub spool: super::spool::SpoolSettings,
     /// Problems that do not stop the relay but should be fixed (a secret file others can
     /// read). Logged when found; `serve` logs them again once logging is set up, `check`
     /// prints them.
@@ -99,6 +101,8 @@ pub struct ServerSettings {
     pub header_from: HeaderFromPolicy,
     /// `text` or `json`; `--log-format` / `SMTP_OAUTH_RELAY_LOG_FORMAT` win over it.
     pub log_format: Option<LogFormat>,
+    /// How mail from `trusted_networks` (without AUTH) leaves: direct or spooled.
+    pub trusted_delivery: super::spool::Delivery,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -179,6 +183,8 @@ pub struct User {
     /// An argon2 PHC string, checked to parse at load time.
     pub password_hash: String,
     pub assets: AssetAccess,
+    /// `delivery = "direct"` (default) or `"spool"`.
+    pub delivery: super::spool::Delivery,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -61,6 +61,14 @@ pub(super) fn validate(
         );
     }
 
+    let spool_used =
+        raw.users
+            .iter()
+            .any(|user| user.get_ref().delivery == super::spool::Delivery::Spool)
+            || raw.server.as_ref().is_some_and(|server| {
+                server.trusted_delivery == Some(super::spool::Delivery::Spool)
+            });
+    let spool = super::spool::validate_spool(raw.spool, spool_used, check);
     let server = validate_server(raw.server.unwrap_or_default(), &asset_names, check);
     // Mail alerts go out over the asset's SMTP login (alerts/send.rs), so an email
     // channel may only name an asset whose transport is SMTP.
@@ -149,6 +157,7 @@ pub(super) fn validate(
         upstream: validate_upstream(raw.upstream.unwrap_or_default(), check),
         alerts,
         warnings: Vec::new(),
+        spool,
     })
 }
 
@@ -334,6 +343,7 @@ fn validate_server(
         trusted_assets,
         header_from: raw.header_from.unwrap_or(HeaderFromPolicy::Off),
         log_format: raw.log_format,
+        trusted_delivery: raw.trusted_delivery.unwrap_or_default(),
     })
 }
 
@@ -529,6 +539,7 @@ fn validate_user(
         name,
         password_hash: hash,
         assets,
+        delivery: raw.delivery,
     })
 }
 

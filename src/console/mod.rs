@@ -38,6 +38,7 @@ pub mod messages;
 pub mod pages;
 pub mod recent;
 pub mod session;
+pub mod spool;
 pub mod test_message;
 
 use session::{SessionView, Sessions};
@@ -155,6 +156,7 @@ pub fn router(app: App) -> Router {
         .route("/assets/{name}/test", post(test_message::send))
         .route("/oauth/callback", get(consent::callback))
         .route("/messages", get(messages::index))
+        .route("/spool", get(spool::index))
         .fallback(not_found)
         .with_state(app)
 }

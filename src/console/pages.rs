@@ -73,6 +73,7 @@ pub fn page(
                     @if let Some(session) = session {
                         a href=(app.href("/")) { "Assets" }
                         a href=(app.href("/messages")) { "Messages" }
+                        a href=(app.href("/spool")) { "Spool" }
                         span.who {
                             "Signed in as " (session.user) " "
                             form method="post" action=(app.href("/logout")) {

@@ -32,7 +32,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         if self.client.user.is_some() {
             return self.reject(Say::AuthAlreadyDone);
         }
-        if matches!(self.phase, Phase::Transaction(_)) {
+        if matches!(self.phase, Phase::Transaction(_) | Phase::Spooled(_)) {
             return self.reject(Say::AuthInTransaction);
         }
         if !self.auth_allowed() {

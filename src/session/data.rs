@@ -53,6 +53,9 @@ enum Streamed {
 
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     pub(super) async fn data(&mut self) -> Flow {
+        if matches!(self.phase, Phase::Spooled(_)) {
+            return self.spool_data().await;
+        }
         let Phase::Transaction(transaction) = &mut self.phase else {
             return self.reject(Say::NeedMail);
         };

@@ -30,7 +30,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             (None, true) => self.relay.trusted_user.clone(),
             (None, false) => return self.reject(Say::AuthRequired),
         };
-        if matches!(self.phase, Phase::Transaction(_)) {
+        if matches!(self.phase, Phase::Transaction(_) | Phase::Spooled(_)) {
             return self.reject(Say::NestedMail);
         }
         // 0 = unlimited.
@@ -76,6 +76,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         };
 
         let from = canonical.map_or(from, |canonical| canonical.to_string());
+        if user.delivery == crate::config::Delivery::Spool {
+            return self.spool_mail(asset, from, envelope);
+        }
 
         // Refused before the provider sees it (issue 16): at its message limit, or marked
         // over the provider's own limit.
@@ -194,6 +197,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         if let Some(param) = params.first() {
             let keyword = param.keyword.clone();
             return self.reject(Say::UnsupportedParameter { keyword });
+        }
+        if matches!(self.phase, Phase::Spooled(_)) {
+            return self.spool_rcpt(to);
         }
         let max_recipients = self.params.max_recipients;
         let line = format!("RCPT TO:<{to}>");

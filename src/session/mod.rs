@@ -12,7 +12,8 @@
 //! dialogue, `mail` MAIL/RCPT and the choice of asset, `upstream` getting an
 //! authenticated upstream, `pipeline` the envelope sent upstream in one flight, `data` DATA
 //! and streaming, `body` the body buffers and DATA or BDAT upstream, `headers` the header
-//! gate and the header-From policy.
+//! gate and the header-From policy, `spooled` the transaction of a `delivery = "spool"`
+//! user (issue 15: MAIL/RCPT answered locally, the message made durable in the spool).
 //!
 //! The rule everything here serves: a client hears 2xx for MAIL, RCPT and the message only
 //! when the upstream said 2xx for the same thing. Whenever the upstream cannot be reached
@@ -27,6 +28,7 @@ mod hello;
 mod limits;
 mod mail;
 mod pipeline;
+mod spooled;
 mod upstream;
 
 #[cfg(test)]
@@ -65,6 +67,8 @@ enum Phase {
     Idle,
     /// The upstream accepted MAIL FROM; RCPTs and DATA follow.
     Transaction(Box<Transaction>),
+    /// A transaction of a spooled user (issue 15): no upstream until delivery.
+    Spooled(Box<spooled::Spooled>),
 }
 
 struct Transaction {
@@ -261,7 +265,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             // flight is allowed to finish.
             let shutdown = match self.phase {
                 Phase::Idle => Some(self.shutdown.clone()),
-                Phase::Transaction(_) => None,
+                Phase::Transaction(_) | Phase::Spooled(_) => None,
             };
             let input = self
                 .conn

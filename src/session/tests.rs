@@ -345,6 +345,7 @@ fn sender_chooses_the_asset() {
         name: "every".to_string(),
         password_hash: HASH.to_string(),
         assets: AssetAccess::All,
+        delivery: Default::default(),
     };
     let not_served = |sender: &str| {
         Err(Say::SenderNotServed {
@@ -392,6 +393,7 @@ fn null_sender_of_an_all_assets_user_needs_a_single_asset() {
         name: "every".to_string(),
         password_hash: HASH.to_string(),
         assets: AssetAccess::All,
+        delivery: Default::default(),
     };
     assert_eq!(choose(&config, "", &every), Ok("b".to_string()));
 }

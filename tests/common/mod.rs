@@ -95,6 +95,12 @@ pub struct Options {
     pub support_client_secret: Option<String>,
     /// Replaces the `support` asset's `token_url`.
     pub support_token_url: Option<String>,
+    /// `delivery = ...` for the `scanner` user (issue 15: "spool").
+    pub scanner_delivery: Option<String>,
+    /// More lines for the `support` asset (e.g. its sending limits).
+    pub support_extra: String,
+    /// Lines for a `[spool]` table (placeholders as in `extra_assets`); none when empty.
+    pub spool: String,
 }
 
 pub struct Env {
@@ -226,6 +232,16 @@ impl Env {
             placeholders(&options.tokens)
         );
         let extra_assets = placeholders(&options.extra_assets);
+        let spool_table = if options.spool.is_empty() {
+            String::new()
+        } else {
+            format!("[spool]\n{}\n", placeholders(&options.spool))
+        };
+        let scanner_delivery = options
+            .scanner_delivery
+            .as_ref()
+            .map(|delivery| format!("delivery = \"{delivery}\""))
+            .unwrap_or_default();
 
         let [scanner_hash, app_hash, admin_hash] = hashes().clone();
         let upstream_tls = upstream_tls_mode;
@@ -291,6 +307,7 @@ tls_key = "{key}"
 name = "{scanner}"
 password_hash = "{scanner_hash}"
 assets = ["support"]
+{scanner_delivery}
 
 [[user]]
 name = "{app}"
@@ -313,6 +330,7 @@ upstream = "{support_upstream}"
 upstream_tls = "{upstream_tls}"
 upstream_ca = "{support_ca}"
 token_url = "{support_token_url}"
+{support_extra}
 
 [[asset]]
 name = "sales"
@@ -329,6 +347,8 @@ token_url = "{token_url}"
 {extra_assets}
 
 {tokens_table}
+
+{spool_table}
 "#,
             cert = path("relay.crt").display(),
             key = path("relay.key").display(),
@@ -346,6 +366,7 @@ token_url = "{token_url}"
             admin = ADMIN.0,
             support_email = SUPPORT_EMAIL,
             support_secret = support_secret,
+            support_extra = options.support_extra,
             support_ca = support_ca.display(),
             support_token_source = support_token_source,
             upstream = gmail.addr(),

@@ -14,3 +14,4 @@ mod limits;
 mod proxy;
 mod refusals;
 mod secrets;
+mod spool;
