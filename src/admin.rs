@@ -144,6 +144,10 @@ async fn route(relays: &RelayHandle, request: &Request<Incoming>) -> HttpRespons
             }
             // Ready unless every asset is unusable: one broken mailbox must not take
             // the whole pod out of service.
+            if let Some(shared) = &relay.shared {
+                // Redis down does not make the replica unready: it serves from memory.
+                let _ = writeln!(body, "{}", crate::state::describe_health(shared).await);
+            }
             let status = if usable > 0 {
                 StatusCode::OK
             } else {

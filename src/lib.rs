@@ -76,6 +76,7 @@ pub mod senders;
 pub mod server;
 pub mod session;
 pub mod smtp;
+pub mod state;
 pub mod stream;
 pub mod throttle;
 pub mod tls;

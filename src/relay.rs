@@ -32,6 +32,8 @@ pub struct Relay {
     pub trusted_user: Arc<User>,
     /// Recent per-message outcomes for the console; shared across reloads.
     pub recent: Arc<RecentMessages>,
+    /// `[state] backend = "redis"`: what the replicas share (`None`: local).
+    pub shared: crate::state::Shared,
     id_prefix: String,
     next_session: AtomicU64,
 }
@@ -84,6 +86,7 @@ impl Relay {
         recent: Arc<RecentMessages>,
     ) -> Result<Relay, HttpClientInitError> {
         let tokens = tokens.with_metrics(metrics.clone());
+        let shared = tokens.shared().clone();
         let upstream = UpstreamSettings::from_config(&config);
         let tls_acceptor = config
             .server
@@ -108,6 +111,7 @@ impl Relay {
             auth_throttle,
             trusted_user,
             recent,
+            shared,
             users: Users::new(config.users.clone(), config.limits.max_password_checks),
             config: Arc::new(config),
             tokens,

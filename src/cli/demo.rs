@@ -102,6 +102,7 @@ pub fn sandbox_config(
         pool: PoolSettings::default(),
         upstream: crate::config::UpstreamDialogue::default(),
         alerts: crate::config::AlertSettings::default(),
+        state: crate::config::StateSettings::default(),
         warnings: Vec::new(),
         tokens: TokenSettings {
             path: PathBuf::from("sandbox-state/tokens.json"),

@@ -24,6 +24,7 @@ mod graph;
 mod problems;
 mod provider;
 mod raw;
+mod state;
 mod transport;
 mod types;
 mod validate;
@@ -39,6 +40,7 @@ pub use asset::check_endpoint_url;
 pub use defaults::DEFAULT_AUTH_THROTTLE_ENTRIES;
 pub use env::{expand_env, STORE_KEY_ENV};
 pub use problems::{ConfigError, Problem};
+pub use state::{RedisSettings, StateSettings, DEFAULT_STATE_PREFIX};
 pub use types::UpstreamDialogue;
 pub use types::{
     Asset, AssetAccess, Config, CredentialFailure, Grant, HeaderFromPolicy, Limits, LogFormat,

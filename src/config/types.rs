@@ -34,6 +34,8 @@ pub struct Config {
     pub upstream: UpstreamDialogue,
     /// `[alerts]` and `[[alert]]`: who is told when an asset needs an operator.
     pub alerts: super::alerts::AlertSettings,
+    /// `[state]`: local, or shared with other replicas on Redis.
+    pub state: super::state::StateSettings,
     /// Problems that do not stop the relay but should be fixed (a secret file others can
     /// read). Logged when found; `serve` logs them again once logging is set up, `check`
     /// prints them.

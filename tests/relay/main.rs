@@ -19,6 +19,8 @@ mod hardening;
 mod pool;
 mod relay;
 mod reload;
+mod replicas;
+mod replicas_support;
 mod secrets;
 mod sender_spelling;
 mod store;
