@@ -138,7 +138,22 @@ async fn route(relays: &RelayHandle, request: &Request<Incoming>) -> HttpRespons
                     }
                     None => {
                         usable += 1;
-                        let _ = writeln!(body, "asset {}: ok", asset.name);
+                        // Still ready: the mark is the mailbox's, another replica or a
+                        // restart would not send either (issue 16).
+                        let now = crate::limits::unix_now();
+                        match relay.limits.over_limit(&asset.name, now).await {
+                            Some(mark) => {
+                                let until = crate::limits::format_time(mark.until);
+                                let _ = writeln!(
+                                    body,
+                                    "asset {}: over the provider's limit until {until}",
+                                    asset.name
+                                );
+                            }
+                            None => {
+                                let _ = writeln!(body, "asset {}: ok", asset.name);
+                            }
+                        }
                     }
                 }
             }
@@ -156,6 +171,12 @@ async fn route(relays: &RelayHandle, request: &Request<Incoming>) -> HttpRespons
             text(status, body)
         }
         "/metrics" => {
+            // The sending-limit gauges move as the windows roll, not only when mail is
+            // sent: brought up to date for each scrape.
+            let now = crate::limits::unix_now();
+            for asset in &relay.config.assets {
+                relay.limits.publish(asset, now).await;
+            }
             let mut response = Response::new(Full::new(Bytes::from(relay.metrics.render())));
             if let Ok(value) = "application/openmetrics-text; version=1.0.0; charset=utf-8".parse()
             {

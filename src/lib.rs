@@ -65,6 +65,7 @@ pub mod config;
 pub mod console;
 pub mod credentials;
 pub mod error;
+pub mod limits;
 pub mod logsafe;
 pub mod metrics;
 pub mod oauth;

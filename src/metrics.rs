@@ -54,6 +54,10 @@ pub struct Metrics {
     limit_hits: Family<Labels, Counter>,
     asset_ready: Family<Labels, Gauge>,
     alerts: Family<Labels, Counter>,
+    // Issue 16: sending limits per asset.
+    asset_sent_24h: Family<Labels, Gauge>,
+    asset_limit_remaining: Family<Labels, Gauge>,
+    asset_over_limit: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -133,7 +137,28 @@ impl Metrics {
             "Alerts per channel kind, event and result (sent, or failed after every attempt)",
             alerts.clone(),
         );
+        let asset_sent_24h = Family::<Labels, Gauge>::default();
+        registry.register(
+            "asset_sent_messages_24h",
+            "Messages the asset sent in the last 24 hours (rolling)",
+            asset_sent_24h.clone(),
+        );
+        let asset_limit_remaining = Family::<Labels, Gauge>::default();
+        registry.register(
+            "asset_limit_remaining",
+            "What the asset may still send under each configured sending limit",
+            asset_limit_remaining.clone(),
+        );
+        let asset_over_limit = Family::<Labels, Gauge>::default();
+        registry.register(
+            "asset_over_provider_limit",
+            "1 while the provider has said the asset is over its sending limit",
+            asset_over_limit.clone(),
+        );
         Metrics {
+            asset_sent_24h,
+            asset_limit_remaining,
+            asset_over_limit,
             alerts,
             registry,
             sessions_current,
@@ -178,6 +203,25 @@ impl Metrics {
     }
 
     /// One alert on one channel: sent, or given up on.
+    pub fn set_asset_sent_24h(&self, asset: &str, messages: u64) {
+        let labels = vec![("asset", asset.to_string())];
+        let value = i64::try_from(messages).unwrap_or(i64::MAX);
+        self.asset_sent_24h.get_or_create(&labels).set(value);
+    }
+
+    pub fn set_asset_limit_remaining(&self, asset: &str, limit: &'static str, remaining: u64) {
+        let labels = vec![("asset", asset.to_string()), ("limit", limit.to_string())];
+        let value = i64::try_from(remaining).unwrap_or(i64::MAX);
+        self.asset_limit_remaining.get_or_create(&labels).set(value);
+    }
+
+    pub fn set_asset_over_limit(&self, asset: &str, over: bool) {
+        let labels = vec![("asset", asset.to_string())];
+        self.asset_over_limit
+            .get_or_create(&labels)
+            .set(i64::from(over));
+    }
+
     pub fn alert(&self, channel: &str, event: &str, sent: bool) {
         let result = if sent { "sent" } else { "failed" };
         self.alerts

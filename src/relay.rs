@@ -34,6 +34,9 @@ pub struct Relay {
     pub recent: Arc<RecentMessages>,
     /// `[state] backend = "redis"`: what the replicas share (`None`: local).
     pub shared: crate::state::Shared,
+    /// Sending limits per asset (issue 16): counters, marks, connection slots; shared
+    /// across reloads.
+    pub limits: Arc<crate::limits::Limits>,
     id_prefix: String,
     next_session: AtomicU64,
 }
@@ -62,7 +65,11 @@ impl Relay {
                 .as_ref()
                 .map_or(0, |console| console.messages_kept),
         ));
-        Relay::build(config, metrics, auth_throttle, tokens, recent)
+        let limits = crate::limits::Limits::new(
+            crate::limits::open_local_store(&config),
+            Some(metrics.clone()),
+        );
+        Relay::build(config, metrics, auth_throttle, tokens, recent, limits)
     }
 
     /// The relay for a reloaded config: counters, login lockouts and the token state of
@@ -75,6 +82,7 @@ impl Relay {
             previous.auth_throttle.clone(),
             tokens,
             previous.recent.clone(),
+            previous.limits.clone(),
         )
     }
 
@@ -84,6 +92,7 @@ impl Relay {
         auth_throttle: Arc<AuthThrottle>,
         tokens: TokenManager,
         recent: Arc<RecentMessages>,
+        limits: Arc<crate::limits::Limits>,
     ) -> Result<Relay, HttpClientInitError> {
         let tokens = tokens.with_metrics(metrics.clone());
         let shared = tokens.shared().clone();
@@ -112,6 +121,7 @@ impl Relay {
             trusted_user,
             recent,
             shared,
+            limits,
             users: Users::new(config.users.clone(), config.limits.max_password_checks),
             config: Arc::new(config),
             tokens,

@@ -157,6 +157,17 @@ pub enum Say {
     },
     /// 5xx, timeouts, connection errors (before the request could have arrived).
     GraphFailed,
+    // Sending limits (issue 16, `limits/`).
+    /// A message the asset's sending limit (or the provider's mark) stops before the
+    /// provider sees it; also what a provider's quota refusal becomes (never a bounce).
+    SendingLimit {
+        hit: crate::limits::LimitHit,
+    },
+    /// Every `upstream_connections` slot of the asset stayed in use.
+    UpstreamConnectionsBusy {
+        asset: String,
+        limit: usize,
+    },
 }
 
 impl Say {
@@ -436,6 +447,10 @@ impl Say {
                 code(4, 4, 2),
                 "Microsoft Graph did not accept the message, try again later",
             ),
+            Say::SendingLimit { hit } => Reply::new(451, code(4, 7, 0), limits::text(hit)),
+            Say::UpstreamConnectionsBusy { asset, limit } => {
+                Reply::new(451, code(4, 7, 0), limits::busy_text(asset, *limit))
+            }
 
             Say::ShuttingDown => Reply::new(
                 421,
@@ -591,5 +606,6 @@ pub fn relayed(mut upstream: Reply) -> Reply {
     upstream
 }
 
+mod limits;
 #[cfg(test)]
 mod tests;

@@ -38,6 +38,8 @@ pub struct AssetView {
     pub forecast: Option<Forecast>,
     pub client_secret_expires: Option<time::Date>,
     pub console_url: Option<String>,
+    /// The provider's "over the sending limit" mark, while it holds (issue 16).
+    pub over_limit: Option<crate::limits::OverLimit>,
 }
 
 /// The detector's settings (from `[alerts]`).
@@ -57,6 +59,8 @@ struct Memory {
     announced_expiring: bool,
     /// The smallest client-secret threshold (days) announced.
     announced_secret_days: Option<u32>,
+    /// The end of the over-limit mark last announced.
+    announced_over_limit: Option<u64>,
     last_sent: HashMap<EventKind, Instant>,
 }
 
@@ -196,6 +200,27 @@ impl Detector {
                 memory.announced_secret_days = None;
             }
         }
+        match &view.over_limit {
+            None => memory.announced_over_limit = None,
+            Some(mark) => {
+                // Once per mark (a new refusal with a new end is a new alert).
+                if memory.announced_over_limit != Some(mark.until)
+                    && memory.may_send(EventKind::AssetOverProviderLimit, rules.interval, now)
+                {
+                    memory.announced_over_limit = Some(mark.until);
+                    let until = crate::limits::format_time(mark.until);
+                    emit(
+                        memory,
+                        EventKind::AssetOverProviderLimit,
+                        format!("the provider refused mail for quota ({}); the relay answers the asset's mail with 451 until {until}", mark.reason),
+                        "nothing is lost: clients keep their mail and retry after that time; to avoid it, set the asset's \
+                         daily_messages / daily_recipients below the provider's limits or spread the senders over more assets"
+                            .to_string(),
+                        Some(std::time::UNIX_EPOCH + Duration::from_secs(mark.until)),
+                    );
+                }
+            }
+        }
         alerts
     }
 
@@ -229,7 +254,29 @@ mod tests {
             forecast: None,
             client_secret_expires: None,
             console_url: None,
+            over_limit: None,
         }
+    }
+
+    #[test]
+    fn an_over_limit_mark_is_announced_once_per_mark() {
+        let mut detector = Detector::new();
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let mut view = view(Health::Ok);
+        view.over_limit = Some(crate::limits::OverLimit {
+            until: 1_900_000_000,
+            since: 1_899_990_000,
+            reason: "550 5.4.5 Daily user sending limit exceeded".into(),
+        });
+        let alerts = detector.check(&view, &rules(), now, wall);
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].event, EventKind::AssetOverProviderLimit);
+        assert!(alerts[0].reason.contains("5.4.5"), "{}", alerts[0].reason);
+        // The same mark, later: nothing new.
+        assert!(detector
+            .check(&view, &rules(), now + 2 * HOUR, wall)
+            .is_empty());
     }
 
     fn broken() -> Health {

@@ -15,14 +15,18 @@ pub enum EventKind {
     RefreshTokenExpiring,
     /// `client_secret_expires` is near.
     ClientSecretExpiring,
+    /// The provider refused mail for quota; the relay answers the asset's mail with 451
+    /// itself until the mark ends (issue 16).
+    AssetOverProviderLimit,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 4] = [
+    pub const ALL: [EventKind; 5] = [
         EventKind::AssetNeedsAttention,
         EventKind::AssetRecovered,
         EventKind::RefreshTokenExpiring,
         EventKind::ClientSecretExpiring,
+        EventKind::AssetOverProviderLimit,
     ];
 
     /// The payload's `event` value and the metrics label.
@@ -32,6 +36,7 @@ impl EventKind {
             EventKind::AssetRecovered => "asset_recovered",
             EventKind::RefreshTokenExpiring => "refresh_token_expiring",
             EventKind::ClientSecretExpiring => "client_secret_expiring",
+            EventKind::AssetOverProviderLimit => "asset_over_provider_limit",
         }
     }
 
@@ -42,6 +47,7 @@ impl EventKind {
             EventKind::AssetRecovered => "works again",
             EventKind::RefreshTokenExpiring => "refresh token expiring",
             EventKind::ClientSecretExpiring => "client secret expiring",
+            EventKind::AssetOverProviderLimit => "over the provider's sending limit",
         }
     }
 }

@@ -220,6 +220,10 @@ async fn asset_view(
         forecast,
         client_secret_expires: asset.client_secret_expires,
         console_url,
+        over_limit: relay
+            .limits
+            .over_limit(&asset.name, crate::limits::unix_now())
+            .await,
     }
 }
 

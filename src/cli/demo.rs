@@ -66,6 +66,8 @@ pub fn sandbox_config(
         header_recipients: Default::default(),
         grant: Grant::RefreshToken,
         client_secret_expires: None,
+        // A custom provider has no published limits.
+        sending: Default::default(),
     };
     let mut senders = SenderMap::default();
     // Only one claim on an empty map: it cannot collide.

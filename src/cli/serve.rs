@@ -166,7 +166,11 @@ async fn run_relay(
         shutdown.clone(),
         alert_options,
     ));
-    server::run(listeners, relays, shutdown).await;
+    server::run(listeners, relays.clone(), shutdown).await;
+    // The sending counters of the last messages (issue 16) must outlive the process.
+    if let Err(err) = relays.current().limits.store().flush().await {
+        tracing::error!(error = %err, "cannot save the sending counters");
+    }
     Ok(())
 }
 

@@ -64,6 +64,8 @@ pub(super) fn validate_asset(raw: &RawAsset, index: usize, check: &mut Checker) 
         Some(AssetTransport::Graph(graph)) => api_target(raw, &graph.api_url, &field, check),
         _ => upstream_target(raw, preset.as_ref(), &field, check),
     };
+    let sending =
+        super::sending::validate_sending(raw, provider, transport.as_ref(), &field, check);
     let credentials = credentials?;
     let endpoints = endpoints?;
     let transport = transport?;
@@ -90,6 +92,7 @@ pub(super) fn validate_asset(raw: &RawAsset, index: usize, check: &mut Checker) 
         client_secret_expires: raw.client_secret_expires.as_ref().and_then(|date| {
             super::alerts::parse_date(date, field("client_secret_expires"), check)
         }),
+        sending,
     })
 }
 

@@ -25,6 +25,7 @@ mod problems;
 mod provider;
 mod raw;
 mod state;
+mod sending;
 mod transport;
 mod types;
 mod validate;
@@ -49,6 +50,7 @@ pub use types::{
 };
 
 pub use graph::{GraphSettings, DEFAULT_GRAPH_CONCURRENCY, GRAPH_API_URL};
+pub use sending::{AccountKind, SendingLimits};
 pub use transport::{
     AssetTransport, GmailApiSettings, HeaderRecipients, GMAIL_API_MAX_MESSAGE, GMAIL_API_URL,
     GMAIL_SEND_SCOPE, GOOGLE_TOKENINFO_URL,

@@ -178,4 +178,10 @@ pub(super) struct RawAsset {
     pub(super) graph_concurrency: Option<Spanned<usize>>,
     /// `"YYYY-MM-DD"`: `client_secret_expiring` alerts before it.
     pub(super) client_secret_expires: Option<Spanned<String>>,
+    // Issue 16 (sending.rs): the provider's sending limits.
+    pub(super) account: Option<Spanned<super::sending::AccountKind>>,
+    pub(super) daily_messages: Option<Spanned<u64>>,
+    pub(super) daily_recipients: Option<Spanned<u64>>,
+    pub(super) messages_per_minute: Option<Spanned<u64>>,
+    pub(super) upstream_connections: Option<Spanned<u64>>,
 }

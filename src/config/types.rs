@@ -262,6 +262,8 @@ pub struct Asset {
     /// When the OAuth client secret expires (`client_secret_expires`; Microsoft's expire
     /// after at most two years), for `client_secret_expiring` alerts.
     pub client_secret_expires: Option<time::Date>,
+    /// The provider's sending limits the relay keeps the asset under (issue 16).
+    pub sending: super::sending::SendingLimits,
 }
 
 impl Asset {

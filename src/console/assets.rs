@@ -35,6 +35,8 @@ pub struct Health {
     pub forecast: Option<Forecast>,
     /// The last refresh error, also a temporary one.
     pub last_error: Option<String>,
+    /// "Over the provider's limit until …" (issue 16): its mail is answered 451 locally.
+    pub over_limit: Option<crate::limits::OverLimit>,
 }
 
 /// The token store's entries, or why it cannot be read (shown, never guessed around).
@@ -92,6 +94,10 @@ pub async fn health(
             .as_ref()
             .and_then(|s| s.last_error.as_ref())
             .map(ToString::to_string),
+        over_limit: relay
+            .limits
+            .over_limit(&asset.name, crate::limits::unix_now())
+            .await,
     };
     let operator_error = status
         .and_then(|s| s.last_error)
@@ -134,7 +140,11 @@ pub fn provider_name(provider: Provider) -> &'static str {
 /// The verdict cell: `ok`, or `needs attention` with the reason and the fix.
 pub fn status_cell(health: &Health) -> Markup {
     html! {
-        @if health.ok {
+        @if let (true, Some(mark)) = (health.ok, &health.over_limit) {
+            span.bad.status { "over the provider's limit until " (crate::limits::format_time(mark.until)) }
+            div.reason { "The provider said: " (mark.reason) }
+            div.fix { "Nothing is lost: mail for this asset is answered 451 (clients retry) until then." }
+        } @else if health.ok {
             span.ok.status { "ok" }
         } @else {
             span.bad.status { "needs attention" }

@@ -22,7 +22,7 @@ use crate::console::recent::{Ended, MessageRecord};
 use crate::logsafe::Untrusted;
 use crate::metrics::Outcome;
 use crate::received::Trace;
-use crate::replies::{relayed, Say};
+use crate::replies::Say;
 use crate::smtp::data::{DataProblem, DataScanner};
 use crate::smtp::reply::Reply;
 use crate::transport::TransportError;
@@ -82,7 +82,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             match reply {
                 Ok(reply) if reply.code == 354 => {}
                 Ok(reply) => {
-                    self.send(&relayed(reply));
+                    let reply = self.provider_reply(&transaction.asset, reply).await;
+                    self.send(&reply);
                     self.phase = Phase::Transaction(transaction);
                     return Flow::Continue;
                 }
@@ -152,6 +153,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 .await
             {
                 Ok(reply) => {
+                    // A quota refusal after the message becomes a 4xx (issue 16).
+                    let reply = self.provider_reply(&transaction.asset, reply).await;
                     let (outcome, counted) = match reply.code / 100 {
                         2 => ("message relayed", Outcome::Delivered),
                         4 => ("message deferred by upstream", Outcome::TempFailed),
@@ -160,11 +163,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                     metrics.transaction(counted);
                     if counted == Outcome::Delivered {
                         metrics.bytes_relayed.inc_by(size);
+                        if let Some(admission) = transaction.admission.take() {
+                            let now = crate::limits::unix_now();
+                            relay
+                                .limits
+                                .commit(admission, &transaction.asset, now)
+                                .await;
+                        }
                         // Postfix too starts the junk count again after a delivery.
                         self.junk_commands = 0;
                     }
                     log_done(outcome, &reply, size, transaction.upstream.accepted_id());
-                    self.send(&relayed(reply));
+                    self.send(&reply);
                     self.park_upstream(&transaction.asset, transaction.upstream);
                 }
                 Err(error) if error.possible_duplicate() => {
@@ -181,6 +191,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 }
                 Err(error) => {
                     // An API transport's definite failure (the SMTP upstream's are replies).
+                    self.transport_quota(&transaction.asset, &error).await;
                     let say = Say::for_transport_failure(&error, &asset, credential_failure);
                     let reply = say.reply();
                     self.transport_failed(&transaction.asset, &error, &reply);
@@ -226,13 +237,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             Streamed::UpstreamRefused { reply, size } => {
                 // A BDAT chunk refused before the end: the upstream discards the rest; the
                 // connection is not trusted for another transaction.
+                let reply = self.provider_reply(&transaction.asset, reply).await;
                 metrics.transaction(if reply.code / 100 == 4 {
                     Outcome::TempFailed
                 } else {
                     Outcome::PermFailed
                 });
                 log_done("message refused by upstream", &reply, size, None);
-                self.send(&relayed(reply));
+                self.send(&reply);
             }
             Streamed::UpstreamFailed { error, size } => {
                 let reply = Say::UpstreamLost.reply();

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
+use super::limits::Slot;
 use super::pipeline::{exchange, flight_on_reused, followers, Ahead, Prefetched, Unusable};
 use super::{Flow, IdleUpstream, Phase, Session, Transaction};
 use crate::config::{Asset, AssetAccess, Config, User};
 use crate::logsafe::Untrusted;
 use crate::metrics::Outcome;
-use crate::replies::{relayed, Say};
+use crate::replies::Say;
 use crate::smtp::address::{self, CanonicalAddress};
 use crate::smtp::command::Param;
 use crate::smtp::reply::Reply;
@@ -76,6 +77,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
 
         let from = canonical.map_or(from, |canonical| canonical.to_string());
 
+        // Refused before the provider sees it (issue 16): at its message limit, or marked
+        // over the provider's own limit.
+        let admission = match self.admit_message(&asset).await {
+            Ok(admission) => admission,
+            Err(say) => {
+                self.relay.metrics.transaction(Outcome::TempFailed);
+                self.say(say);
+                return Flow::Continue;
+            }
+        };
+
         let setup_started = Instant::now();
         let (mut upstream, reused) = match self.upstream_for(&asset).await {
             Ok(found) => found,
@@ -104,13 +116,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         }
         // The RCPTs (and DATA) the client pipelined behind this MAIL go in the same flight.
         let mut lines = vec![line];
-        lines.extend(followers(
-            &self.params,
-            &self.conn,
-            &upstream,
-            self.params.max_recipients,
-            0,
-        ));
+        let room = (self.params.max_recipients).min(self.recipient_room(&asset).await);
+        lines.extend(followers(&self.params, &self.conn, &upstream, room, 0));
         let mut replies = None;
         if reused {
             // Nothing is committed on a kept connection at MAIL: if it turns out dead (or
@@ -130,7 +137,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                             self.relay.tokens.invalidate(&asset.name, token).await;
                         }
                     }
-                    // Dropped without QUIT: it is dead or its session is over.
+                    // Dropped without QUIT: it is dead or its session is over. Dropped
+                    // first, so its `upstream_connections` slot is free for the new one.
+                    drop(upstream);
                     upstream = match self.open_upstream(&asset).await {
                         Ok(upstream) => upstream,
                         Err(reply) => {
@@ -160,7 +169,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         };
         let prefetched = Prefetched::new(lines.get(1..).unwrap_or_default(), replies);
         let accepted = reply.is_positive();
-        self.send(&relayed(reply));
+        let reply = self.provider_reply(&asset, reply).await;
+        self.send(&reply);
         if accepted {
             self.phase = Phase::Transaction(Box::new(Transaction {
                 asset,
@@ -170,6 +180,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 message_id: None,
                 upstream_setup: setup_started.elapsed(),
                 prefetched,
+                admission: Some(admission),
             }));
         } else if !prefetched.holds_data_go_ahead() {
             // The pipelined RCPTs and DATA were refused upstream for want of a MAIL; the
@@ -185,6 +196,20 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             return self.reject(Say::UnsupportedParameter { keyword });
         }
         let max_recipients = self.params.max_recipients;
+        let line = format!("RCPT TO:<{to}>");
+        // The asset's daily recipient limit, before the provider sees the recipient.
+        let mut limit_room = usize::MAX;
+        if let Phase::Transaction(transaction) = &self.phase {
+            if transaction.recipients.len() < max_recipients {
+                let asset = transaction.asset.clone();
+                if let Err(say) = self.admit_recipient().await {
+                    self.recipient_over_limit(&line);
+                    self.say(say);
+                    return Flow::Continue;
+                }
+                limit_room = self.recipient_room(&asset).await;
+            }
+        }
         let Phase::Transaction(transaction) = &mut self.phase else {
             return self.reject(Say::NeedMail);
         };
@@ -193,12 +218,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             self.say(Say::TooManyRecipients);
             return Flow::Continue;
         }
-        let line = format!("RCPT TO:<{to}>");
         let reply = match transaction.prefetched.take(&line) {
             Ahead::Reply(reply) => Ok(reply),
             Ahead::NotSent => {
                 // This RCPT and those pipelined behind it, in one flight.
-                let room = max_recipients.saturating_sub(transaction.recipients.len() + 1);
+                let room = max_recipients
+                    .saturating_sub(transaction.recipients.len() + 1)
+                    .min(limit_room);
                 let accepted = transaction.recipients.len();
                 let mut lines = vec![line];
                 lines.extend(followers(
@@ -226,13 +252,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         };
         match reply {
             Ok(reply) => {
-                if reply.is_positive() {
+                let positive = reply.is_positive();
+                if positive {
                     transaction.recipients.push(to);
                 }
+                let asset = transaction.asset.clone();
+                if !positive {
+                    self.recipient_refused();
+                }
+                let reply = self.provider_reply(&asset, reply).await;
                 // A client that probes address after address the provider refuses is
                 // making errors like any other (Postfix counts them too).
                 let permanent = reply.code / 100 == 5;
-                self.send(&relayed(reply));
+                self.send(&reply);
                 if permanent {
                     return self.count_error();
                 }
@@ -264,7 +296,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
             tracing::debug!(asset = %asset.name, "reusing a pooled upstream connection");
             return Ok((pooled, true));
         }
-        Ok((self.open_upstream(asset).await?, false))
+        // With `upstream_connections` all in use, a connection another session gives
+        // back to the pool is as good as a free slot.
+        match self.upstream_slot(asset, true).await? {
+            Slot::Pooled(pooled) => Ok((pooled, true)),
+            Slot::Free(permit) => Ok((self.open_upstream_holding(asset, permit).await?, false)),
+        }
     }
 
     /// Hands a connection this session no longer needs to the pool, or closes it.

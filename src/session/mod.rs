@@ -24,6 +24,7 @@ mod conn;
 mod data;
 mod headers;
 mod hello;
+mod limits;
 mod mail;
 mod pipeline;
 mod upstream;
@@ -79,6 +80,9 @@ struct Transaction {
     upstream_setup: Duration,
     /// Replies to the client's pipelined commands that went upstream ahead of time.
     prefetched: pipeline::Prefetched,
+    /// The message's place under the asset's sending limits (issue 16); counted as sent
+    /// when the provider accepts it, given back when the transaction ends otherwise.
+    admission: Option<crate::limits::Admission>,
 }
 
 /// An authenticated upstream connection kept between transactions of one session. It is

@@ -16,14 +16,33 @@ use crate::smtp::reply::Reply;
 use crate::transport::{Link, TransportError};
 
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
+    /// A new link for `asset`, after waiting for one of its `upstream_connections`.
     pub(super) async fn open_upstream(&self, asset: &Arc<Asset>) -> Result<Link, Reply> {
+        match self.upstream_slot(asset, false).await? {
+            super::limits::Slot::Free(permit) => self.open_upstream_holding(asset, permit).await,
+            // Not asked for the pool: cannot happen; a pooled link is still a link.
+            super::limits::Slot::Pooled(link) => Ok(link),
+        }
+    }
+
+    /// A new link for `asset`; an SMTP connection holds `slot` for as long as it lives.
+    pub(super) async fn open_upstream_holding(
+        &self,
+        asset: &Arc<Asset>,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<Link, Reply> {
         let relay = &self.relay;
         let cx = relay.transport_context();
         // Boxed: opening a connection (token, TCP, TLS, XOAUTH2) is the largest future a
         // session awaits, and inline it would make every session's future that large,
         // idle ones included.
         let error = match Box::pin(Link::open(&cx, asset)).await {
-            Ok(upstream) => return Ok(upstream),
+            Ok(mut upstream) => {
+                if let Link::Smtp(connection) = &mut upstream {
+                    connection.hold_slot(slot);
+                }
+                return Ok(upstream);
+            }
             Err(error) => error,
         };
         let reply =

@@ -65,6 +65,9 @@ pub enum ApiFailure {
         api: &'static str,
         email: String,
         message: String,
+        /// The daily quota (`dailyLimitExceeded`), not the per-minute rate: the mailbox
+        /// is left alone for a day rather than a minute (issue 16).
+        daily: bool,
     },
     /// The provider refused this message for good (malformed, invalid argument).
     #[error("{api} refused the message: {message}")]

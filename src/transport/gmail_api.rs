@@ -274,7 +274,9 @@ fn classify(status: u16, error: GoogleError, email: &str) -> Attempt {
     if status == 401 || reason == "authError" || error.status == "UNAUTHENTICATED" {
         return Attempt::TokenRefused(message);
     }
+    let daily = reason == "dailyLimitExceeded";
     let failure = if status == 429
+        || daily
         || matches!(reason, "rateLimitExceeded" | "userRateLimitExceeded")
         || error.status == "RESOURCE_EXHAUSTED"
     {
@@ -282,6 +284,7 @@ fn classify(status: u16, error: GoogleError, email: &str) -> Attempt {
             api: API,
             email: email.to_string(),
             message,
+            daily,
         }
     } else if status == 403 {
         ApiFailure::Forbidden {

@@ -68,9 +68,17 @@ pub struct SmtpClient<T> {
     /// BDAT chunks sent without waiting for their replies (PIPELINING): their replies come
     /// before the last chunk's, and [`final_reply`](Self::final_reply) reads them.
     pub(super) bdat_unanswered: usize,
+    /// The asset's `upstream_connections` slot this connection holds while it lives
+    /// (issue 16); given back when the connection is dropped.
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl<T> SmtpClient<T> {
+    /// Holds an `upstream_connections` slot for the connection's lifetime.
+    pub fn hold_slot(&mut self, slot: Option<tokio::sync::OwnedSemaphorePermit>) {
+        self.slot = slot;
+    }
+
     /// A client on a stream that was just opened (or just secured); nothing is read or
     /// written yet.
     pub fn new(stream: T, target: impl Into<String>, settings: &UpstreamSettings) -> Self {
@@ -85,6 +93,7 @@ impl<T> SmtpClient<T> {
             token_expires_at: None,
             transaction_open: false,
             bdat_unanswered: 0,
+            slot: None,
         }
     }
 

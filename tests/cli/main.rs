@@ -14,6 +14,7 @@ mod authorize;
 mod authorize_cli;
 mod binary;
 mod config_example;
+mod limits_restart;
 mod reload;
 mod sandbox_graph;
 #[cfg(unix)]

@@ -97,13 +97,6 @@ pub struct Options {
     pub support_token_url: Option<String>,
 }
 
-impl Options {
-    /// Whether the config gets a `[tokens]` table with `path = <dir>/tokens.json`.
-    fn uses_store(&self) -> bool {
-        self.support_from_store || !self.tokens.is_empty() || !self.extra_assets.is_empty()
-    }
-}
-
 pub struct Env {
     pub relay_addr: SocketAddr,
     /// The relay's implicit-TLS listener.
@@ -224,15 +217,14 @@ impl Env {
                 path("support.refresh").display()
             )
         };
-        let tokens_table = if options.uses_store() {
-            format!(
-                "[tokens]\npath = \"{}\"\n{}\n",
-                path("tokens.json").display(),
-                placeholders(&options.tokens)
-            )
-        } else {
-            String::new()
-        };
+        // Always in the env's directory: the relay keeps its state (the token store, the
+        // sending counters of issue 16 in `limits.json` beside it) there, never in the
+        // working directory that tests share.
+        let tokens_table = format!(
+            "[tokens]\npath = \"{}\"\n{}\n",
+            path("tokens.json").display(),
+            placeholders(&options.tokens)
+        );
         let extra_assets = placeholders(&options.extra_assets);
 
         let [scanner_hash, app_hash, admin_hash] = hashes().clone();

@@ -16,6 +16,7 @@ mod faults;
 mod gmail_api;
 mod graph;
 mod hardening;
+mod limits;
 mod pool;
 mod relay;
 mod reload;

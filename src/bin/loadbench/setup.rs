@@ -152,6 +152,9 @@ upstream = "{upstream}"
 upstream_tls = "starttls"
 upstream_ca = "{ca}"
 token_url = "{token_url}"
+# A benchmark is not a mailbox: no sending limits (issue 16).
+daily_messages = 0
+daily_recipients = 0
 "#,
             max_size = 64 * MIB,
             hash = self.password_hash,

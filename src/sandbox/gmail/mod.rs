@@ -60,6 +60,9 @@ pub struct Behaviour {
     /// Overrides the final reply after "." (e.g. "552 5.3.4 Message too big"); the message
     /// counts as delivered only if the override starts with '2'.
     pub data_reply: Option<String>,
+    /// Replaces the reply to an authenticated MAIL FROM (e.g. "550 5.4.5 Daily user
+    /// sending limit exceeded"); the transaction does not start.
+    pub mail_reply: Option<String>,
     /// Drop the connection after receiving some DATA bytes, without replying.
     pub close_during_data: bool,
     /// Read the terminator, then drop the connection without a reply.
@@ -168,6 +171,8 @@ struct Shared {
     message_count: watch::Sender<usize>,
     connections: AtomicUsize,
     open_connections: AtomicUsize,
+    /// The most connections open at once so far (issue 16's `upstream_connections`).
+    max_open_connections: AtomicUsize,
     auth_attempts: AtomicUsize,
     file_seq: AtomicU64,
     shutdown: CancellationToken,
@@ -197,6 +202,7 @@ impl FakeGmail {
             message_count: watch::Sender::new(0),
             connections: AtomicUsize::new(0),
             open_connections: AtomicUsize::new(0),
+            max_open_connections: AtomicUsize::new(0),
             auth_attempts: AtomicUsize::new(0),
             file_seq: AtomicU64::new(0),
             shutdown,
@@ -247,6 +253,11 @@ impl FakeGmail {
     /// Connections open right now (accepted and not yet ended).
     pub fn open_connections(&self) -> usize {
         self.shared.open_connections.load(Ordering::SeqCst)
+    }
+
+    /// The most connections that were open at the same time so far.
+    pub fn max_open_connections(&self) -> usize {
+        self.shared.max_open_connections.load(Ordering::SeqCst)
     }
 
     /// AUTH commands seen so far (any mechanism, any outcome).
@@ -304,7 +315,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         match accepted {
             Ok((stream, peer)) => {
                 let n = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
-                shared.open_connections.fetch_add(1, Ordering::SeqCst);
+                let open = shared.open_connections.fetch_add(1, Ordering::SeqCst) + 1;
+                shared
+                    .max_open_connections
+                    .fetch_max(open, Ordering::SeqCst);
                 let shared = Arc::clone(&shared);
                 tokio::spawn(async move {
                     let _open = OpenConnection(&shared.open_connections);

@@ -417,6 +417,10 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Session<'a, S> {
             let text = format!("503 5.5.1 Nested MAIL command. {}", self.tag());
             return self.reply(&text).await;
         }
+        if let Some(text) = self.behaviour().mail_reply {
+            // e.g. Gmail's "550 5.4.5 Daily user sending limit exceeded" (issue 16).
+            return self.reply(&super::wire::normalize_reply(&text)).await;
+        }
         let Some((from, params)) = parse_path_arg(args, "FROM:") else {
             let text = format!("555 5.5.2 Syntax error. {}", self.tag());
             return self.reply(&text).await;
