@@ -66,7 +66,7 @@ impl Relay {
                 .map_or(0, |console| console.messages_kept),
         ));
         let limits = crate::limits::Limits::new(
-            crate::limits::open_local_store(&config),
+            crate::state::limit_store(&config, tokens.shared()),
             Some(metrics.clone()),
         );
         Relay::build(config, metrics, auth_throttle, tokens, recent, limits)

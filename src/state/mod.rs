@@ -11,6 +11,9 @@
 //! | `lock:<asset>` | string, random value | `2 × token_request_secs + 5 s` | `SET NX PX`; compare-and-delete | [`flight`] |
 //! | `login:fails:{addr,pair}:<id>` | counter | `auth_lockout_secs` from the first failure | failed logins | [`lockouts`] |
 //! | `login:lock:{addr,pair}:<id>` | string | `auth_lockout_secs` | the failure that reaches `auth_max_failures` | [`lockouts`] |
+//! | `limits:<asset>:day` | hash of minute buckets | 25 h after the last send | every delivered message | [`limits`] |
+//! | `limits:<asset>:minute` | hash of second buckets | 2 min | every delivered message | [`limits`] |
+//! | `limits:<asset>:over` | JSON mark | until the mark ends | a provider quota refusal | [`limits`] |
 //!
 //! Only `tokens:*` must survive a Redis restart (run Redis with AOF, see the README);
 //! everything else is rebuilt within one token lifetime or one lockout.
@@ -28,6 +31,7 @@
 
 pub mod connection;
 pub mod flight;
+pub mod limits;
 pub mod lockouts;
 pub mod tokens;
 
@@ -55,6 +59,15 @@ pub fn for_config(
             }
             RedisState::new(settings, config.tokens.key.clone()).map(|state| Some(Arc::new(state)))
         }
+    }
+}
+
+/// Where sending counters live: Redis with `backend = "redis"` (nothing then goes to
+/// the local `limits.json`, which would conflict later), else the local store.
+pub fn limit_store(config: &Config, shared: &Shared) -> Arc<dyn crate::limits::LimitStore> {
+    match shared {
+        Some(shared) => Arc::new(limits::RedisLimitStore::new(shared.clone())),
+        None => crate::limits::open_local_store(config),
     }
 }
 

@@ -192,8 +192,8 @@ async fn three_replicas_share_tokens_and_rotations_and_survive_redis_going_away(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn tls_redis_with_password_shares_lockouts_and_hides_the_password() {
-    let env = Env::with(Options {
+async fn tls_redis_with_password_shares_counters_and_lockouts_and_hides_the_password() {
+    let mut env = Env::with(Options {
         support_from_store: true,
         limits: "auth_max_failures = 3\nauth_lockout_secs = 600\nauth_failure_delay_ms = 1"
             .to_string(),
@@ -204,6 +204,12 @@ async fn tls_redis_with_password_shares_lockouts_and_hides_the_password() {
         env.path("relay.crt"),
         env.path("relay.key"),
         env.path("ca.pem"),
+    );
+    // The replicas (not the in-process relay) send at most 6 messages a day for support.
+    env.config_text = env.config_text.replacen(
+        "name = \"support\"\n",
+        "name = \"support\"\ndaily_messages = 6\n",
+        1,
     );
     let redis = RedisServer::start(env.dir.path(), Some(tls)).await;
     let state = format!(
@@ -217,6 +223,13 @@ async fn tls_redis_with_password_shares_lockouts_and_hides_the_password() {
         assert_eq!(send_single(replica.addr, &format!("tls-{r}")).await, 250);
     }
     assert_eq!(env.issuer.refresh_count(), 1);
+    // Counters add up across replicas: 6 sent in all (2 each), the 7th is refused by
+    // whichever replica gets it, before the provider sees it.
+    for (r, replica) in replicas.iter().enumerate() {
+        assert_eq!(send_single(replica.addr, &format!("count-{r}")).await, 250);
+    }
+    assert_eq!(send_single(replicas[1].addr, "seventh").await, 451);
+    assert_eq!(env.gmail.messages().len(), 6);
     let ready = replicas[0].readyz().await;
     assert!(ready.contains("state redis rediss://127.0.0.1"), "{ready}");
     assert!(ready.contains(": ok"), "{ready}");
