@@ -65,6 +65,11 @@ impl RedisLimitStore {
     }
 }
 
+/// The start of the bucket of `width` seconds that `at` falls in.
+fn bucket_start(at: u64, width: u64) -> u64 {
+    at / width.max(1) * width.max(1)
+}
+
 fn buckets(fields: HashMap<String, u64>) -> Vec<Bucket> {
     let mut by_start: BTreeMap<u64, Bucket> = BTreeMap::new();
     for (field, value) in fields {
@@ -99,8 +104,8 @@ impl LimitStore for RedisLimitStore {
         Box::pin(async move {
             let [day, minute, _] = self.keys(asset);
             let args = [
-                at - at % DAY_BUCKET_SECS,
-                at - at % MINUTE_BUCKET_SECS,
+                bucket_start(at, DAY_BUCKET_SECS),
+                bucket_start(at, MINUTE_BUCKET_SECS),
                 messages,
                 recipients,
                 at.saturating_sub(DAY_SECS + DAY_BUCKET_SECS),
