@@ -238,13 +238,5 @@ fn percent_decode(text: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::percent_decode;
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("p%40ss%2Fw"), "p@ss/w");
-        assert_eq!(percent_decode("plain"), "plain");
-        assert_eq!(percent_decode("bad%zz%4"), "bad%zz%4");
-    }
-}
+#[path = "state_tests.rs"]
+mod tests;
