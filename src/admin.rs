@@ -132,6 +132,7 @@ async fn route(relays: &RelayHandle, request: &Request<Incoming>) -> HttpRespons
                 let problem = status
                     .and_then(|s| s.last_error)
                     .filter(|error| error.needs_operator());
+                let locally_fine = problem.is_none();
                 match problem {
                     Some(error) => {
                         let _ = writeln!(body, "asset {}: needs attention: {error}", asset.name);
@@ -156,13 +157,23 @@ async fn route(relays: &RelayHandle, request: &Request<Incoming>) -> HttpRespons
                         }
                     }
                 }
+                // Several replicas: what the one that refreshed last saw (shared health).
+                if let (true, Some(shared)) = (locally_fine, &relay.shared) {
+                    if let Some(problem) = shared.asset_problem(&asset.name).await {
+                        let _ = writeln!(
+                            body,
+                            "asset {}: another replica reports: {problem}",
+                            asset.name
+                        );
+                    }
+                }
             }
-            // Ready unless every asset is unusable: one broken mailbox must not take
-            // the whole pod out of service.
             if let Some(shared) = &relay.shared {
                 // Redis down does not make the replica unready: it serves from memory.
                 let _ = writeln!(body, "{}", crate::state::describe_health(shared).await);
             }
+            // Ready unless every asset is unusable: one broken mailbox must not take
+            // the whole pod out of service.
             let status = if usable > 0 {
                 StatusCode::OK
             } else {

@@ -122,9 +122,19 @@ impl TokenManager {
     }
 }
 
-/// After the refresh: publish the token (fenced by the lock) and release the lock.
-pub(super) async fn land(shared: &RedisState, lock: FlightLock, token: Option<&AccessToken>) {
-    if let Some(token) = token {
+/// After the refresh: publish the token (fenced by the lock) or the asset's problem,
+/// and release the lock.
+pub(super) async fn land(
+    shared: &RedisState,
+    lock: FlightLock,
+    result: Result<&AccessToken, &TokenError>,
+) {
+    // Asset health for every replica's `/readyz` and console: what the holder saw.
+    let problem = result.err().filter(|error| error.needs_operator());
+    shared
+        .set_asset_problem(lock.asset(), problem.map(ToString::to_string))
+        .await;
+    if let Ok(token) = result {
         let expires_at =
             SystemTime::now() + token.expires_at.saturating_duration_since(Instant::now());
         match shared

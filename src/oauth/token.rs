@@ -222,7 +222,7 @@ impl TokenManager {
         }
         let result = self.refresh(&slot.asset, &mut state).await;
         if let (Some(shared), Some(lock)) = (&self.shared, flight) {
-            land(shared, lock, result.as_ref().ok()).await;
+            land(shared, lock, result.as_ref().map_err(|r| &r.error)).await;
         }
         if let Some(metrics) = &self.metrics {
             metrics.token_refresh(&slot.asset.name, result.is_ok());

@@ -43,6 +43,12 @@ pub struct FlightLock {
     value: String,
 }
 
+impl FlightLock {
+    pub fn asset(&self) -> &str {
+        &self.asset
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct Shared {
     token: String,

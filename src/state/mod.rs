@@ -11,6 +11,7 @@
 //! | `lock:<asset>` | string, random value | `2 × token_request_secs + 5 s` | `SET NX PX`; compare-and-delete | [`flight`] |
 //! | `login:fails:{addr,pair}:<id>` | counter | `auth_lockout_secs` from the first failure | failed logins | [`lockouts`] |
 //! | `login:lock:{addr,pair}:<id>` | string | `auth_lockout_secs` | the failure that reaches `auth_max_failures` | [`lockouts`] |
+//! | `health:<asset>` | string: why the asset needs an operator | 24 h; deleted by a successful refresh | the refresh lock's holder | [`health`] |
 //! | `limits:<asset>:day` | hash of minute buckets | 25 h after the last send | every delivered message | [`limits`] |
 //! | `limits:<asset>:minute` | hash of second buckets | 2 min | every delivered message | [`limits`] |
 //! | `limits:<asset>:over` | JSON mark | until the mark ends | a provider quota refusal | [`limits`] |
@@ -31,6 +32,7 @@
 
 pub mod connection;
 pub mod flight;
+pub mod health;
 pub mod limits;
 pub mod lockouts;
 pub mod tokens;

@@ -42,6 +42,31 @@ async fn stored_refresh_token(env: &Env) -> String {
     stored.refresh_token.expose().to_string()
 }
 
+/// The raw values (hash field `doc`, or string) at `keys`, as another Redis client sees
+/// them.
+async fn raw_values(env: &Env, keys: &[&str]) -> Vec<String> {
+    let path = env.path("replica0.toml");
+    let config = config::parse(&std::fs::read_to_string(&path).unwrap(), &path).unwrap();
+    let StateSettings::Redis(settings) = &config.state else {
+        panic!("no redis")
+    };
+    let state = smtp_oauth_relay::state::RedisState::new(settings, None).unwrap();
+    let mut values = Vec::new();
+    for key in keys {
+        let kind: String = state.run(redis::cmd("TYPE").arg(*key)).await.unwrap();
+        let value: Option<String> = if kind == "hash" {
+            state
+                .run(redis::cmd("HGET").arg(*key).arg("doc"))
+                .await
+                .unwrap()
+        } else {
+            state.run(redis::cmd("GET").arg(*key)).await.unwrap()
+        };
+        values.push(value.unwrap_or_default());
+    }
+    values
+}
+
 /// Sends `count` messages in one session; returns how many got 250.
 async fn send_many(addr: std::net::SocketAddr, tag: String, count: usize) -> usize {
     let mut client = scanner_session(addr).await;
@@ -168,6 +193,17 @@ async fn three_replicas_share_tokens_and_rotations_and_survive_redis_going_away(
     assert!(ready.contains("state redis redis://127.0.0.1"), "{ready}");
     assert!(ready.contains(": ok"), "{ready}");
 
+    // The grant is revoked: the replica that refreshes sees invalid_grant, and the others
+    // show it too (shared asset health) although they have not tried yet.
+    env.issuer.revoke_all_refresh_tokens();
+    env.tokens.revoke_all();
+    assert_eq!(send_single(replicas[0].addr, "revoked").await, 454);
+    let ready = replicas[1].readyz().await;
+    assert!(
+        ready.contains("asset support: another replica reports:"),
+        "{ready}"
+    );
+
     // Nothing went to a local token file meanwhile.
     assert!(!env.path("tokens.json").exists());
     let log = replicas[2].log_text();
@@ -195,6 +231,12 @@ async fn three_replicas_share_tokens_and_rotations_and_survive_redis_going_away(
 async fn tls_redis_with_password_shares_counters_and_lockouts_and_hides_the_password() {
     let mut env = Env::with(Options {
         support_from_store: true,
+        // Encrypted at rest in Redis too: the grant and the shared access token.
+        files: vec![(
+            "store.key".to_string(),
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n".to_string(),
+        )],
+        tokens: "key_file = \"@DIR@/store.key\"".to_string(),
         limits: "auth_max_failures = 3\nauth_lockout_secs = 600\nauth_failure_delay_ms = 1"
             .to_string(),
         ..Options::default()
@@ -223,6 +265,16 @@ async fn tls_redis_with_password_shares_counters_and_lockouts_and_hides_the_pass
         assert_eq!(send_single(replica.addr, &format!("tls-{r}")).await, 250);
     }
     assert_eq!(env.issuer.refresh_count(), 1);
+    // What Redis holds is sealed with the store key.
+    let raw = raw_values(
+        &env,
+        &["relay-test:tokens:support", "relay-test:access:support"],
+    )
+    .await;
+    assert!(raw[0].contains("chacha20-poly1305"), "{}", raw[0]);
+    assert!(!raw[0].contains(SUPPORT_REFRESH));
+    assert!(raw[1].starts_with("v1:"), "{}", raw[1]);
+    assert!(!raw[1].contains("expires_at"));
     // Counters add up across replicas: 6 sent in all (2 each), the 7th is refused by
     // whichever replica gets it, before the provider sees it.
     for (r, replica) in replicas.iter().enumerate() {
