@@ -30,6 +30,10 @@
 //! - [`oauth`]: the access-token manager (refresh, rotation, back-off) and the consent
 //!   flow `authorize` runs; [`credentials`]: secrets, the encrypted token store, service
 //!   account keys.
+//! - [`limits`]: per-mailbox provider sending limits (rolling 24 h / 1 min windows,
+//!   "over the provider's limit" marks, `upstream_connections` slots) behind the
+//!   `LimitStore` trait (local file; a shared backend next); sessions ask it at MAIL and
+//!   RCPT and tell it what the provider accepted or refused for quota.
 //! - [`replies`]: every reply text the relay writes itself, and the one mapping from
 //!   failures (towards the provider, [`error::RelayError`]; refused command lines) onto
 //!   those replies; [`error`] says why a transaction got no upstream, with operator hints.

@@ -389,3 +389,8 @@ impl Limits {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[path = "admit_tests.rs"]
+mod tests;

@@ -8,6 +8,24 @@
 //! - `admit`: the [`Limits`] service sessions (and the spool) ask before sending;
 //! - `quota`: recognizing the provider's own quota refusals;
 //! - `slots`: `upstream_connections`, concurrent upstream sessions per asset.
+//!
+//! # Using it (sessions, and the spool)
+//!
+//! ```text
+//! let admission = limits.admit(&asset, recipients, unix_now()).await?;   // Err(LimitHit)
+//! //   LimitHit { asset, limit, frees_at }: a session answers 451 4.7.0 (Say::SendingLimit);
+//! //   a spool keeps the message and tries again at frees_at.
+//! ... send ...
+//! limits.commit(admission, &asset, unix_now()).await;        // the provider took it
+//! drop(admission);                                           // or: not sent, place given back
+//! if let Some(quota) = quota::smtp_quota(&reply) /* or quota::transport_quota(&err) */ {
+//!     limits.provider_refused(&asset, &quota, unix_now()).await;   // the asset is marked
+//! }
+//! ```
+//!
+//! Sessions use [`Limits::admit_within`] at MAIL (the per-minute limit may wait up to
+//! `upstream_command_secs`) and [`Limits::add_recipients`] at each RCPT. The relay builds
+//! its `Limits` with [`open_local_store`]; a shared backend replaces only the store.
 
 mod admit;
 mod file;

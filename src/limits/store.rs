@@ -90,6 +90,9 @@ pub trait LimitStore: Send + Sync + 'static {
     fn backend(&self) -> &'static str;
 }
 
+/// How long the local store lets changes gather before writing them.
+const WRITE_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// One asset's state in the local store and its file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(super) struct AssetState {
@@ -99,13 +102,16 @@ pub(super) struct AssetState {
     pub(super) over_limit: Option<OverLimit>,
 }
 
-/// In memory, written to `path` (when set) after each change: atomically (temporary file,
-/// fsync, rename), by at most one writer at a time, changes made during a write going
-/// into the next one. Sessions never wait for the disk.
+/// In memory, written to `path` (when set) a moment after a change (`WRITE_DELAY`, so a
+/// busy relay writes about once a second, not once a message): atomically (temporary
+/// file, fsync, rename), by at most one writer at a time, changes made during a write
+/// going into the next one. Sessions never wait for the disk; `flush` writes at once.
 pub struct LocalLimitStore {
     path: Option<PathBuf>,
     assets: Mutex<HashMap<String, AssetState>>,
     dirty: AtomicBool,
+    /// A delayed write is scheduled.
+    scheduled: AtomicBool,
     /// Held while a write is under way, so writes never overtake each other.
     writing: tokio::sync::Mutex<()>,
 }
@@ -136,6 +142,7 @@ impl LocalLimitStore {
             path,
             assets: Mutex::new(assets),
             dirty: AtomicBool::new(false),
+            scheduled: AtomicBool::new(false),
             writing: tokio::sync::Mutex::new(()),
         }
     }
@@ -157,13 +164,22 @@ impl LocalLimitStore {
             return;
         }
         self.dirty.store(true, Ordering::SeqCst);
+        if self.scheduled.swap(true, Ordering::SeqCst) {
+            return;
+        }
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let store = self.clone();
             handle.spawn(async move {
+                tokio::time::sleep(WRITE_DELAY).await;
+                // Changes from here on schedule the next write (or are in this one).
+                store.scheduled.store(false, Ordering::SeqCst);
                 if let Err(err) = store.write_if_dirty().await {
                     tracing::warn!(error = %err, "cannot persist the sending counters");
                 }
             });
+        } else {
+            // No runtime (a tool, a test): the next `flush` writes.
+            self.scheduled.store(false, Ordering::SeqCst);
         }
     }
 

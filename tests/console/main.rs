@@ -10,6 +10,7 @@ mod common;
 mod browser;
 mod harness;
 mod http;
+mod limits;
 mod proxy;
 mod refusals;
 mod secrets;

@@ -15,7 +15,7 @@ use smtp_oauth_relay::sandbox::token_issuer::{IssuerAccount, IssuerMode};
 use smtp_oauth_relay::server::RelayHandle;
 
 #[path = "alert_receiver.rs"]
-mod receiver;
+pub(crate) mod receiver;
 
 use receiver::{Receiver, WAIT};
 

@@ -335,3 +335,48 @@ async fn upstream_connections_caps_concurrent_upstream_sessions() {
     assert_eq!(env.gmail.max_open_connections(), 2);
     env.stop().await;
 }
+
+#[tokio::test]
+async fn a_graph_429_marks_the_asset_for_its_retry_after() {
+    use crate::common::graph::{graph_env, graph_message, GraphOptions, GRAPH_EMAIL};
+    use smtp_oauth_relay::sandbox::graph::{FaultKind, GraphFault, Route};
+    let g = graph_env(GraphOptions::default()).await;
+    g.graph.add_fault(GraphFault {
+        route: Some(Route::SendMail),
+        kind: FaultKind::Status {
+            status: 429,
+            code: "ApplicationThrottled".into(),
+            message: "Application is over its MailboxConcurrency limit.".into(),
+            retry_after: Some(600),
+        },
+        times: 1,
+    });
+    let mut client = g.env.logged_in(ADMIN).await;
+    let reply = client
+        .send_mail(
+            GRAPH_EMAIL,
+            &["ops@example.net"],
+            &graph_message("throttled"),
+        )
+        .await;
+    client.quit().await;
+    assert_eq!(reply.code, 451, "{reply}");
+    let requests = g.graph.requests(Route::SendMail);
+    let reply = g.env.mail_from_as(ADMIN, GRAPH_EMAIL).await;
+    assert_limit_reply(
+        &reply,
+        &["\"graph\"", "over its provider's sending limit until"],
+    );
+    assert_eq!(g.graph.requests(Route::SendMail), requests);
+    let mark = g
+        .env
+        .relay
+        .limits
+        .over_limit("graph", smtp_oauth_relay::limits::unix_now())
+        .await
+        .unwrap();
+    // Retry-After: 600 s from the refusal.
+    assert!(mark.until - mark.since == 600, "{mark:?}");
+    assert!(g.graph.delivered().is_empty());
+    g.env.stop().await;
+}

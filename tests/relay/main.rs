@@ -17,6 +17,7 @@ mod gmail_api;
 mod graph;
 mod hardening;
 mod limits;
+mod limits_alerts;
 mod pool;
 mod relay;
 mod reload;
