@@ -83,8 +83,7 @@ pub struct TokenManager {
     store: Arc<TokenStore>,
     retry_after: Duration,
     metrics: Option<Arc<Metrics>>,
-    /// `[state] backend = "redis"`: the store, the access token and the refresh lock are
-    /// shared with the other replicas (oauth/replicas.rs).
+    /// `[state] backend = "redis"`: store, access token and refresh lock shared (replicas.rs).
     pub(super) shared: Shared,
     /// How long a replica's refresh lock lives (it frees itself if the replica dies).
     pub(super) lock_ttl: Duration,
@@ -121,13 +120,21 @@ impl TokenManager {
     ) -> Result<TokenManager, HttpClientInitError> {
         let http = http::client(config.timeouts.token_request)?;
         let store = TokenStore::new(config.tokens.path.clone(), config.tokens.key.clone());
+        // Same `[state]`: same connection; another backend is another store (fresh state).
+        let old_shared = previous.map(|previous| previous.shared.as_ref());
+        let shared = crate::state::for_config(config, old_shared.flatten())?;
+        let same_backend = old_shared.is_none_or(|old| match (old, &shared) {
+            (None, None) => true,
+            (Some(old), Some(new)) => Arc::ptr_eq(old, new),
+            _ => false,
+        });
         let slots = config
             .assets
             .iter()
             .map(|asset| {
                 let kept = previous.and_then(|previous| {
                     let old = previous.slots.get(&asset.name)?;
-                    if same_credentials(&old.asset, &previous.store, asset, &store) {
+                    if same_backend && same_credentials(&old.asset, &previous.store, asset, &store) {
                         Some(old.shared.clone())
                     } else {
                         tracing::info!(asset = %asset.name, "credentials changed: the asset's token state starts afresh");
@@ -147,11 +154,7 @@ impl TokenManager {
             store: Arc::new(store),
             retry_after: config.timeouts.token_retry,
             metrics: None,
-            // A reload keeps the connection when `[state]` did not change.
-            shared: crate::state::for_config(
-                config,
-                previous.and_then(|previous| previous.shared.as_ref()),
-            )?,
+            shared,
             lock_ttl: config.timeouts.token_request * 2 + Duration::from_secs(5),
         })
     }
