@@ -337,3 +337,82 @@ async fn tls_redis_with_password_shares_counters_and_lockouts_and_hides_the_pass
     drop(redis);
     env.stop().await;
 }
+
+/// The two Redis primitives the replicas rely on, driven directly: compare-and-swap of a
+/// rotated refresh token (a stale rotation or one racing a new grant never wins), and the
+/// refresh lock (exclusive, fenced, released only by its holder).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_compare_and_swap_and_lock_fencing() {
+    use smtp_oauth_relay::credentials::store::StoredToken;
+    use std::time::SystemTime;
+
+    smtp_oauth_relay::tls::install_default_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(dir.path(), None).await;
+    let settings = smtp_oauth_relay::config::RedisSettings {
+        tls: false,
+        host: "127.0.0.1".to_string(),
+        port: redis.port,
+        db: 0,
+        username: None,
+        password: Some(Secret::new(REDIS_PASSWORD)),
+        ca_file: None,
+        prefix: "t:".to_string(),
+    };
+    let state = smtp_oauth_relay::state::RedisState::new(&settings, None).unwrap();
+    let tokens = state.tokens();
+    let grant = |token: &str| StoredToken::new(Secret::new(token), None, vec![], 1);
+    let current = |t: Option<StoredToken>| t.unwrap().refresh_token.expose().to_string();
+
+    tokens.put("a", grant("A")).await.unwrap();
+    assert!(tokens
+        .replace_rotated("a", &Secret::new("A"), Secret::new("B"), 2)
+        .await
+        .unwrap());
+    // A second replica rotating the same old token loses.
+    assert!(!tokens
+        .replace_rotated("a", &Secret::new("A"), Secret::new("C"), 2)
+        .await
+        .unwrap());
+    assert_eq!(current(tokens.get("a").await.unwrap()), "B");
+    // A new grant (authorize) meanwhile wins over a rotation based on the older one.
+    tokens.put("a", grant("D")).await.unwrap();
+    assert!(!tokens
+        .replace_rotated("a", &Secret::new("B"), Secret::new("E"), 3)
+        .await
+        .unwrap());
+    assert_eq!(current(tokens.get("a").await.unwrap()), "D");
+    assert!(tokens.get("nobody").await.unwrap().is_none());
+
+    let ttl = Duration::from_millis(300);
+    let first = state.try_lock("a", ttl).await.unwrap().unwrap();
+    assert!(
+        state.try_lock("a", ttl).await.unwrap().is_none(),
+        "the lock is exclusive"
+    );
+    state.release(first).await.unwrap();
+    let slow = state.try_lock("a", ttl).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The slow holder's lock expired; a successor holds it now.
+    let next = state
+        .try_lock("a", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let expires = SystemTime::now() + Duration::from_secs(3600);
+    assert!(!state
+        .publish_access_token(&slow, &Secret::new("stale"), expires)
+        .await
+        .unwrap());
+    assert!(state
+        .publish_access_token(&next, &Secret::new("fresh"), expires)
+        .await
+        .unwrap());
+    let (shared, _) = state.shared_access_token("a").await.unwrap().unwrap();
+    assert_eq!(shared.expose(), "fresh");
+    // The slow holder's release does not free its successor's lock.
+    state.release(slow).await.unwrap();
+    assert!(state.try_lock("a", ttl).await.unwrap().is_none());
+    state.release(next).await.unwrap();
+    assert!(state.try_lock("a", ttl).await.unwrap().is_some());
+}
