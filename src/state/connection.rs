@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use redis::aio::ConnectionManager;
 use redis::{Client, ConnectionInfo, IntoConnectionInfo};
@@ -22,6 +22,9 @@ use crate::credentials::store::StoreKey;
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a (re)connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// While Redis is down, commands fail at once instead of each waiting for a reconnection
+/// attempt; one command per this interval tries for real (so recovery is noticed).
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A Redis failure, already scrubbed of the password.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -37,6 +40,8 @@ pub struct Outage {
     pub since: Option<SystemTime>,
     pub reason: String,
     pub fallbacks: BTreeSet<&'static str>,
+    /// Until when commands fail without trying (see [`RETRY_INTERVAL`]).
+    next_try: Option<Instant>,
 }
 
 /// What `/readyz`, the console and `check` show about the backend.
@@ -129,6 +134,7 @@ impl RedisState {
 
     /// Runs one command (or script invocation) with the timeout, tracking health.
     pub async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StateError> {
+        self.may_try()?;
         let mut connection = self.manager.clone();
         let result = tokio::time::timeout(COMMAND_TIMEOUT, cmd.query_async::<T>(&mut connection))
             .await
@@ -144,6 +150,7 @@ impl RedisState {
         keys: &[String],
         args: &[&[u8]],
     ) -> Result<T, StateError> {
+        self.may_try()?;
         let mut invocation = script.prepare_invoke();
         for key in keys {
             invocation.key(key);
@@ -160,6 +167,26 @@ impl RedisState {
         .map_err(|_| "no answer in time".to_string())
         .and_then(|result| result.map_err(|err| err.to_string()));
         self.settled(result)
+    }
+
+    /// Fails at once while Redis is known to be down, except for one try per interval.
+    fn may_try(&self) -> Result<(), StateError> {
+        let mut outage = self
+            .outage
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(outage) = outage.as_mut().filter(|o| o.since.is_some()) else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if outage.next_try.is_some_and(|next| now < next) {
+            return Err(StateError {
+                url: self.display_url(),
+                reason: outage.reason.clone(),
+            });
+        }
+        outage.next_try = Some(now + RETRY_INTERVAL);
+        Ok(())
     }
 
     fn settled<T>(&self, result: Result<T, String>) -> Result<T, StateError> {
@@ -180,7 +207,8 @@ impl RedisState {
             }
             Err(reason) => {
                 let reason = scrub(&self.settings, &reason);
-                if outage.is_none() {
+                if outage.as_ref().is_none_or(|o| o.since.is_none()) {
+                    let fallbacks = outage.take().map(|o| o.fallbacks).unwrap_or_default();
                     tracing::warn!(
                         url = %self.display_url(),
                         %reason,
@@ -189,8 +217,12 @@ impl RedisState {
                     *outage = Some(Outage {
                         since: Some(SystemTime::now()),
                         reason: reason.clone(),
-                        fallbacks: BTreeSet::new(),
+                        fallbacks,
+                        next_try: None,
                     });
+                }
+                if let Some(outage) = outage.as_mut() {
+                    outage.next_try = Some(Instant::now() + RETRY_INTERVAL);
                 }
                 Err(StateError {
                     url: self.display_url(),
