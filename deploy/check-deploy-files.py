@@ -51,6 +51,8 @@ PROBLEMS: list[str] = []
 FILE_KEYS = {
     "client_secret_file", "refresh_token_file", "key_file", "client_json",
     "service_account_json", "tls_cert", "tls_key", "upstream_ca",
+    # [state] (Redis): its password and the CA of its certificate.
+    "password_file", "ca_file",
 }
 
 
@@ -225,7 +227,7 @@ def check_context_manifest(patterns) -> None:
 def relay_file_paths(config: dict) -> list[tuple[str, str]]:
     """(field, path) for every file the config makes the relay read."""
     found = []
-    for section in ("server", "tokens"):
+    for section in ("server", "tokens", "state"):
         for key, value in config.get(section, {}).items():
             if key in FILE_KEYS:
                 found.append((f"{section}.{key}", value))
@@ -252,6 +254,11 @@ def validate_with_binary(name: str, text: str, binary: Path, probe_paths=("/heal
             dummy.parent.mkdir(parents=True, exist_ok=True)
             if field.endswith("key_file"):
                 content = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n"  # 32 zero bytes, base64
+            elif field.endswith(("tls_cert", "ca_file")):
+                # Parsed at startup: a real (throwaway, self-signed) certificate.
+                content = (ROOT / "tests/fixtures/service-account-test-cert.pem").read_text()
+            elif field.endswith("tls_key"):
+                content = (ROOT / "tests/fixtures/service-account-test-key.pem").read_text()
             else:
                 content = "dummy-value-for-the-config-check\n"
             dummy.write_text(content)
@@ -428,6 +435,9 @@ def check_kubernetes(exposed: set[int], binary: Path | None) -> None:
                 continue
             pod = doc["spec"]["template"]["spec"]
             volumes = {v["name"]: v for v in pod.get("volumes", [])}
+            # A StatefulSet's per-pod PersistentVolumeClaims are volumes too.
+            for claim in doc["spec"].get("volumeClaimTemplates", []):
+                volumes[claim["metadata"]["name"]] = {"persistentVolumeClaim": claim}
             for container in pod.get("initContainers", []) + pod.get("containers", []):
                 cname = f"{name}/{container['name']}"
                 named_ports = {p["name"]: p["containerPort"] for p in container.get("ports", []) if "name" in p}

@@ -132,6 +132,7 @@ async fn route(relays: &RelayHandle, request: &Request<Incoming>) -> HttpRespons
                 let problem = status
                     .and_then(|s| s.last_error)
                     .filter(|error| error.needs_operator());
+                let locally_fine = problem.is_none();
                 match problem {
                     Some(error) => {
                         let _ = writeln!(body, "asset {}: needs attention: {error}", asset.name);
@@ -156,6 +157,20 @@ async fn route(relays: &RelayHandle, request: &Request<Incoming>) -> HttpRespons
                         }
                     }
                 }
+                // Several replicas: what the one that refreshed last saw (shared health).
+                if let (true, Some(shared)) = (locally_fine, &relay.shared) {
+                    if let Some(problem) = shared.asset_problem(&asset.name).await {
+                        let _ = writeln!(
+                            body,
+                            "asset {}: another replica reports: {problem}",
+                            asset.name
+                        );
+                    }
+                }
+            }
+            if let Some(shared) = &relay.shared {
+                // Redis down does not make the replica unready: it serves from memory.
+                let _ = writeln!(body, "{}", crate::state::describe_health(shared).await);
             }
             // Issue 15: a spool that still accepts keeps the relay useful (spooled mail
             // waits for the asset); over 90 % of max_bytes is said, full is not ready.

@@ -32,8 +32,12 @@
 //!   account keys.
 //! - [`limits`]: per-mailbox provider sending limits (rolling 24 h / 1 min windows,
 //!   "over the provider's limit" marks, `upstream_connections` slots) behind the
-//!   `LimitStore` trait (local file; a shared backend next); sessions ask it at MAIL and
+//!   `LimitStore` trait (local file, or Redis); sessions ask it at MAIL and
 //!   RCPT and tell it what the provider accepted or refused for quota.
+//! - [`state`]: what several replicas share with `[state] backend = "redis"` — the token
+//!   store (compare-and-swap rotations), the access token and its refresh lock (single
+//!   flight across replicas), login lockouts, sending counters, asset health — and the
+//!   explicit fallback to local memory while Redis is down. Keys and TTLs: `state/mod.rs`.
 //! - [`replies`]: every reply text the relay writes itself, and the one mapping from
 //!   failures (towards the provider, [`error::RelayError`]; refused command lines) onto
 //!   those replies; [`error`] says why a transaction got no upstream, with operator hints.
@@ -84,6 +88,7 @@ pub mod server;
 pub mod session;
 pub mod smtp;
 pub mod spool;
+pub mod state;
 pub mod stream;
 pub mod throttle;
 pub mod tls;

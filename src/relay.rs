@@ -32,6 +32,8 @@ pub struct Relay {
     pub trusted_user: Arc<User>,
     /// Recent per-message outcomes for the console; shared across reloads.
     pub recent: Arc<RecentMessages>,
+    /// `[state] backend = "redis"`: what the replicas share (`None`: local).
+    pub shared: crate::state::Shared,
     /// Sending limits per asset (issue 16): counters, marks, connection slots; shared
     /// across reloads.
     pub limits: Arc<crate::limits::Limits>,
@@ -66,7 +68,7 @@ impl Relay {
                 .map_or(0, |console| console.messages_kept),
         ));
         let limits = crate::limits::Limits::new(
-            crate::limits::open_local_store(&config),
+            crate::state::limit_store(&config, tokens.shared()),
             Some(metrics.clone()),
         );
         let spool = open_spool(&config, None);
@@ -107,6 +109,7 @@ impl Relay {
         spool: Option<Arc<crate::spool::Spool>>,
     ) -> Result<Relay, HttpClientInitError> {
         let tokens = tokens.with_metrics(metrics.clone());
+        let shared = tokens.shared().clone();
         let upstream = UpstreamSettings::from_config(&config);
         let tls_acceptor = config
             .server
@@ -132,6 +135,7 @@ impl Relay {
             auth_throttle,
             trusted_user,
             recent,
+            shared,
             limits,
             spool,
             users: Users::new(config.users.clone(), config.limits.max_password_checks),

@@ -90,7 +90,11 @@ pub async fn asset_forecast(
     asset: &Asset,
 ) -> Option<Forecast> {
     let status = tokens.status(&asset.name).await;
-    let stored = stored_entry(config, asset).await;
+    let stored = match tokens.shared() {
+        // `[state] backend = "redis"`: the grant lives in Redis.
+        Some(shared) if asset.uses_store() => shared.tokens().get(&asset.name).await.ok().flatten(),
+        _ => stored_entry(config, asset).await,
+    };
     forecast(&grant_facts(asset, status.as_ref(), stored.as_ref()))
 }
 

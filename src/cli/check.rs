@@ -90,6 +90,16 @@ pub async fn check_asset(config: &Config, tokens: &TokenManager, asset: &Asset) 
     }
 }
 
+/// Prints the shared-state backend's health (`[state] backend = "redis"`); true when it
+/// is local or reachable.
+pub async fn report_state(tokens: &TokenManager) -> bool {
+    let Some(shared) = tokens.shared() else {
+        return true;
+    };
+    println!("{}", crate::state::describe_health(shared).await);
+    shared.health().down.is_none()
+}
+
 /// Prints the results; true when every asset is fine.
 pub fn report(results: &[AssetCheck], out: &mut impl Write) -> bool {
     let mut all_ok = true;

@@ -106,6 +106,7 @@ pub fn sandbox_config(
         pool: PoolSettings::default(),
         upstream: crate::config::UpstreamDialogue::default(),
         alerts: crate::config::AlertSettings::default(),
+        state: crate::config::StateSettings::default(),
         warnings: Vec::new(),
         spool: Default::default(),
         tokens: TokenSettings {

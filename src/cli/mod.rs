@@ -32,8 +32,9 @@ pub async fn check_command(config_path: PathBuf) -> Result<(), CliError> {
         println!("warning: {warning}");
     }
     let tokens = TokenManager::new(&config)?;
+    let state_ok = check::report_state(&tokens).await;
     let results = check::check_assets(&config, &tokens).await;
-    if check::report(&results, &mut std::io::stdout()) {
+    if check::report(&results, &mut std::io::stdout()) && state_ok {
         Ok(())
     } else {
         Err(CliError::Reported)

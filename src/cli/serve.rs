@@ -118,7 +118,9 @@ pub async fn serve_sandbox(
 /// the first refresh; an asset not authorized yet only gets a warning.
 fn check_token_store(config: &Config) -> Result<(), CliError> {
     let uses_store: Vec<&Arc<Asset>> = config.assets.iter().filter(|a| a.uses_store()).collect();
-    if uses_store.is_empty() {
+    // With `[state] backend = "redis"` the store is in Redis, which may well be down at
+    // start-up: `/readyz`, `check` and each refresh report it, nothing stops `serve`.
+    if uses_store.is_empty() || matches!(config.state, crate::config::StateSettings::Redis(_)) {
         return Ok(());
     }
     let entries = token_store(config).load().map_err(CliError::config)?;

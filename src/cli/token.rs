@@ -13,7 +13,21 @@ pub async fn token(config_path: PathBuf, asset_name: String, show: bool) -> Resu
     let asset = find_asset(&config, &asset_name)?;
     let tokens = TokenManager::new(&config)?;
     println!("asset {}: {}", asset.name, asset.email);
-    if asset.uses_store() {
+    if let (true, Some(shared)) = (asset.uses_store(), tokens.shared()) {
+        match shared.tokens().get(&asset.name).await {
+            Ok(Some(stored)) => println!(
+                "  stored refresh token: obtained {} (unix), last replaced {} (unix), scopes {}",
+                stored.obtained_at,
+                stored.updated_at,
+                stored.scopes.join(" ")
+            ),
+            Ok(None) => println!(
+                "  stored refresh token: none at {}",
+                shared.tokens().describe(&asset.name)
+            ),
+            Err(err) => println!("  token store: {err}"),
+        }
+    } else if asset.uses_store() {
         let store = token_store(&config);
         match store.get(&asset.name) {
             Ok(Some(stored)) => println!(

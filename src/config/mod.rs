@@ -26,6 +26,7 @@ mod provider;
 mod raw;
 mod sending;
 mod spool;
+mod state;
 mod transport;
 mod types;
 mod validate;
@@ -42,6 +43,7 @@ pub use defaults::DEFAULT_AUTH_THROTTLE_ENTRIES;
 pub use env::{expand_env, STORE_KEY_ENV};
 pub use problems::{ConfigError, Problem};
 pub use spool::{Delivery, SpoolSettings};
+pub use state::{RedisSettings, StateSettings, DEFAULT_STATE_PREFIX};
 pub use types::UpstreamDialogue;
 pub use types::{
     Asset, AssetAccess, Config, CredentialFailure, Grant, HeaderFromPolicy, Limits, LogFormat,

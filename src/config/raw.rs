@@ -26,6 +26,7 @@ pub(super) struct RawConfig {
     #[serde(default, rename = "asset")]
     pub(super) assets: Vec<Spanned<RawAsset>>,
     pub(super) alerts: Option<super::alerts::RawAlerts>,
+    pub(super) state: Option<super::state::RawState>,
     #[serde(default, rename = "alert")]
     pub(super) alert_channels: Vec<Spanned<super::alerts::RawAlert>>,
     pub(super) spool: Option<super::spool::RawSpool>,

@@ -36,6 +36,8 @@ pub struct Config {
     pub alerts: super::alerts::AlertSettings,
     /// `[spool]`: the opt-in durable spool (issue 15).
     pub spool: super::spool::SpoolSettings,
+    /// `[state]`: local, or shared with other replicas on Redis.
+    pub state: super::state::StateSettings,
     /// Problems that do not stop the relay but should be fixed (a secret file others can
     /// read). Logged when found; `serve` logs them again once logging is set up, `check`
     /// prints them.

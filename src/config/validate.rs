@@ -156,6 +156,7 @@ pub(super) fn validate(
         },
         upstream: validate_upstream(raw.upstream.unwrap_or_default(), check),
         alerts,
+        state: super::state::validate_state(raw.state.unwrap_or_default(), check),
         warnings: Vec::new(),
         spool,
     })

@@ -41,6 +41,21 @@ pub struct Health {
 
 /// The token store's entries, or why it cannot be read (shown, never guessed around).
 pub async fn stored_tokens(relay: &Relay) -> Result<BTreeMap<String, StoredToken>, String> {
+    if let Some(shared) = &relay.shared {
+        // `[state] backend = "redis"`: the entries are in Redis, one key per asset.
+        let mut entries = BTreeMap::new();
+        for asset in relay.config.assets.iter().filter(|a| a.uses_store()) {
+            if let Some(entry) = shared
+                .tokens()
+                .get(&asset.name)
+                .await
+                .map_err(|err| err.to_string())?
+            {
+                entries.insert(asset.name.clone(), entry);
+            }
+        }
+        return Ok(entries);
+    }
     let store = TokenStore::new(
         relay.config.tokens.path.clone(),
         relay.config.tokens.key.clone(),
@@ -195,9 +210,15 @@ pub async fn page_handler(app: &App, headers: &HeaderMap) -> Response {
         rows.push((asset.clone(), health, relay.recent.last_day(&asset.name)));
     }
     let refresh = app.settings().map(|s| s.refresh_secs).filter(|&s| s > 0);
+    // Several replicas: whether this one shares state through Redis right now.
+    let state = match &relay.shared {
+        Some(shared) => Some(crate::state::describe_health(shared).await),
+        None => None,
+    };
     let body = html! {
         p { "Every mailbox the relay sends through. This page reloads itself"
             @if let Some(secs) = refresh { " every " (secs) " s" } "." }
+        @if let Some(state) = &state { p #state { (state) } }
         table #assets {
             thead { tr {
                 th { "Asset" } th { "Email" } th { "Provider" } th { "Transport" } th { "Status" }

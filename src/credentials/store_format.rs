@@ -88,11 +88,24 @@ impl StoreKey {
     }
 
     /// Whether both are the same key (a reload that keeps it keeps the token state).
-    pub(super) fn same_key(&self, other: &StoreKey) -> bool {
+    pub(crate) fn same_key(&self, other: &StoreKey) -> bool {
         self.0 == other.0
     }
 
-    fn aead_key(&self) -> Result<LessSafeKey, StoreError> {
+    /// A subkey for another purpose: HMAC-SHA-256 of `label` under this key, so the one
+    /// configured key can seal shared access tokens and fingerprint refresh tokens
+    /// (`crate::state`) without being used for two things itself.
+    pub(crate) fn derive(&self, label: &[u8]) -> [u8; KEY_LEN] {
+        let tag = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0),
+            label,
+        );
+        let mut out = [0u8; KEY_LEN];
+        out.copy_from_slice(&tag.as_ref()[..KEY_LEN]);
+        out
+    }
+
+    pub(crate) fn aead_key(&self) -> Result<LessSafeKey, StoreError> {
         // Only fails for a wrong key length, which the type rules out; mapped rather than
         // unwrapped all the same.
         UnboundKey::new(&CHACHA20_POLY1305, &self.0)
@@ -198,7 +211,7 @@ struct Envelope {
 // Reading and writing the document
 // ---------------------------------------------------------------------------------------
 
-pub(super) fn decode(
+pub(crate) fn decode(
     path: &Path,
     key: Option<&StoreKey>,
     bytes: &[u8],
@@ -258,7 +271,7 @@ pub(super) fn decode(
     assets
 }
 
-pub(super) fn encode(
+pub(crate) fn encode(
     path: &Path,
     key: Option<&StoreKey>,
     assets: BTreeMap<String, StoredToken>,

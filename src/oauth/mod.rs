@@ -13,6 +13,8 @@
 pub mod consent;
 pub mod error;
 pub mod http;
+mod replicas;
 mod request;
+mod sources;
 mod state;
 pub mod token;

@@ -10,6 +10,14 @@ use tokio::time::Instant;
 
 use crate::credentials::secret::Secret;
 use crate::credentials::store::StoreFingerprint;
+
+/// What the token store looked like at a failure: the file's fingerprint, or the Redis
+/// entry's write counter (`[state] backend = "redis"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreMark {
+    File(StoreFingerprint),
+    Version(u64),
+}
 use crate::oauth::error::TokenError;
 
 pub(super) struct Cached {
@@ -26,7 +34,7 @@ pub(super) struct Failure {
     /// endpoint's (clamped) `Retry-After` when that is longer.
     pub back_off: Duration,
     /// The store as it was then: a new token written by `authorize` is tried at once.
-    pub store_seen: Option<StoreFingerprint>,
+    pub store_seen: Option<StoreMark>,
 }
 
 /// A refresh token the provider rotated that the asset's source does not hold: the store

@@ -24,14 +24,17 @@ use crate::credentials::service_account::ServiceAccountKey;
 use crate::credentials::store::{StoredToken, TokenStore};
 use crate::metrics::Metrics;
 use crate::oauth::http::{self, unix_now};
+use crate::oauth::replicas::{land, shared_save_rotated, shared_stored_token, Joined};
 use crate::oauth::request::{token_request, GrantKind, Refusal};
-use crate::oauth::state::{AssetState, Cached, Failure, PendingRotation, SlotState};
+use crate::oauth::sources::{configured_refresh_token, same_credentials};
+use crate::oauth::state::{AssetState, Cached, Failure, PendingRotation, SlotState, StoreMark};
+use crate::state::Shared;
 
 pub use crate::oauth::error::TokenError;
 pub use crate::oauth::request::{MAX_RETRY_AFTER, MAX_TOKEN_LIFETIME};
 
 /// Refresh this long before the provider's expiry, so a token never dies mid-session.
-const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+pub(super) const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
 
 /// A usable access token.
 #[derive(Debug, Clone)]
@@ -43,9 +46,9 @@ pub struct AccessToken {
     pub expires_at: Instant,
 }
 
-struct AssetSlot {
-    asset: Arc<Asset>,
-    shared: Arc<SlotState>,
+pub(super) struct AssetSlot {
+    pub(super) asset: Arc<Asset>,
+    pub(super) shared: Arc<SlotState>,
 }
 
 /// What `token` and `check` show about an asset's credentials.
@@ -80,11 +83,20 @@ pub struct TokenManager {
     store: Arc<TokenStore>,
     retry_after: Duration,
     metrics: Option<Arc<Metrics>>,
+    /// `[state] backend = "redis"`: store, access token and refresh lock shared (replicas.rs).
+    pub(super) shared: Shared,
+    /// How long a replica's refresh lock lives (it frees itself if the replica dies).
+    pub(super) lock_ttl: Duration,
 }
 
+/// What can stop a relay from being built: its HTTP client, or its shared-state client.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot build the HTTP client for token requests: {0}")]
-pub struct HttpClientInitError(#[from] reqwest::Error);
+pub enum HttpClientInitError {
+    #[error("cannot build the HTTP client for token requests: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+}
 
 impl TokenManager {
     pub fn new(config: &Config) -> Result<TokenManager, HttpClientInitError> {
@@ -108,13 +120,21 @@ impl TokenManager {
     ) -> Result<TokenManager, HttpClientInitError> {
         let http = http::client(config.timeouts.token_request)?;
         let store = TokenStore::new(config.tokens.path.clone(), config.tokens.key.clone());
+        // Same `[state]`: same connection; another backend is another store (fresh state).
+        let old_shared = previous.map(|previous| previous.shared.as_ref());
+        let shared = crate::state::for_config(config, old_shared.flatten())?;
+        let same_backend = old_shared.is_none_or(|old| match (old, &shared) {
+            (None, None) => true,
+            (Some(old), Some(new)) => Arc::ptr_eq(old, new),
+            _ => false,
+        });
         let slots = config
             .assets
             .iter()
             .map(|asset| {
                 let kept = previous.and_then(|previous| {
                     let old = previous.slots.get(&asset.name)?;
-                    if same_credentials(&old.asset, &previous.store, asset, &store) {
+                    if same_backend && same_credentials(&old.asset, &previous.store, asset, &store) {
                         Some(old.shared.clone())
                     } else {
                         tracing::info!(asset = %asset.name, "credentials changed: the asset's token state starts afresh");
@@ -134,6 +154,8 @@ impl TokenManager {
             store: Arc::new(store),
             retry_after: config.timeouts.token_retry,
             metrics: None,
+            shared,
+            lock_ttl: config.timeouts.token_request * 2 + Duration::from_secs(5),
         })
     }
 
@@ -152,6 +174,11 @@ impl TokenManager {
         self
     }
 
+    /// The shared state this manager uses (`None`: local).
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
     /// A valid access token for `asset`: the cached one while it has more than a minute to
     /// live, otherwise a freshly refreshed one.
     pub async fn access_token(&self, asset: &str) -> Result<AccessToken, TokenError> {
@@ -166,11 +193,18 @@ impl TokenManager {
                 });
             }
         }
+        // Several replicas: the token another one published, if any.
+        if let Some(shared) = &self.shared {
+            if let Some(outcome) = self.shared_token(shared, slot, &mut state).await {
+                slot.shared.publish(&state);
+                return outcome;
+            }
+        }
         let uses_store = slot.asset.uses_store();
-        let fingerprint = if uses_store {
-            self.store.fingerprint()
-        } else {
-            None
+        let fingerprint = match (&self.shared, uses_store) {
+            (_, false) => None,
+            (None, true) => self.store.fingerprint().map(StoreMark::File),
+            (Some(shared), true) => self.shared_store_mark(shared, &slot.asset).await,
         };
         if let Some(failure) = &state.failure {
             let store_changed = uses_store && fingerprint != failure.store_seen;
@@ -178,7 +212,21 @@ impl TokenManager {
                 return Err(failure.error.clone());
             }
         }
+        // ... and the lock that makes this replica the one that refreshes.
+        let mut flight = None;
+        if let Some(shared) = &self.shared {
+            match self.join_flight(shared, slot, &mut state).await {
+                Joined::Refresh(lock) => flight = lock,
+                Joined::Done(outcome) => {
+                    slot.shared.publish(&state);
+                    return outcome;
+                }
+            }
+        }
         let result = self.refresh(&slot.asset, &mut state).await;
+        if let (Some(shared), Some(lock)) = (&self.shared, flight) {
+            land(shared, lock, result.as_ref().map_err(|r| &r.error)).await;
+        }
         if let Some(metrics) = &self.metrics {
             metrics.token_refresh(&slot.asset.name, result.is_ok());
             let needs_operator = result
@@ -226,6 +274,10 @@ impl TokenManager {
             if state.cached.as_ref().is_some_and(|c| &c.token == token) {
                 state.cached = None;
                 slot.shared.publish(&state);
+            }
+            if let Some(shared) = &self.shared {
+                // Best effort: other replicas stop using it too.
+                let _ = shared.forget_access_token(asset, token).await;
             }
         }
     }
@@ -440,6 +492,9 @@ impl TokenManager {
     }
 
     async fn stored_token(&self, asset: &Asset) -> Result<StoredToken, TokenError> {
+        if let Some(shared) = &self.shared {
+            return shared_stored_token(shared, asset).await;
+        }
         let store = self.store.clone();
         let name = asset.name.clone();
         let result = tokio::task::spawn_blocking(move || store.get(&name)).await;
@@ -465,6 +520,9 @@ impl TokenManager {
         previous: &Secret,
         rotated: Secret,
     ) -> Result<bool, TokenError> {
+        if let Some(shared) = &self.shared {
+            return shared_save_rotated(shared, asset, previous, rotated).await;
+        }
         let store = self.store.clone();
         let name = asset.name.clone();
         let previous = previous.clone();
@@ -538,55 +596,4 @@ struct Grant {
     access_token: Secret,
     lifetime: Duration,
     refresh_token_lifetime: Option<Duration>,
-}
-
-/// Whether a reloaded asset may keep the token state of the asset of the same name: the
-/// same account, client, token endpoint, scopes and refresh-token source (the same store,
-/// for a store asset; the same key, for a service account).
-fn same_credentials(
-    old: &Asset,
-    old_store: &TokenStore,
-    new: &Asset,
-    new_store: &TokenStore,
-) -> bool {
-    let same_key = match (&old.service_account, &new.service_account) {
-        (None, None) => true,
-        (Some(old), Some(new)) => old.same_key(new),
-        _ => false,
-    };
-    let uses_store = new.uses_store();
-    old.email == new.email
-        && old.grant == new.grant
-        && old.client_id == new.client_id
-        && old.client_secret == new.client_secret
-        && old.refresh_token == new.refresh_token
-        && old.token_url == new.token_url
-        && old.scopes == new.scopes
-        && same_key
-        && (!uses_store || old_store.same_place(new_store))
-}
-
-async fn configured_refresh_token(asset: &Asset) -> Result<Secret, TokenError> {
-    let path = match &asset.refresh_token {
-        RefreshTokenSource::Inline(token) => return Ok(token.clone()),
-        RefreshTokenSource::File(path) => path,
-        RefreshTokenSource::Store => {
-            return Err(TokenError::NotAuthorized {
-                asset: asset.name.clone(),
-            })
-        }
-    };
-    let file_error = |reason: String| TokenError::RefreshTokenFile {
-        asset: asset.name.clone(),
-        path: path.display().to_string(),
-        reason,
-    };
-    let text = tokio::fs::read_to_string(path)
-        .await
-        .map_err(|err| file_error(err.to_string()))?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(file_error("the file is empty".to_string()));
-    }
-    Ok(Secret::new(token))
 }

@@ -58,7 +58,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         let username = credentials.username.clone();
         let ip = self.peer.ip();
         let throttle = &self.relay.auth_throttle;
-        if throttle.check(ip, &username) == Verdict::LockedOut {
+        // Replicas share lockouts (state/lockouts.rs): attackers round-robin them.
+        let shared = self.relay.shared.clone();
+        let shared_lock = match &shared {
+            Some(shared) => shared.login_locked(ip, &username).await,
+            None => false,
+        };
+        if shared_lock || throttle.check(ip, &username) == Verdict::LockedOut {
             tracing::warn!(mechanism, user = %Untrusted(&username), "login refused: locked out after too many failures");
             self.relay.metrics.limit_hit("auth_lockout");
             return self.reject(Say::AuthLockedOut);
@@ -66,6 +72,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         match self.relay.users.verify(credentials).await {
             Some(user) => {
                 throttle.succeeded(ip, &username);
+                if let Some(shared) = &shared {
+                    shared.login_succeeded(ip, &username).await;
+                }
                 tracing::Span::current().record("user", user.name.as_str());
                 tracing::info!(mechanism, "authenticated");
                 self.client.user = Some(user);
@@ -73,7 +82,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
                 Flow::Continue
             }
             None => {
-                let (delay, locked_out) = throttle.failed(ip, &username);
+                let (delay, mut locked_out) = throttle.failed(ip, &username);
+                if let Some(shared) = &shared {
+                    let limits = &self.relay.config.limits;
+                    locked_out |= shared
+                        .login_failed(ip, &username, limits.auth_max_failures, limits.auth_lockout)
+                        .await;
+                }
                 if locked_out {
                     tracing::warn!(
                         mechanism,

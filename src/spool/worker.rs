@@ -82,12 +82,9 @@ async fn deliver_from(relays: RelayHandle, spool: Arc<Spool>, shutdown: Cancella
     tracing::info!(dir = %spool.dirs.root.display(), "spool worker started");
     loop {
         let relay = relays.current();
-        // A new grant (authorize, the console) changes the store file.
-        let fingerprint = TokenStore::new(
-            relay.config.tokens.path.clone(),
-            relay.config.tokens.key.clone(),
-        )
-        .fingerprint();
+        // A new grant (authorize, the console) changes the store file, or with
+        // `[state] backend = "redis"` an asset's entry version there.
+        let fingerprint = grants_fingerprint(&relay).await;
         let new_grant = !first && fingerprint != store_seen;
         store_seen = fingerprint;
         first = false;
@@ -188,4 +185,28 @@ async fn deliver_from(relays: RelayHandle, spool: Arc<Spool>, shutdown: Cancella
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What changes when a grant is stored: the token store file's fingerprint, or with the
+/// Redis backend the versions of the assets' entries there (`None` while Redis is
+/// unreachable; its return then counts as a change, which only tries the messages
+/// waiting for credentials once more).
+async fn grants_fingerprint(relay: &crate::relay::Relay) -> Option<String> {
+    match &relay.shared {
+        None => TokenStore::new(
+            relay.config.tokens.path.clone(),
+            relay.config.tokens.key.clone(),
+        )
+        .fingerprint()
+        .map(|file| format!("{file:?}")),
+        Some(shared) => {
+            let tokens = shared.tokens();
+            let mut versions = String::new();
+            for asset in &relay.config.assets {
+                let version = tokens.version(&asset.name).await.ok()?;
+                versions.push_str(&format!("{}={:?};", asset.name, version));
+            }
+            Some(versions)
+        }
+    }
 }

@@ -21,6 +21,8 @@ mod limits_alerts;
 mod pool;
 mod relay;
 mod reload;
+mod replicas;
+mod replicas_support;
 mod secrets;
 mod sender_spelling;
 mod spool;

@@ -15,6 +15,10 @@ pub enum SaveError {
     Store(#[from] StoreError),
     #[error("the token store write did not finish: {0}")]
     Task(String),
+    #[error(transparent)]
+    Shared(#[from] crate::state::tokens::RedisStoreError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
 }
 
 /// Writes `consent`'s refresh token for `asset` into the configured token store (over an
@@ -34,6 +38,12 @@ pub async fn store_grant(
         obtained_at: now,
         updated_at: now,
     };
+    if let crate::config::StateSettings::Redis(settings) = &config.state {
+        // Several replicas: the grant goes where every one of them reads it.
+        let shared = crate::state::RedisState::new(settings, config.tokens.key.clone())?;
+        shared.tokens().put(&asset.name, stored).await?;
+        return Ok(PathBuf::from(shared.tokens().describe(&asset.name)));
+    }
     let name = asset.name.clone();
     tokio::task::spawn_blocking(move || {
         store.put(&name, stored)?;
