@@ -1,7 +1,10 @@
 //! The reply table's tests: command errors and relay failures mapped to the wire text.
 
 use super::*;
+use crate::error::RelayError;
 use crate::oauth::token::TokenError;
+use crate::smtp::command::CommandError;
+use crate::upstream::UpstreamError;
 
 fn wire(say: Say) -> String {
     String::from_utf8_lossy(&say.reply().to_wire()).into_owned()

@@ -22,6 +22,7 @@ mod pool;
 mod relay;
 mod reload;
 mod replicas;
+mod replicas_spool;
 mod replicas_support;
 mod secrets;
 mod sender_spelling;

@@ -14,7 +14,7 @@ use crate::replicas_support::*;
 
 /// What `authorize` (or the console's "Generate Token") does after consent, with the
 /// config of replica 0: the grant lands in Redis, where every replica reads it.
-async fn authorize_through_replica_config(env: &Env) {
+pub async fn authorize_through_replica_config(env: &Env) {
     let path = env.path("replica0.toml");
     let config = config::parse(&std::fs::read_to_string(&path).unwrap(), &path).unwrap();
     assert!(matches!(config.state, StateSettings::Redis(_)));
