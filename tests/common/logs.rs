@@ -46,3 +46,16 @@ pub fn capture_logs(subscriber: impl tracing::Subscriber + Send + Sync + 'static
     tracing::callsite::rebuild_interest_cache();
     guard
 }
+
+/// The usual capture: plain-text lines up to `level`, this thread's subscriber until the
+/// guard drops (see [`capture_logs`]).
+pub fn capture_logs_at(level: tracing::Level) -> (Captured, DefaultGuard) {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .with_writer(captured.clone())
+        .finish();
+    let guard = capture_logs(subscriber);
+    (captured, guard)
+}

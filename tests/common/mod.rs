@@ -10,7 +10,7 @@ pub mod graph;
 mod logs;
 
 pub use client::{Client, ExpectCode, MemoryClient};
-pub use logs::{capture_logs, Captured};
+pub use logs::{capture_logs, capture_logs_at, Captured};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -9,13 +9,7 @@ use crate::harness::Console;
 // this thread, so the thread-local subscriber sees their events.
 #[tokio::test]
 async fn console_logs_no_secret() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(captured.clone())
-        .finish();
-    let _guard = capture_logs(subscriber);
+    let (captured, _guard) = capture_logs_at(tracing::Level::TRACE);
 
     let options = Options {
         support_from_store: true,

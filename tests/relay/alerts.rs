@@ -185,13 +185,7 @@ async fn revoked_token_alerts_once_and_a_new_grant_recovers_once() {
 // A current-thread runtime, so the captured subscriber sees every task's log lines.
 #[tokio::test]
 async fn secrets_a_provider_echoes_stay_out_of_payloads_and_logs() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(captured.clone())
-        .finish();
-    let _guard = capture_logs(subscriber);
+    let (captured, _guard) = capture_logs_at(tracing::Level::TRACE);
 
     let mut receiver = Receiver::start(0).await;
     let channels = [

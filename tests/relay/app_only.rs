@@ -122,13 +122,7 @@ async fn refused_app_credentials_are_told_apart() {
 
 #[tokio::test]
 async fn app_only_secrets_and_tokens_stay_out_of_trace_logs() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(captured.clone())
-        .finish();
-    let _guard = capture_logs(subscriber);
+    let (captured, _guard) = capture_logs_at(tracing::Level::TRACE);
     let env = env_with_app(&[SMTP_SEND_AS_APP], &[]).await;
     let reply = env
         .send_as(ADMIN, APP_EMAIL, "to@example.net", "trace")

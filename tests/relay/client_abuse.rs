@@ -109,13 +109,7 @@ async fn forge_attempts(env: &Env) {
 
 #[tokio::test]
 async fn forged_newline_in_a_user_name_never_splits_a_text_log_line() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(captured.clone())
-        .finish();
-    let _guard = capture_logs(subscriber);
+    let (captured, _guard) = capture_logs_at(tracing::Level::INFO);
     let env = Env::with(Options {
         limits: "auth_failure_delay_ms = 10".into(),
         ..Options::default()

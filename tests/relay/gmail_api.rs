@@ -366,13 +366,7 @@ async fn check_proves_the_scope_with_tokeninfo() {
 // A current-thread runtime: the thread-local subscriber sees every task's events.
 #[tokio::test]
 async fn trace_logs_of_the_api_path_hold_no_secret() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(captured.clone())
-        .finish();
-    let _guard = capture_logs(subscriber);
+    let (captured, _guard) = capture_logs_at(tracing::Level::TRACE);
     let env = api_env("", "", "upstream_final_reply_secs = 1\n").await;
     env.gmail_api.push_fault(ApiFault::status(
         401,

@@ -345,13 +345,7 @@ async fn check_reports_the_permissions_of_graph_tokens() {
 // A current-thread runtime: the relay, the fake Graph and the issuer log on this thread.
 #[tokio::test]
 async fn no_secret_or_token_of_a_graph_asset_reaches_a_trace_log() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(captured.clone())
-        .finish();
-    let _guard = capture_logs(subscriber);
+    let (captured, _guard) = capture_logs_at(tracing::Level::TRACE);
     let g = graph_env(GraphOptions::default()).await;
     g.graph
         .add_fault(status(401, "InvalidAuthenticationToken", None, 1));

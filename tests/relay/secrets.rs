@@ -10,13 +10,7 @@ use smtp_oauth_relay::sandbox::token_issuer::IssuerMode;
 // the thread-local subscriber sees all their events.
 #[tokio::test]
 async fn a_full_session_at_trace_level_logs_no_secret() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(captured.clone())
-        .finish();
-    let _guard = capture_logs(subscriber);
+    let (captured, _guard) = capture_logs_at(tracing::Level::TRACE);
 
     let env = Env::start().await;
     // AUTH PLAIN, a delivered message.

@@ -306,13 +306,7 @@ fn assert_is_report_about(dsn: &Delivered, failed: &str, not: Option<&str>) {
 
 #[tokio::test]
 async fn refusal_makes_a_dead_letter_with_a_dsn_and_a_log_line() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(captured.clone())
-        .finish();
-    let _guard = capture_logs(subscriber);
+    let (captured, _guard) = capture_logs_at(tracing::Level::INFO);
     let env = Env::with(spool_options("[1]", "")).await;
     env.gmail.set_behaviour(Behaviour {
         reject_recipients: vec!["gone@example.net".into()],
@@ -462,13 +456,7 @@ async fn full_spool_answers_452_and_keeps_nothing_half_written() {
 
 #[tokio::test]
 async fn corrupt_entry_is_set_aside_and_reported_and_the_worker_goes_on() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(captured.clone())
-        .finish();
-    let _guard = capture_logs(subscriber);
+    let (captured, _guard) = capture_logs_at(tracing::Level::INFO);
     let env = Env::with(spool_options("[1]", "")).await;
     let queue = spool_dir(&env).join("queue");
     std::fs::write(

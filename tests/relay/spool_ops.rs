@@ -75,13 +75,7 @@ async fn readyz_stays_ready_while_the_spool_accepts_and_metrics_count_it() {
 
 #[tokio::test]
 async fn a_message_older_than_max_age_becomes_a_dead_letter() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(captured.clone())
-        .finish();
-    let _guard = capture_logs(subscriber);
+    let (captured, _guard) = capture_logs_at(tracing::Level::INFO);
     let env = Env::with(spool_options("[1]", "max_age_secs = 2")).await;
     env.gmail.set_behaviour(Behaviour {
         greeting: Some("421 4.7.0 Try again later".into()),

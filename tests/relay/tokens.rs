@@ -208,13 +208,7 @@ async fn failed_refresh_is_not_retried_within_the_back_off() {
 // the thread-local subscriber sees all their events.
 #[tokio::test]
 async fn revoked_asset_needs_reauthorization_while_the_other_keeps_working() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(captured.clone())
-        .finish();
-    let _guard = capture_logs(subscriber);
+    let (captured, _guard) = capture_logs_at(tracing::Level::INFO);
 
     let env = Env::start().await;
     assert!(env.issuer.revoke_refresh_token(SUPPORT_REFRESH));
@@ -740,13 +734,7 @@ async fn rotation_does_not_overwrite_a_grant_stored_meanwhile() {
 /// it is logged as a warning, never as "needs the operator".
 #[tokio::test]
 async fn transient_token_endpoint_errors_are_temporary_even_when_failures_are_permanent() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(captured.clone())
-        .finish();
-    let _guard = capture_logs(subscriber);
+    let (captured, _guard) = capture_logs_at(tracing::Level::INFO);
 
     let env = Env::with(Options {
         server: "credential_failure = \"permanent\"".into(),

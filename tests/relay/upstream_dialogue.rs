@@ -373,13 +373,7 @@ async fn a_long_session_of_1000_messages_reuses_one_connection_without_rset() {
 
 #[tokio::test]
 async fn pipelined_bdat_session_logs_no_secret() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(captured.clone())
-        .finish();
-    let _guard = capture_logs(subscriber);
+    let (captured, _guard) = capture_logs_at(tracing::Level::TRACE);
     let env = Env::start().await;
     let codes = pipelined_send(&env, &[A, B], &message("secret-free")).await;
     assert_eq!(codes, [250, 250, 250, 354, 250]);
