@@ -26,7 +26,7 @@ pub mod format;
 pub mod send;
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +38,7 @@ use crate::oauth::token::{TokenManager, TokenStatus};
 use crate::relay::Relay;
 use crate::server::RelayHandle;
 use detect::{AssetView, Detector, Health, Rules};
+use event::{Alert, EventKind};
 use forecast::{forecast, Forecast, GrantFacts};
 use send::{Outbox, Outgoing};
 
@@ -161,6 +162,10 @@ pub async fn run(relays: RelayHandle, shutdown: CancellationToken, options: Aler
                     &alert.reason,
                     &secrets.iter().map(Secret::expose).collect::<Vec<_>>(),
                 );
+                if !claimed_by_this_replica(&relay, &alert, settings.interval).await {
+                    tracing::info!(event = alert.event.name(), asset = %alert.asset, "alert sent by another replica");
+                    continue;
+                }
                 tracing::warn!(event = alert.event.name(), asset = %alert.asset, %reason, "alert");
                 if let Some(outbox) = &outbox {
                     outbox.send(Outgoing { alert, secrets });
@@ -195,6 +200,34 @@ pub async fn run(relays: RelayHandle, shutdown: CancellationToken, options: Aler
     }
 }
 
+/// With replicas on Redis: why another replica found the asset needing an operator when
+/// it last refreshed (issue 16: asset health is shared), though this one has not tried.
+pub async fn reported_by_another_replica(relay: &Relay, asset: &Asset) -> Option<String> {
+    let problem = relay.shared.as_ref()?.asset_problem(&asset.name).await?;
+    Some(format!("another replica reports: {problem}"))
+}
+
+/// With replicas on Redis, whether this one sends `alert` (one replica per event and
+/// interval); always true with the local backend.
+async fn claimed_by_this_replica(relay: &Relay, alert: &Alert, interval: Duration) -> bool {
+    let Some(shared) = &relay.shared else {
+        return true;
+    };
+    let opposite = match alert.event {
+        EventKind::AssetNeedsAttention => Some(EventKind::AssetRecovered),
+        EventKind::AssetRecovered => Some(EventKind::AssetNeedsAttention),
+        _ => None,
+    };
+    shared
+        .claim_alert(
+            &alert.asset,
+            alert.event.name(),
+            opposite.map(EventKind::name),
+            interval,
+        )
+        .await
+}
+
 /// One asset as the detector sees it, after a keep-alive refresh if one was due.
 async fn asset_view(
     relay: &Arc<Relay>,
@@ -226,6 +259,17 @@ async fn asset_view(
         .as_deref()
         .map(|base| format::console_link(base, &asset.name));
     let mut health = health(status.as_ref());
+    if health == Health::Ok {
+        if let Some(problem) = reported_by_another_replica(relay, asset).await {
+            health = Health::NeedsAttention {
+                reason: problem,
+                fix: format!(
+                    "authorize the asset again (`smtp-oauth-relay authorize {}`)",
+                    asset.name
+                ),
+            };
+        }
+    }
     if let (Health::NeedsAttention { fix, .. }, Some(_)) = (&mut health, &console_url) {
         fix.push_str(" (or open the asset's console page and use Generate Token)");
     }

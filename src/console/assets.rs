@@ -121,6 +121,13 @@ pub async fn health(
         health.ok = false;
         health.reason = Some(error.to_string());
         health.fix = Some(fix_for(asset, &error));
+    } else if let Some(problem) = crate::alerts::reported_by_another_replica(relay, asset).await {
+        health.ok = false;
+        health.reason = Some(problem);
+        health.fix = Some(format!(
+            "Click \"Generate Token\" on the asset's page and sign in as {} (or run `smtp-oauth-relay authorize {}`).",
+            asset.email, asset.name
+        ));
     } else if uses_store(asset) {
         match store {
             Err(reason) => {

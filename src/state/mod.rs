@@ -15,6 +15,7 @@
 //! | `limits:<asset>:day` | hash of minute buckets | 25 h after the last send | every delivered message | [`limits`] |
 //! | `limits:<asset>:minute` | hash of second buckets | 2 min | every delivered message | [`limits`] |
 //! | `limits:<asset>:over` | JSON mark | until the mark ends | a provider quota refusal | [`limits`] |
+//! | `alert:<asset>:<event>` | string | `[alerts] interval_secs` | the replica that sends the alert | [`alerts`] |
 //!
 //! Only `tokens:*` must survive a Redis restart (run Redis with AOF, see the README);
 //! everything else is rebuilt within one token lifetime or one lockout.
@@ -30,6 +31,7 @@
 //! The spool stays per replica on purpose: exactly one replica must deliver each message,
 //! and a spooled body is large and written once; see the README.
 
+pub mod alerts;
 pub mod connection;
 pub mod flight;
 pub mod health;

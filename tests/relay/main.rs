@@ -22,6 +22,7 @@ mod pool;
 mod relay;
 mod reload;
 mod replicas;
+mod replicas_alerts;
 mod replicas_spool;
 mod replicas_support;
 mod secrets;
