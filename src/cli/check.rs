@@ -127,3 +127,46 @@ pub fn report(results: &[AssetCheck], out: &mut impl Write) -> bool {
     }
     all_ok
 }
+
+/// Prints each asset's use of its sending limits (issue 16), from the same store `serve`
+/// counts in (the local `limits.json`, or Redis), and the provider's "over the limit"
+/// mark when one holds. Information, not a failure: the mark ends by itself.
+pub async fn report_limits(config: &Config, tokens: &TokenManager, out: &mut impl Write) {
+    let store = crate::state::limit_store(config, tokens.shared());
+    let now = crate::limits::unix_now();
+    for asset in &config.assets {
+        let limits = &asset.sending;
+        let of = |used: u64, limit: u64| match limit {
+            0 => format!("{used} (no limit)"),
+            limit => format!("{used} of {limit}"),
+        };
+        let totals = match store.usage(&asset.name, now).await {
+            Ok(usage) => usage.totals(now),
+            Err(err) => {
+                let _ = writeln!(
+                    out,
+                    "asset {}: sending counters unreadable: {err}",
+                    asset.name
+                );
+                continue;
+            }
+        };
+        let _ = writeln!(
+            out,
+            "asset {}: last 24 h: {} messages, {} recipients; last minute: {} messages",
+            asset.name,
+            of(totals.messages_day, limits.daily_messages),
+            of(totals.recipients_day, limits.daily_recipients),
+            of(totals.messages_minute, limits.messages_per_minute),
+        );
+        if let Ok(Some(mark)) = store.over_limit(&asset.name, now).await {
+            let _ = writeln!(
+                out,
+                "    warning: over the provider's sending limit until {} (the provider said: {}); \
+                 its mail is answered 451 until then",
+                crate::limits::format_time(mark.until),
+                mark.reason
+            );
+        }
+    }
+}

@@ -34,7 +34,9 @@ pub async fn check_command(config_path: PathBuf) -> Result<(), CliError> {
     let tokens = TokenManager::new(&config)?;
     let state_ok = check::report_state(&tokens).await;
     let results = check::check_assets(&config, &tokens).await;
-    if check::report(&results, &mut std::io::stdout()) && state_ok {
+    let all_ok = check::report(&results, &mut std::io::stdout());
+    check::report_limits(&config, &tokens, &mut std::io::stdout()).await;
+    if all_ok && state_ok {
         Ok(())
     } else {
         Err(CliError::Reported)

@@ -137,5 +137,17 @@ daily_messages = 2
     assert_eq!(env.gmail.messages().len(), 2);
     assert_eq!(env.gmail.connections(), connections);
     stop(relay).await;
+
+    // `check` reads the same counters and says how much of each limit is used.
+    let out = Command::new(env!("CARGO_BIN_EXE_smtp-oauth-relay"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("asset limited: last 24 h: 2 of 2 messages, 2 of 10000 recipients"),
+        "{stdout}"
+    );
     env.stop().await;
 }
