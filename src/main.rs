@@ -80,6 +80,16 @@ enum Command {
     },
     /// Read a password (terminal or stdin) and print its argon2id hash for the config.
     HashPassword,
+    /// Copy the grants of the token store file into Redis ([state] backend = "redis"), to
+    /// move from one relay to several replicas without consenting again.
+    ImportTokens {
+        /// The token store file to read (default: [tokens] path).
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Replace grants Redis already holds (by default they are kept: they are newer).
+        #[arg(long)]
+        overwrite: bool,
+    },
     /// Look at and act on the durable spool (works while `serve` runs).
     Spool {
         #[command(subcommand)]
@@ -120,6 +130,9 @@ fn main() -> ExitCode {
             Duration::from_secs(timeout_secs),
         )),
         Command::Token { asset, show } => with_runtime(token::token(cli.config, asset, show)),
+        Command::ImportTokens { from, overwrite } => with_runtime(
+            smtp_oauth_relay::cli::import_tokens::import_tokens(cli.config, from, overwrite),
+        ),
         Command::Serve {
             sandbox: true,
             listen,

@@ -17,6 +17,7 @@ pub mod check;
 pub mod demo;
 pub mod error;
 pub mod hash_password;
+pub mod import_tokens;
 pub mod logging;
 pub mod serve;
 pub mod spool;

@@ -23,6 +23,7 @@ mod relay;
 mod reload;
 mod replicas;
 mod replicas_alerts;
+mod replicas_import;
 mod replicas_spool;
 mod replicas_support;
 mod secrets;
