@@ -132,6 +132,9 @@ pub(super) fn validate(
         check,
     );
 
+    let state = super::state::validate_state(raw.state.unwrap_or_default(), check);
+    super::state::warn_per_replica_connections(&state, &assets, check);
+
     Some(Config {
         server: server?,
         limits,
@@ -156,7 +159,7 @@ pub(super) fn validate(
         },
         upstream: validate_upstream(raw.upstream.unwrap_or_default(), check),
         alerts,
-        state: super::state::validate_state(raw.state.unwrap_or_default(), check),
+        state,
         warnings: Vec::new(),
         spool,
     })
