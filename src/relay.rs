@@ -67,9 +67,10 @@ impl Relay {
                 .as_ref()
                 .map_or(0, |console| console.messages_kept),
         ));
-        let limits = crate::limits::Limits::new(
+        let limits = crate::limits::Limits::with_slots(
             crate::state::limit_store(&config, tokens.shared()),
             Some(metrics.clone()),
+            crate::limits::Slots::shared(tokens.shared().clone()),
         );
         let spool = open_spool(&config, None);
         Relay::build(

@@ -180,33 +180,6 @@ refresh_token = "r"
     }
 
     #[test]
-    fn replicas_are_told_that_upstream_connections_hold_per_replica() {
-        let text = |state: &str| {
-            format!(
-                "{}\n{state}",
-                config("provider = \"microsoft\"\ntenant = \"contoso.onmicrosoft.com\"")
-            )
-        };
-        let warnings = |text: String| {
-            parse_with_env(&text, Path::new("t.toml"), |_| None)
-                .unwrap()
-                .warnings
-        };
-        let redis = "[state]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6379/0\"";
-        let said = warnings(text(redis));
-        assert!(
-            said.iter()
-                .any(|w| w.contains("asset a: upstream_connections = 3 holds per replica")),
-            "{said:?}"
-        );
-        let said = warnings(text(""));
-        assert!(
-            !said.iter().any(|w| w.contains("upstream_connections")),
-            "{said:?}"
-        );
-    }
-
-    #[test]
     fn every_value_is_overridable_and_zero_means_none() {
         let set = limits("daily_messages = 5\ndaily_recipients = 0\nmessages_per_minute = 7\nupstream_connections = 2");
         assert_eq!(set.daily_messages, 5);

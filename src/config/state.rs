@@ -237,30 +237,6 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Replicas share the sending counters in Redis, but each holds its own
-/// `upstream_connections` slots: with N replicas a mailbox may see N times the cap
-/// (Exchange Online refuses a fourth session with `432 4.3.2`). Said at start-up.
-pub(super) fn warn_per_replica_connections(
-    state: &StateSettings,
-    assets: &[std::sync::Arc<super::Asset>],
-    check: &mut Checker,
-) {
-    if !matches!(state, StateSettings::Redis(_)) {
-        return;
-    }
-    for asset in assets {
-        let cap = asset.sending.upstream_connections;
-        if cap > 0 && asset.transport == super::AssetTransport::Smtp {
-            check.warnings.push(format!(
-                "asset {}: upstream_connections = {cap} holds per replica, not across the \
-                 replicas sharing [state]: with N replicas set it to the mailbox's limit \
-                 divided by N (Exchange Online allows 3 sessions per mailbox)",
-                asset.name
-            ));
-        }
-    }
-}
-
 #[cfg(test)]
 #[path = "state_tests.rs"]
 mod tests;

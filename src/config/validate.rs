@@ -133,7 +133,6 @@ pub(super) fn validate(
     );
 
     let state = super::state::validate_state(raw.state.unwrap_or_default(), check);
-    super::state::warn_per_replica_connections(&state, &assets, check);
 
     Some(Config {
         server: server?,

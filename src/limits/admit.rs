@@ -98,10 +98,19 @@ pub struct Limits {
 
 impl Limits {
     pub fn new(store: Arc<dyn LimitStore>, metrics: Option<Arc<Metrics>>) -> Arc<Limits> {
+        Limits::with_slots(store, metrics, Slots::default())
+    }
+
+    /// With `slots` shared across replicas (`Slots::shared`).
+    pub fn with_slots(
+        store: Arc<dyn LimitStore>,
+        metrics: Option<Arc<Metrics>>,
+        slots: Slots,
+    ) -> Arc<Limits> {
         Arc::new(Limits {
             store,
             reserved: Mutex::new(HashMap::new()),
-            slots: Slots::default(),
+            slots,
             metrics,
             store_failing: AtomicBool::new(false),
         })

@@ -38,7 +38,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use admit::{Admission, Limit, LimitHit, Limits};
 pub use quota::ProviderQuota;
-pub use slots::Slots;
+pub use slots::{Slot, Slots};
 pub use store::{LimitStore, LimitStoreError, LocalLimitStore, OverLimit};
 pub use window::{Bucket, Totals, Usage};
 

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::Session;
@@ -24,7 +23,7 @@ const SLOT_POLL: Duration = Duration::from_millis(50);
 /// What waiting for an upstream connection of a capped asset gave.
 pub(super) enum Slot {
     /// A slot to open a new connection with (None: the asset has no cap).
-    Free(Option<OwnedSemaphorePermit>),
+    Free(Option<limits::Slot>),
     /// A warm connection another session gave back to the pool meanwhile.
     Pooled(Link),
 }
@@ -163,8 +162,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
         };
         let deadline = Instant::now() + self.relay.config.timeouts.upstream_connect;
         loop {
-            if let Some(permit) = self.relay.limits.slots.try_take(&asset.name, cap) {
-                return Ok(Slot::Free(permit));
+            if let Some(slot) = self.relay.limits.slots.try_take(&asset.name, cap).await {
+                return Ok(Slot::Free(slot));
             }
             if from_pool {
                 if let Some(pooled) = self.relay.pool.take(&asset.name) {

@@ -29,7 +29,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<IO> {
     pub(super) async fn open_upstream_holding(
         &self,
         asset: &Arc<Asset>,
-        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+        slot: Option<crate::limits::Slot>,
     ) -> Result<Link, Reply> {
         let relay = &self.relay;
         let cx = relay.transport_context();

@@ -112,18 +112,15 @@ async fn over_quota(
 
 /// A slot for a new SMTP connection of an asset with `upstream_connections` (issue 16),
 /// waiting up to `upstream_connect_secs` like a session; Err when none came free.
-async fn connection_slot(
-    relay: &Relay,
-    asset: &Asset,
-) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, String> {
+async fn connection_slot(relay: &Relay, asset: &Asset) -> Result<Option<limits::Slot>, String> {
     let cap = match asset.transport {
         AssetTransport::Smtp => asset.sending.upstream_connections,
         _ => 0,
     };
     let deadline = Instant::now() + relay.config.timeouts.upstream_connect;
     loop {
-        if let Some(permit) = relay.limits.slots.try_take(&asset.name, cap) {
-            return Ok(permit);
+        if let Some(slot) = relay.limits.slots.try_take(&asset.name, cap).await {
+            return Ok(slot);
         }
         if Instant::now() >= deadline {
             return Err(format!(

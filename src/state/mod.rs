@@ -16,6 +16,7 @@
 //! | `limits:<asset>:minute` | hash of second buckets | 2 min | every delivered message | [`limits`] |
 //! | `limits:<asset>:over` | JSON mark | until the mark ends | a provider quota refusal | [`limits`] |
 //! | `alert:<asset>:<event>` | string | `[alerts] interval_secs` | the replica that sends the alert | [`alerts`] |
+//! | `slots:<asset>` | sorted set: lease id → end (ms) | 2 × the lease (60 s), renewed while held | each open upstream connection of an asset with `upstream_connections` | [`slots`] |
 //!
 //! Only `tokens:*` must survive a Redis restart (run Redis with AOF, see the README);
 //! everything else is rebuilt within one token lifetime or one lockout.
@@ -37,6 +38,7 @@ pub mod flight;
 pub mod health;
 pub mod limits;
 pub mod lockouts;
+pub mod slots;
 pub mod tokens;
 
 use std::sync::Arc;

@@ -70,12 +70,12 @@ pub struct SmtpClient<T> {
     pub(super) bdat_unanswered: usize,
     /// The asset's `upstream_connections` slot this connection holds while it lives
     /// (issue 16); given back when the connection is dropped.
-    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    slot: Option<crate::limits::Slot>,
 }
 
 impl<T> SmtpClient<T> {
     /// Holds an `upstream_connections` slot for the connection's lifetime.
-    pub fn hold_slot(&mut self, slot: Option<tokio::sync::OwnedSemaphorePermit>) {
+    pub fn hold_slot(&mut self, slot: Option<crate::limits::Slot>) {
         self.slot = slot;
     }
 

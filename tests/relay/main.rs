@@ -24,6 +24,7 @@ mod reload;
 mod replicas;
 mod replicas_alerts;
 mod replicas_import;
+mod replicas_slots;
 mod replicas_spool;
 mod replicas_support;
 mod secrets;
