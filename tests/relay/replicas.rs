@@ -104,17 +104,13 @@ async fn send_single(addr: std::net::SocketAddr, subject: &str) -> u16 {
 async fn three_replicas_share_tokens_and_rotations_and_survive_redis_going_away() {
     let env = Env::with(Options {
         support_from_store: true,
-        files: vec![("redis.pass".to_string(), format!("{REDIS_PASSWORD}\n"))],
+        files: vec![redis_password_file()],
         ..Options::default()
     })
     .await;
     env.issuer.set_rotate_refresh_tokens(true);
     let mut redis = RedisServer::start(env.dir.path(), None).await;
-    let state = format!(
-        "backend = \"redis\"\nurl = \"redis://127.0.0.1:{}/0\"\npassword_file = \"{}\"",
-        redis.port,
-        env.path("redis.pass").display()
-    );
+    let state = plain_redis_state(&env, &redis);
     let replicas = start_replicas(&env, &state, 3).await;
 
     // No grant yet: the operator must authorize (454, the mail stays queued).

@@ -16,7 +16,7 @@ async fn three_replicas_send_one_alert_for_a_dead_grant() {
     let mut receiver = Receiver::start(0).await;
     let env = Env::with(Options {
         support_from_store: true,
-        files: vec![("redis.pass".to_string(), format!("{REDIS_PASSWORD}\n"))],
+        files: vec![redis_password_file()],
         extra_assets: format!(
             "[alerts]\ncheck_secs = 1\nretry_secs = 1\n\n[[alert]]\nkind = \"webhook\"\nurl = \"{}\"\nformat = \"json\"\n",
             receiver.url("/hook")
@@ -25,11 +25,7 @@ async fn three_replicas_send_one_alert_for_a_dead_grant() {
     })
     .await;
     let redis = RedisServer::start(env.dir.path(), None).await;
-    let state = format!(
-        "backend = \"redis\"\nurl = \"redis://127.0.0.1:{}/0\"\npassword_file = \"{}\"",
-        redis.port,
-        env.path("redis.pass").display()
-    );
+    let state = plain_redis_state(&env, &redis);
     let replicas = start_replicas(&env, &state, 3).await;
     authorize_through_replica_config(&env).await;
 

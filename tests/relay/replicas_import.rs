@@ -32,7 +32,7 @@ fn import(config: &std::path::Path, extra: &[&str]) -> (bool, String) {
 async fn grants_in_the_token_file_move_to_redis_without_a_new_consent() {
     let env = Env::with(Options {
         support_from_store: true,
-        files: vec![("redis.pass".to_string(), format!("{REDIS_PASSWORD}\n"))],
+        files: vec![redis_password_file()],
         ..Options::default()
     })
     .await;
@@ -49,11 +49,7 @@ async fn grants_in_the_token_file_move_to_redis_without_a_new_consent() {
         )
         .unwrap();
     let redis = RedisServer::start(env.dir.path(), None).await;
-    let state = format!(
-        "backend = \"redis\"\nurl = \"redis://127.0.0.1:{}/0\"\npassword_file = \"{}\"",
-        redis.port,
-        env.path("redis.pass").display()
-    );
+    let state = plain_redis_state(&env, &redis);
     let config = env.path("replicas.toml");
     std::fs::write(&config, format!("{}\n[state]\n{state}\n", env.config_text)).unwrap();
 

@@ -13,16 +13,12 @@ async fn three_replicas_share_an_assets_upstream_connections() {
     let env = Env::with(Options {
         support_extra: "upstream_connections = 2".into(),
         timeouts: "upstream_connect_secs = 1\n".into(),
-        files: vec![("redis.pass".to_string(), format!("{REDIS_PASSWORD}\n"))],
+        files: vec![redis_password_file()],
         ..Options::default()
     })
     .await;
     let redis = RedisServer::start(env.dir.path(), None).await;
-    let state = format!(
-        "backend = \"redis\"\nurl = \"redis://127.0.0.1:{}/0\"\npassword_file = \"{}\"",
-        redis.port,
-        env.path("redis.pass").display()
-    );
+    let state = plain_redis_state(&env, &redis);
     let replicas = start_replicas(&env, &state, 3).await;
     let mail_from = format!("MAIL FROM:<{SUPPORT_EMAIL}>");
 

@@ -16,16 +16,12 @@ async fn a_grant_stored_in_redis_delivers_the_spooled_mail_waiting_for_it() {
     // An hour between tries: only the new grant can deliver the message in this test.
     let env = Env::with(Options {
         support_from_store: true,
-        files: vec![("redis.pass".to_string(), format!("{REDIS_PASSWORD}\n"))],
+        files: vec![redis_password_file()],
         ..spool_options("[3600]", "")
     })
     .await;
     let redis = RedisServer::start(env.dir.path(), None).await;
-    let state = format!(
-        "backend = \"redis\"\nurl = \"redis://127.0.0.1:{}/0\"\npassword_file = \"{}\"",
-        redis.port,
-        env.path("redis.pass").display()
-    );
+    let state = plain_redis_state(&env, &redis);
     // The replica gets a spool of its own (the in-process relay of the harness has one
     // in `spool/`): each replica's spool is its own.
     let spool = env.path("spool");

@@ -220,3 +220,18 @@ pub async fn send_one(client: &mut Client, subject: &str) -> u16 {
     client.write(b".\r\n").await;
     client.read_reply().await.code
 }
+
+/// The password file every plain-Redis replica test writes (mode 0600) into its env.
+pub fn redis_password_file() -> (String, String) {
+    ("redis.pass".to_string(), format!("{REDIS_PASSWORD}\n"))
+}
+
+/// `[state]` lines for a plain `redis` on loopback, with the password from the env's
+/// `redis.pass` ([`redis_password_file`]).
+pub fn plain_redis_state(env: &Env, redis: &RedisServer) -> String {
+    format!(
+        "backend = \"redis\"\nurl = \"redis://127.0.0.1:{}/0\"\npassword_file = \"{}\"",
+        redis.port,
+        env.path("redis.pass").display()
+    )
+}
