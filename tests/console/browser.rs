@@ -114,6 +114,17 @@ async fn text(browser: &Client) -> String {
         .unwrap()
 }
 
+/// Clicks `target`, then waits for `then` on the page that follows.
+async fn click_then_wait(browser: &Client, target: Locator<'_>, then: Locator<'_>) {
+    browser.find(target).await.unwrap().click().await.unwrap();
+    browser.wait().for_element(then).await.unwrap();
+}
+
+/// The text of the element `at`.
+async fn text_of(browser: &Client, at: Locator<'_>) -> String {
+    browser.find(at).await.unwrap().text().await.unwrap()
+}
+
 /// The text of the `#result` box that `action` produced. Waits for that
 /// action's box, not just any `#result`: right after a click the browser may
 /// still show the previous page, whose box names another action.
@@ -198,29 +209,17 @@ async fn operator_fixes_a_broken_asset_from_the_browser() {
             .for_element(Locator::Id("assets"))
             .await
             .unwrap();
-        let row = browser
-            .find(Locator::Css("tr[data-asset=\"support\"]"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let row = text_of(&browser, Locator::Css("tr[data-asset=\"support\"]")).await;
         assert!(row.contains("needs attention"), "{row}");
         assert!(row.contains("Generate Token"), "the fix: {row}");
         screenshot(&browser, "console-assets-broken.png").await;
 
-        browser
-            .find(Locator::LinkText("support"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        browser
-            .wait()
-            .for_element(Locator::Id("generate"))
-            .await
-            .unwrap();
+        click_then_wait(
+            &browser,
+            Locator::LinkText("support"),
+            Locator::Id("generate"),
+        )
+        .await;
         screenshot(&browser, "console-asset.png").await;
         browser
             .find(Locator::Id("generate"))
@@ -244,25 +243,8 @@ async fn operator_fixes_a_broken_asset_from_the_browser() {
             .ends_with("/oauth/callback"));
         screenshot(&browser, "console-token-generated.png").await;
 
-        browser
-            .find(Locator::Id("back"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        browser
-            .wait()
-            .for_element(Locator::Id("send-test"))
-            .await
-            .unwrap();
-        let health = browser
-            .find(Locator::Id("health"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        click_then_wait(&browser, Locator::Id("back"), Locator::Id("send-test")).await;
+        let health = text_of(&browser, Locator::Id("health")).await;
         assert!(health.contains("ok"), "{health}");
         assert!(!health.contains("needs attention"), "{health}");
         browser
@@ -285,59 +267,25 @@ async fn operator_fixes_a_broken_asset_from_the_browser() {
         assert_eq!(delivered.len(), 1);
         assert_eq!(delivered[0].mail_from, SUPPORT_EMAIL);
 
-        browser
-            .find(Locator::LinkText("Assets"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        browser
-            .wait()
-            .for_element(Locator::Id("assets"))
-            .await
-            .unwrap();
-        let row = browser
-            .find(Locator::Css("tr[data-asset=\"support\"]"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        click_then_wait(&browser, Locator::LinkText("Assets"), Locator::Id("assets")).await;
+        let row = text_of(&browser, Locator::Css("tr[data-asset=\"support\"]")).await;
         assert!(row.contains("ok"), "{row}");
         assert!(!row.contains("needs attention"), "{row}");
         screenshot(&browser, "console-assets.png").await;
 
-        browser
-            .find(Locator::LinkText("Messages"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        browser
-            .wait()
-            .for_element(Locator::Id("messages"))
-            .await
-            .unwrap();
+        click_then_wait(
+            &browser,
+            Locator::LinkText("Messages"),
+            Locator::Id("messages"),
+        )
+        .await;
         assert!(
             text(&browser).await.contains("friend@example.net")
                 || text(&browser).await.contains("admin (console test)")
         );
         screenshot(&browser, "console-messages.png").await;
 
-        browser
-            .find(Locator::Id("logout"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        browser
-            .wait()
-            .for_element(Locator::Id("login"))
-            .await
-            .unwrap();
+        click_then_wait(&browser, Locator::Id("logout"), Locator::Id("login")).await;
         browser.goto(&format!("{base}/")).await.unwrap();
         assert!(browser
             .current_url()
